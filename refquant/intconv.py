@@ -1,0 +1,644 @@
+"""Fixed-point convolution and requantization (METHOD.md, section 5).
+
+Integer codes in, int32 accumulation, int32 bias, then requantization of the
+accumulator to the next layer's codes by an integer multiplier and a rounding
+right shift, as in gemmlowp and TFLite. Two convolution kernels live side by
+side, as TFLite keeps ``reference/`` and ``optimized/`` kernels:
+
+* :func:`conv2d_reference` is a plain loop that reads as the definition;
+* :func:`conv2d` is the fast kernel (im2col to bytes, blocked int32 GEMM,
+  parallel over output channels), tested bit for bit against the reference.
+
+Both compute the exact integer correlation (Darknet and PyTorch convolutions
+are correlations: the kernel is not flipped)::
+
+    out[n, o, y, x] = sum_{c, i, j} x[n, c, y*stride + i - pad, x*stride + j - pad] * w[o, c, i, j]
+
+with x = 0 outside the image (zero padding). The caller removes zero points
+first (``codes - zero_point``), so the sum above is the real-valued
+convolution divided by ``step_x * step_w``.
+
+Requantization, written once here for the whole project (the interface agreed
+in interfaces.md)::
+
+    code = clip(rounding_right_shift(acc * multiplier, shift) + zero_point, qmin, qmax)
+
+where ``multiplier * 2**-shift`` approximates ``step_x * step_w / step_y`` and
+``rounding_right_shift`` is refquant's one rounding rule (half to even,
+``refquant.rounding``). Multipliers have at most :data:`MULTIPLIER_BITS` = 22
+bits, so for any int32 ``acc`` the product ``|acc * multiplier| < 2**53``: a
+float64 simulation ``round_half_even(acc * (multiplier * 2.0**-shift))`` then
+computes exactly the same codes, which is what lets the integer network
+reproduce its float simulation bit for bit.
+
+Differences from gemmlowp/TFLite (on purpose): ties round to even rather than
+away from zero, and the multiplier has 22 bits rather than 31 (relative
+precision 2**-22, far below one code for codes of 16 bits or fewer).
+Differences from PyTorch's fbgemm: fbgemm multiplies the int32 accumulator by
+the float32 ``step_x * step_w / step_y`` and rounds with ``nearbyint``; its
+float32 multiplier and float32 product differ from our 22-bit exact product by
+a relative 2**-24 or so, so the two agree except on values within that
+distance of a rounding tie, where they differ by one code.
+"""
+import math
+
+import numba
+import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.extending import intrinsic
+
+from refquant.rounding import round_half_even, rounding_right_shift
+
+INT32_MIN = -(2**31)
+INT32_MAX = 2**31 - 1
+MULTIPLIER_BITS = 22
+"""Largest multiplier width keeping ``|acc * multiplier| < 2**53`` for every int32 ``acc``
+(2**31 * (2**22 - 1) < 2**53), so float64 simulates the requantization exactly."""
+MAX_SHIFT = 62
+"""``rounding_right_shift`` is exact for shifts 0..62 (int64 arithmetic)."""
+LEAKY_SLOPE = 0.1
+"""Darknet's leaky ReLU: ``(x > 0) ? x : .1*x`` (pjreddie/darknet, src/activations.h, leaky_activate)."""
+
+ACTIVATION_DTYPES = (np.dtype(np.uint8), np.dtype(np.int8), np.dtype(np.int16))
+WEIGHT_DTYPES = (np.dtype(np.int8),)
+
+
+# ---------------------------------------------------------------------------
+# Argument checks and the accumulator range
+# ---------------------------------------------------------------------------
+
+def value_range(dtype):
+    """``(lo, hi)``: the inclusive range of an integer dtype, e.g. int8 -> (-128, 127)."""
+    info = np.iinfo(dtype)
+    return int(info.min), int(info.max)
+
+
+def check_accumulator_range(x_range, w_range, k):
+    """Raise ValueError unless every sum of ``k`` products x*w fits in int32.
+
+    ``x_range``, ``w_range``: inclusive ``(lo, hi)`` bounds of the activation and
+    weight values (e.g. ``value_range(np.int8)`` or ``(qmin - zero_point, qmax - zero_point)``);
+    ``k`` = C * kh * kw, the number of products in one output.
+
+    One product lies in [p_lo, p_hi], the extremes of the four corner products;
+    the worst sums are k*min(p_lo, 0) and k*max(p_hi, 0), reached when every
+    input sits at the same corner, so the bound is exact: it passes at the
+    largest safe k and fails at the next. Returns ``(sum_lo, sum_hi)``.
+    """
+    x_lo, x_hi = (int(v) for v in x_range)
+    w_lo, w_hi = (int(v) for v in w_range)
+    k = int(k)
+    if x_lo > x_hi or w_lo > w_hi:
+        raise ValueError(f"x_range={x_range} and w_range={w_range} must be (lo, hi) with lo <= hi")
+    if k < 1:
+        raise ValueError(f"k (products per output, C*kh*kw) must be >= 1, got {k}")
+    corners = [x_lo * w_lo, x_lo * w_hi, x_hi * w_lo, x_hi * w_hi]
+    product_lo, product_hi = min(corners), max(corners)
+    sum_lo, sum_hi = k * min(product_lo, 0), k * max(product_hi, 0)
+    if sum_lo < INT32_MIN or sum_hi > INT32_MAX:
+        k_max = min(INT32_MAX // product_hi if product_hi > 0 else k,
+                    (-INT32_MIN) // -product_lo if product_lo < 0 else k)
+        raise ValueError(
+            f"int32 accumulator could overflow: K={k} products of x in [{x_lo}, {x_hi}] and "
+            f"w in [{w_lo}, {w_hi}] (each in [{product_lo}, {product_hi}]) can sum to "
+            f"[{sum_lo}, {sum_hi}], outside int32 [{INT32_MIN}, {INT32_MAX}]; "
+            f"at these ranges K must be at most {k_max}")
+    return sum_lo, sum_hi
+
+
+def _check_integer(name, value, lo=None):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    if lo is not None and value < lo:
+        raise ValueError(f"{name} must be >= {lo}, got {value}")
+    return int(value)
+
+
+def conv2d_output_shape(x_shape, w_shape, stride=1, pad=0):
+    """(N, O, Ho, Wo) with Ho = (H + 2*pad - kh)//stride + 1 (Darknet's convolutional_out_height)."""
+    n, _, h, w = x_shape
+    o, _, kh, kw = w_shape
+    return n, o, (h + 2 * pad - kh) // stride + 1, (w + 2 * pad - kw) // stride + 1
+
+
+def _check_conv_arguments(x, w, stride, pad):
+    """Validate conv2d's arguments; return the output shape (N, O, Ho, Wo)."""
+    for name, array, dtypes in (("x", x, ACTIVATION_DTYPES), ("w", w, WEIGHT_DTYPES)):
+        if not isinstance(array, np.ndarray):
+            raise TypeError(f"{name} must be a numpy array, got {type(array).__name__}")
+        if array.dtype not in dtypes:
+            raise TypeError(f"{name} must have dtype in {[str(d) for d in dtypes]}, got {array.dtype}")
+    if x.ndim != 4:
+        raise ValueError(f"x must have shape (N, C, H, W), got shape {x.shape}")
+    if w.ndim != 4:
+        raise ValueError(f"w must have shape (O, C, kh, kw), got shape {w.shape}")
+    if x.shape[1] != w.shape[1]:
+        raise ValueError(f"w has {w.shape[1]} input channels (w.shape={w.shape}) "
+                         f"but x has {x.shape[1]} (x.shape={x.shape})")
+    if min(w.shape) < 1 or min(x.shape[1:]) < 1:
+        raise ValueError(f"empty channel or spatial size: x.shape={x.shape}, w.shape={w.shape}")
+    stride = _check_integer("stride", stride, lo=1)
+    pad = _check_integer("pad", pad, lo=0)
+    shape = conv2d_output_shape(x.shape, w.shape, stride, pad)
+    if shape[2] < 1 or shape[3] < 1:
+        raise ValueError(f"kernel {w.shape[2]}x{w.shape[3]} larger than the padded input "
+                         f"{x.shape[2] + 2 * pad}x{x.shape[3] + 2 * pad} (x.shape={x.shape}, pad={pad})")
+    return shape, stride, pad
+
+
+def _declared_range(name, array, declared):
+    """The value range the caller declares for ``array`` (default: its dtype's), checked against the data."""
+    if declared is None:
+        return value_range(array.dtype)
+    lo, hi = (_check_integer(f"{name}_range", v) for v in declared)
+    if array.size and (int(array.min()) < lo or int(array.max()) > hi):
+        raise ValueError(f"{name} has values in [{array.min()}, {array.max()}], "
+                         f"outside the declared {name}_range=({lo}, {hi})")
+    return lo, hi
+
+
+def _prepare(x, w, stride, pad, x_range, w_range):
+    shape, stride, pad = _check_conv_arguments(x, w, stride, pad)
+    check_accumulator_range(_declared_range("x", x, x_range), _declared_range("w", w, w_range),
+                            w.shape[1] * w.shape[2] * w.shape[3])
+    return shape, stride, pad
+
+
+# ---------------------------------------------------------------------------
+# Reference kernel: the definition, as loops
+# ---------------------------------------------------------------------------
+
+@numba.njit(cache=True)
+def _correlate_reference(x, w, stride, pad, out):
+    n_images, channels, height, width = x.shape
+    n_outputs, _, kh, kw = w.shape
+    for n in range(n_images):
+        for o in range(n_outputs):
+            for y in range(out.shape[2]):
+                for x_out in range(out.shape[3]):
+                    acc = 0  # exact (int64); check_accumulator_range guarantees it fits int32
+                    for c in range(channels):
+                        for i in range(kh):
+                            row = y * stride + i - pad
+                            if row < 0 or row >= height:
+                                continue  # zero padding
+                            for j in range(kw):
+                                col = x_out * stride + j - pad
+                                if col < 0 or col >= width:
+                                    continue
+                                acc += np.int64(x[n, c, row, col]) * np.int64(w[o, c, i, j])
+                    out[n, o, y, x_out] = acc
+
+
+def conv2d_reference(x, w, stride=1, pad=0, x_range=None, w_range=None):
+    """Exact integer correlation, plain loops: the definition the fast kernel must match.
+
+    x: (N, C, H, W) uint8, int8 or int16 values (zero points already removed);
+    w: (O, C, kh, kw) int8; stride >= 1; pad >= 0 zeros on each side.
+    Returns int32 (N, O, (H+2pad-kh)//stride+1, (W+2pad-kw)//stride+1).
+    ``x_range``/``w_range`` optionally declare tighter value bounds than the
+    dtypes' (checked against the data) for the int32 overflow check.
+    """
+    shape, stride, pad = _prepare(x, w, stride, pad, x_range, w_range)
+    out = np.empty(shape, np.int32)
+    _correlate_reference(x, w, stride, pad, out)
+    return out
+
+
+# ---------------------------------------------------------------------------
+# Fast kernel: offset to unsigned bytes, im2col, blocked int32 GEMM
+# ---------------------------------------------------------------------------
+# Why bytes: LLVM turns an int32 multiply of a zero-extended byte by a
+# sign-extended byte into PMADDWD (8 products per AVX2 instruction); a signed
+# times signed int32 multiply becomes PMULLD, several times slower. So x is
+# offset to be non-negative (x - offset with offset = min(x, 0)) and, when that
+# needs more than 8 bits, split into bytes; the offset and the byte weights
+# are added back exactly:  sum w*x = sum_b 256**b * sum w*byte_b + offset * sum w.
+# All sums are int32 with wrap-around: the true result fits int32 (checked
+# above) and is congruent mod 2**32 to the wrapped one, so it comes out exact.
+
+_TILE_OUTPUTS = 4        # output channels per micro-tile
+_TILE_PIXELS = 3         # output pixels per micro-tile (4*3 accumulators fit the 16 AVX2 registers)
+_K_ALIGN = 16            # K padded with zero weights to a multiple of this
+_BLOCK_BYTES = 96 * 1024  # pixels x K bytes of im2col kept hot in L2 per block
+
+
+@intrinsic
+def _multiply_accumulate_int32(typingctx, acc, a, b):
+    """``acc + a * b`` in wrap-around int32, as C's ``int32_t acc += (int32_t)a * (int32_t)b``.
+
+    Numba promotes integer arithmetic to int64, which would vectorise as
+    64-bit lanes; this keeps the int32 lanes (and PMADDWD) of a C compiler.
+    ``a``, ``b``: integers of at most 16 bits, sign- or zero-extended by their signedness.
+    """
+    ok = (isinstance(acc, types.Integer) and acc.bitwidth == 32 and acc.signed
+          and all(isinstance(t, types.Integer) and t.bitwidth <= 16 for t in (a, b)))
+    if not ok:
+        return None
+
+    def codegen(context, builder, signature, args):
+        acc_value, a_value, b_value = args
+        int32 = ir.IntType(32)
+        a32 = builder.sext(a_value, int32) if a.signed else builder.zext(a_value, int32)
+        b32 = builder.sext(b_value, int32) if b.signed else builder.zext(b_value, int32)
+        return builder.add(acc_value, builder.mul(a32, b32))
+
+    return types.int32(acc, a, b), codegen
+
+
+@numba.njit(cache=True, parallel=True)
+def _offset_bytes_hwc(x_image, offset, pad, byte_index):
+    """(C, H, W) -> padded channel-last (H + 2pad, W + 2pad, C) uint8: byte ``byte_index`` of x - offset.
+
+    Padding holds 0 - offset, the padded zero in the offset domain.
+    """
+    channels, height, width = x_image.shape
+    padded = np.empty((height + 2 * pad, width + 2 * pad, channels), np.uint8)
+    shift = 8 * byte_index
+    pad_byte = np.uint8(((0 - offset) >> shift) & 255)
+    for row in numba.prange(height + 2 * pad):
+        for col in range(width + 2 * pad):
+            inside = pad <= row < height + pad and pad <= col < width + pad
+            for c in range(channels):
+                if inside:
+                    value = np.int64(x_image[c, row - pad, col - pad]) - offset
+                    padded[row, col, c] = np.uint8((value >> shift) & 255)
+                else:
+                    padded[row, col, c] = pad_byte
+    return padded
+
+
+@numba.njit(cache=True, parallel=True)
+def _im2col(padded, kh, kw, stride, out_height, out_width, k_padded):
+    """Padded (Hp, Wp, C) -> (Ho*Wo, k_padded) uint8 with column k = (i*kw + j)*C + c.
+
+    Row p = y*Wo + x holds the receptive field of output pixel (y, x); each
+    (i, j) run of C channels is contiguous in both arrays. Columns past K are 0.
+    """
+    channels = padded.shape[2]
+    columns = np.zeros((out_height * out_width, k_padded), np.uint8)
+    for y in numba.prange(out_height):
+        for x in range(out_width):
+            p = y * out_width + x
+            for i in range(kh):
+                for j in range(kw):
+                    base = (i * kw + j) * channels
+                    for c in range(channels):
+                        columns[p, base + c] = padded[y * stride + i, x * stride + j, c]
+    return columns
+
+
+@numba.njit(cache=True, inline="always")
+def _dot(w_packed, columns, o, p, k_start, k_stop):
+    acc = np.int32(0)
+    for k in range(k_start, k_stop):
+        acc = _multiply_accumulate_int32(acc, w_packed[o, k], columns[p, k])
+    return acc
+
+
+@numba.njit(cache=True, inline="always")
+def _tile_4x3(w_packed, columns, out, o, p, k_start, k_stop):
+    """out[o:o+4, p:p+3] += w_packed[o:o+4, k] . columns[p:p+3, k] over k in [k_start, k_stop)."""
+    a00 = a01 = a02 = a10 = a11 = a12 = np.int32(0)
+    a20 = a21 = a22 = a30 = a31 = a32 = np.int32(0)
+    for k in range(k_start, k_stop):
+        x0, x1, x2 = columns[p, k], columns[p + 1, k], columns[p + 2, k]
+        w0, w1, w2, w3 = w_packed[o, k], w_packed[o + 1, k], w_packed[o + 2, k], w_packed[o + 3, k]
+        a00 = _multiply_accumulate_int32(a00, w0, x0)
+        a01 = _multiply_accumulate_int32(a01, w0, x1)
+        a02 = _multiply_accumulate_int32(a02, w0, x2)
+        a10 = _multiply_accumulate_int32(a10, w1, x0)
+        a11 = _multiply_accumulate_int32(a11, w1, x1)
+        a12 = _multiply_accumulate_int32(a12, w1, x2)
+        a20 = _multiply_accumulate_int32(a20, w2, x0)
+        a21 = _multiply_accumulate_int32(a21, w2, x1)
+        a22 = _multiply_accumulate_int32(a22, w2, x2)
+        a30 = _multiply_accumulate_int32(a30, w3, x0)
+        a31 = _multiply_accumulate_int32(a31, w3, x1)
+        a32 = _multiply_accumulate_int32(a32, w3, x2)
+    out[o, p] += a00
+    out[o, p + 1] += a01
+    out[o, p + 2] += a02
+    out[o + 1, p] += a10
+    out[o + 1, p + 1] += a11
+    out[o + 1, p + 2] += a12
+    out[o + 2, p] += a20
+    out[o + 2, p + 1] += a21
+    out[o + 2, p + 2] += a22
+    out[o + 3, p] += a30
+    out[o + 3, p + 1] += a31
+    out[o + 3, p + 2] += a32
+
+
+@numba.njit(cache=True, parallel=True)
+def _gemm_accumulate(w_packed, columns, out, p_block, k_block):
+    """out (O, P) int32 += w_packed (O, Kp) int8 @ columns (P, Kp).T uint8, wrap-around int32.
+
+    Blocked over pixels and K so that a block of ``columns`` stays in L2 while
+    every output channel sweeps it; parallel over tiles of 4 output channels.
+    """
+    n_outputs, k_padded = w_packed.shape
+    n_pixels = columns.shape[0]
+    n_tiles = (n_outputs + _TILE_OUTPUTS - 1) // _TILE_OUTPUTS
+    for p_start in range(0, n_pixels, p_block):
+        p_stop = min(p_start + p_block, n_pixels)
+        for k_start in range(0, k_padded, k_block):
+            k_stop = min(k_start + k_block, k_padded)
+            for tile in numba.prange(n_tiles):
+                o = tile * _TILE_OUTPUTS
+                if o + _TILE_OUTPUTS <= n_outputs:
+                    p = p_start
+                    while p + _TILE_PIXELS <= p_stop:
+                        _tile_4x3(w_packed, columns, out, o, p, k_start, k_stop)
+                        p += _TILE_PIXELS
+                    p_edge = p
+                else:
+                    p_edge = p_start
+                for o_edge in range(o, min(o + _TILE_OUTPUTS, n_outputs)):
+                    for p_rest in range(p_edge, p_stop):
+                        out[o_edge, p_rest] += _dot(w_packed, columns, o_edge, p_rest, k_start, k_stop)
+
+
+def _pack_weights(w, k_padded):
+    """(O, C, kh, kw) int8 -> (O, k_padded) int8 in im2col's column order (i, j, c), zero-padded."""
+    n_outputs, channels, kh, kw = w.shape
+    packed = np.zeros((n_outputs, k_padded), np.int8)
+    packed[:, :channels * kh * kw] = w.transpose(0, 2, 3, 1).reshape(n_outputs, -1)
+    return packed
+
+
+def _blocking(n_pixels, k_padded):
+    """(p_block, k_block): K blocks of at most 2048, pixel blocks filling _BLOCK_BYTES."""
+    k_block = min(k_padded, 2048)
+    p_block = max(_TILE_PIXELS, (_BLOCK_BYTES // k_block) // _TILE_PIXELS * _TILE_PIXELS)
+    return min(p_block, n_pixels), k_block
+
+
+def _wrap_int32(values):
+    """int64 -> int32 modulo 2**32: the true sum, congruent mod 2**32 to ``values``, fits int32."""
+    return ((values - INT32_MIN) % 2**32 + INT32_MIN).astype(np.int32)
+
+
+def conv2d(x, w, stride=1, pad=0, x_range=None, w_range=None):
+    """Exact integer correlation, fast: bit-identical to :func:`conv2d_reference`.
+
+    x: (N, C, H, W) uint8, int8 or int16 values (zero points already removed);
+    w: (O, C, kh, kw) int8; returns int32 (N, O, Ho, Wo), Ho = (H+2pad-kh)//stride+1.
+    Raises ValueError before computing if the int32 accumulator could overflow
+    (:func:`check_accumulator_range`, with the dtypes' ranges unless
+    ``x_range``/``w_range`` declare tighter ones, which are checked against the data).
+
+    Method: x - offset (offset = min(x, 0)) is made non-negative and cut into
+    bytes, laid out by im2col as (pixels, K) rows; an int32 GEMM with the
+    packed weights accumulates each byte plane, and ``256**b`` and
+    ``offset * sum(w)`` are added back (see the comment above ``_TILE_OUTPUTS``).
+    """
+    shape, stride, pad = _prepare(x, w, stride, pad, x_range, w_range)
+    n_images, n_outputs, out_height, out_width = shape
+    _, channels, kh, kw = w.shape
+    k = channels * kh * kw
+    k_padded = -(-k // _K_ALIGN) * _K_ALIGN
+    w_packed = _pack_weights(w, k_padded)
+    n_pixels = out_height * out_width
+    p_block, k_block = _blocking(n_pixels, k_padded)
+    out = np.empty(shape, np.int32)
+    for n in range(n_images):
+        image = np.ascontiguousarray(x[n])
+        offset = min(int(image.min()), 0)
+        span = max(int(image.max()), 0) - offset
+        n_bytes = 1 if span < 256 else 2
+        total = np.zeros(n_outputs, np.int64) + offset * w.reshape(n_outputs, -1).sum(1, dtype=np.int64)
+        total = np.broadcast_to(total[:, None], (n_outputs, n_pixels)).copy()
+        for byte_index in range(n_bytes):
+            padded = _offset_bytes_hwc(image, offset, pad, byte_index)
+            columns = _im2col(padded, kh, kw, stride, out_height, out_width, k_padded)
+            plane = np.zeros((n_outputs, n_pixels), np.int32)
+            _gemm_accumulate(w_packed, columns, plane, p_block, k_block)
+            total += plane.astype(np.int64) << (8 * byte_index)
+        out[n] = _wrap_int32(total).reshape(n_outputs, out_height, out_width)
+    return out
+
+
+# ---------------------------------------------------------------------------
+# Requantization: int32 accumulator -> next layer's codes
+# ---------------------------------------------------------------------------
+
+def quantize_multiplier(real_multiplier, bits=MULTIPLIER_BITS):
+    """``(multiplier, shift)`` integers with ``multiplier * 2**-shift`` nearest to ``real_multiplier``.
+
+    ``real_multiplier`` > 0 is typically ``step_x * step_w / step_y``. The
+    multiplier is normalised to ``bits`` bits, ``2**(bits-1) <= multiplier < 2**bits``
+    (gemmlowp's QuantizeMultiplier with 22 instead of 31 bits), rounded half to
+    even, so the relative error is at most ``2**-bits``. ``bits <= 22`` keeps
+    ``|acc * multiplier| < 2**31 * 2**22 <= 2**53`` for any int32 ``acc``: the float64
+    product is then exact and a float simulation ``round_half_even(acc * multiplier * 2.0**-shift)``
+    equals the integer ``rounding_right_shift(acc * multiplier, shift)`` bit for bit.
+    ``shift`` lies in [0, 62]; multipliers below ``2**(bits-63)`` use fewer bits (shift capped at 62).
+    """
+    bits = _check_integer("bits", bits)
+    if not 1 <= bits <= MULTIPLIER_BITS:
+        raise ValueError(f"bits must be in [1, {MULTIPLIER_BITS}] so that |acc*multiplier| < 2**53 "
+                         f"for int32 acc, got {bits}")
+    real = float(real_multiplier)
+    if not (math.isfinite(real) and real > 0):
+        raise ValueError(f"real_multiplier must be finite and > 0, got {real_multiplier!r}")
+    mantissa, exponent = math.frexp(real)  # real = mantissa * 2**exponent, 0.5 <= mantissa < 1
+    shift = bits - exponent
+    if shift < 0:
+        raise ValueError(f"real_multiplier={real!r} is too large for a right shift: it must be "
+                         f"below 2**{bits} (bits={bits})")
+    shift = min(shift, MAX_SHIFT)
+    multiplier = int(round_half_even(math.ldexp(real, shift)))  # exact scaling by a power of two
+    if multiplier == 2**bits:  # rounding carried into a new bit: renormalise
+        multiplier, shift = multiplier // 2, shift - 1
+    if multiplier == 0:
+        raise ValueError(f"real_multiplier={real!r} is below 2**-63, too small to represent")
+    return multiplier, shift
+
+
+def multiplier_value(multiplier, shift):
+    """The real number ``multiplier * 2**-shift`` (exact in float64) that a float simulation multiplies by."""
+    return math.ldexp(float(multiplier), -int(shift))
+
+
+def quantize_shift(real_multiplier):
+    """``shift`` with ``2**-shift == real_multiplier`` exactly: the pure fixed-point case of power-of-two steps.
+
+    Requantize with ``multiplier=1`` (see :func:`requantize_shift`). Raises
+    ValueError unless ``real_multiplier`` is ``2**-s`` for an integer s in [0, 62].
+    """
+    real = float(real_multiplier)
+    mantissa, exponent = math.frexp(real) if math.isfinite(real) and real > 0 else (0.0, 0)
+    if mantissa != 0.5 or not 0 <= 1 - exponent <= MAX_SHIFT:
+        raise ValueError(f"real_multiplier={real_multiplier!r} is not 2**-s for an integer s in "
+                         f"[0, {MAX_SHIFT}]; use quantize_multiplier for other steps")
+    return 1 - exponent
+
+
+@numba.vectorize(["int64(int64, int64, int64, int64, int64, int64)"], nopython=True, cache=True)
+def requantize_code(acc, multiplier, shift, zero_point, qmin, qmax):
+    """The requantization rule, once: ``clip(rounding_right_shift(acc*multiplier, shift) + zero_point, qmin, qmax)``.
+
+    A NumPy ufunc that Numba kernels can call on scalars. No argument checks
+    (see :func:`requantize`): ``|acc| <= 2**31``, ``0 <= multiplier < 2**22``, ``0 <= shift <= 62``.
+    """
+    code = rounding_right_shift(acc * multiplier, shift) + zero_point
+    return min(max(code, qmin), qmax)
+
+
+@numba.vectorize(["int64(int64, int64, int64, int64, int64, int64, int64, int64)"],
+                 nopython=True, cache=True)
+def requantize_leaky_code(acc, multiplier, shift, negative_multiplier, negative_shift,
+                          zero_point, qmin, qmax):
+    """Requantization with Darknet's leaky ReLU fused in, on integers.
+
+    ``y = requantize_code(acc, multiplier, shift, ...)`` if ``acc >= 0``, else
+    ``requantize_code(acc, negative_multiplier, negative_shift, ...)``, where the
+    negative side's pair approximates ``LEAKY_SLOPE`` (0.1) times the positive
+    side's real multiplier (:func:`leaky_multipliers`). The sign of the
+    accumulator (bias included) is the sign of the real pre-activation, so this
+    is ``round(leaky(acc * M)) + zero_point`` with each side's M quantized.
+    """
+    if acc >= 0:
+        return requantize_code(acc, multiplier, shift, zero_point, qmin, qmax)
+    return requantize_code(acc, negative_multiplier, negative_shift, zero_point, qmin, qmax)
+
+
+def leaky_multipliers(real_multiplier, slope=LEAKY_SLOPE, bits=MULTIPLIER_BITS):
+    """``(multiplier, shift, negative_multiplier, negative_shift)`` for :func:`requantize_leaky`.
+
+    Each side quantized separately by :func:`quantize_multiplier`: the positive
+    side from ``real_multiplier``, the negative from ``slope * real_multiplier``
+    (computed in float64, as Darknet's ``.1*x`` is a double product).
+    """
+    multiplier, shift = quantize_multiplier(real_multiplier, bits)
+    negative_multiplier, negative_shift = quantize_multiplier(slope * float(real_multiplier), bits)
+    return multiplier, shift, negative_multiplier, negative_shift
+
+
+def code_dtype(qmin, qmax):
+    """Smallest of uint8, int8, uint16, int16, int32 holding every code in [qmin, qmax]."""
+    for dtype in (np.uint8, np.int8, np.uint16, np.int16, np.int32):
+        lo, hi = value_range(dtype)
+        if lo <= qmin and qmax <= hi:
+            return np.dtype(dtype)
+    raise ValueError(f"codes [{qmin}, {qmax}] do not fit in int32")
+
+
+def _check_requantize_arguments(acc, multipliers_and_shifts, zero_point, qmin, qmax):
+    acc = np.asarray(acc)
+    if acc.dtype.kind not in "iu":
+        raise TypeError(f"acc must be an integer array (int32 accumulators), got dtype {acc.dtype}")
+    if acc.size and (int(acc.min()) < INT32_MIN or int(acc.max()) > INT32_MAX):
+        raise ValueError(f"acc has values in [{acc.min()}, {acc.max()}], outside int32: the float64 "
+                         f"simulation would no longer be exact")
+    for name, value, limit in multipliers_and_shifts:
+        value = _check_integer(name, value, lo=0)
+        if value > limit:
+            raise ValueError(f"{name} must be in [0, {limit}], got {value}")
+    zero_point = _check_integer("zero_point", zero_point)
+    qmin, qmax = _check_integer("qmin", qmin), _check_integer("qmax", qmax)
+    if qmin > qmax:
+        raise ValueError(f"qmin={qmin} must be <= qmax={qmax}")
+    return acc.astype(np.int64, copy=False), code_dtype(qmin, qmax)
+
+
+def requantize(acc, multiplier, shift, zero_point, qmin, qmax):
+    """Codes ``clip(rounding_right_shift(acc * multiplier, shift) + zero_point, qmin, qmax)``.
+
+    acc: integer array within int32 (accumulators with the int32 bias added);
+    multiplier, shift from :func:`quantize_multiplier`. Returns the codes in
+    :func:`code_dtype` ``(qmin, qmax)`` (uint8 for [0, 255]). Exactly
+    ``clip(round_half_even(acc * multiplier_value(multiplier, shift)) + zero_point, qmin, qmax)``
+    computed in float64.
+    """
+    acc, dtype = _check_requantize_arguments(
+        acc, [("multiplier", multiplier, 2**MULTIPLIER_BITS - 1), ("shift", shift, MAX_SHIFT)],
+        zero_point, qmin, qmax)
+    return requantize_code(acc, multiplier, shift, zero_point, qmin, qmax).astype(dtype)
+
+
+def requantize_shift(acc, shift, zero_point, qmin, qmax):
+    """Requantization by a shift alone (power-of-two steps, :func:`quantize_shift`): multiplier 1."""
+    return requantize(acc, 1, shift, zero_point, qmin, qmax)
+
+
+def requantize_leaky(acc, multiplier, shift, negative_multiplier, negative_shift, zero_point, qmin, qmax):
+    """Codes of leaky ReLU fused into requantization (:func:`requantize_leaky_code`, the definition).
+
+    ``acc >= 0``: ``clip(rounding_right_shift(acc*multiplier, shift) + zero_point, qmin, qmax)``;
+    ``acc < 0``: the same with ``negative_multiplier, negative_shift`` (:func:`leaky_multipliers`).
+    """
+    limit = 2**MULTIPLIER_BITS - 1
+    acc, dtype = _check_requantize_arguments(
+        acc, [("multiplier", multiplier, limit), ("shift", shift, MAX_SHIFT),
+              ("negative_multiplier", negative_multiplier, limit),
+              ("negative_shift", negative_shift, MAX_SHIFT)], zero_point, qmin, qmax)
+    return requantize_leaky_code(acc, multiplier, shift, negative_multiplier, negative_shift,
+                                 zero_point, qmin, qmax).astype(dtype)
+
+
+def quantize_bias(bias, step_x, step_w):
+    """int32 bias at the accumulator's scale: ``round_half_even(bias / (step_x * step_w))``.
+
+    bias: (O,) float; step_w a scalar or (O,) per-channel steps. Raises
+    ValueError if a quantized bias falls outside int32 (no silent clipping).
+    """
+    bias = np.asarray(bias, np.float64)
+    scale = np.asarray(step_x, np.float64) * np.asarray(step_w, np.float64)
+    if not np.all(np.isfinite(bias)):
+        raise ValueError("bias must be finite")
+    if not np.all(scale > 0):
+        raise ValueError(f"step_x and step_w must be > 0, got step_x={step_x}, step_w={step_w}")
+    quantized = round_half_even(bias / scale)
+    outside = (quantized < INT32_MIN) | (quantized > INT32_MAX)
+    if np.any(outside):
+        raise ValueError(f"{int(outside.sum())} biases exceed int32 at scale step_x*step_w "
+                         f"(largest |bias/scale| = {np.abs(quantized).max():.4g})")
+    return quantized.astype(np.int32)
+
+
+# ---------------------------------------------------------------------------
+# Route on codes: concatenation after moving every input to a common grid
+# ---------------------------------------------------------------------------
+
+def rescale_codes(codes, zero_point, multiplier, shift, out_zero_point, qmin, qmax):
+    """Codes on grid (step_in, zero_point) -> codes on grid (step_out, out_zero_point).
+
+    ``(codes - zero_point)`` is an exact integer accumulator at scale step_in,
+    requantized with ``quantize_multiplier(step_in / step_out)``: the same rule
+    as after a convolution. With equal grids (multiplier * 2**-shift == 1 and
+    equal zero points) the codes come back unchanged.
+    """
+    codes = np.asarray(codes)
+    if codes.dtype.kind not in "iu":
+        raise TypeError(f"codes must be an integer array, got dtype {codes.dtype}")
+    return requantize(codes.astype(np.int64) - _check_integer("zero_point", zero_point),
+                      multiplier, shift, out_zero_point, qmin, qmax)
+
+
+def route_codes(inputs, rescalings, out_zero_point, qmin, qmax):
+    """Darknet's route on codes: concatenate (N, C_i, H, W) inputs along channels on one grid.
+
+    ``rescalings[i]`` is ``(zero_point_i, multiplier_i, shift_i)`` moving input i
+    to the output grid (:func:`rescale_codes`), or None if input i is already
+    on it. Returns (N, sum C_i, H, W) codes in ``code_dtype(qmin, qmax)``.
+    """
+    if len(inputs) != len(rescalings) or not inputs:
+        raise ValueError(f"need one rescaling per input: got {len(inputs)} inputs, "
+                         f"{len(rescalings)} rescalings")
+    dtype = code_dtype(qmin, qmax)
+    parts = []
+    for index, (codes, rescaling) in enumerate(zip(inputs, rescalings)):
+        codes = np.asarray(codes)
+        if codes.ndim != 4 or codes.shape[:1] + codes.shape[2:] != np.shape(inputs[0])[:1] + np.shape(inputs[0])[2:]:
+            raise ValueError(f"route input {index} has shape {codes.shape}; every input must be "
+                             f"(N, C_i, H, W) with the N, H, W of input 0 {np.shape(inputs[0])}")
+        if rescaling is None:
+            if codes.size and (int(codes.min()) < qmin or int(codes.max()) > qmax):
+                raise ValueError(f"route input {index} has codes outside [{qmin}, {qmax}] but no rescaling")
+            parts.append(codes.astype(dtype))
+        else:
+            parts.append(rescale_codes(codes, *rescaling, out_zero_point, qmin, qmax))
+    return np.concatenate(parts, axis=1)
