@@ -1,0 +1,245 @@
+"""Darknet's ``[convolutional]`` layer: im2col + GEMM, optional batch norm, activation.
+
+Source: pjreddie/darknet ``src/convolutional_layer.c`` (``forward_convolutional_layer``,
+``backward_convolutional_layer``), ``src/im2col.c``, ``src/col2im.c``, and
+``parse_convolutional`` in ``src/parser.c`` for the cfg keys.
+
+Shapes: input x (N, C, H, W); weights (M, C, size, size) (Darknet's storage order,
+so ``weights.reshape(M, K)`` with K = C*size*size is its GEMM matrix A);
+im2col columns (N, K, OH*OW); output (N, M, OH, OW) with
+
+    OH = (H + 2*pad - size) // stride + 1      (convolutional_out_height)
+
+Forward, per image n:  z = weights(M, K) @ cols(K, OH*OW), then either
+``y = f(scales * normalize(z) + biases)`` (batch_normalize=1, see
+``refquant.yolo.batchnorm``) or ``y = f(z + biases)``.
+"""
+import numba
+import numpy as np
+
+from refquant.yolo import batchnorm
+from refquant.yolo.activations import activation_code
+
+
+def convolution_padding(size, pad, padding):
+    """Zero padding on each side of a convolution, Darknet's rule (``parse_convolutional``).
+
+    ``pad=1`` means "same" padding ``size // 2`` and overrides ``padding``;
+    otherwise the explicit ``padding`` (default 0) is used:
+    ``int padding = option_find_int_quiet(options, "padding",0); if(pad) padding = size/2;``
+    """
+    return size // 2 if pad else padding
+
+
+def convolution_output_size(size_in, size, stride, padding):
+    """(size_in + 2*padding - size) // stride + 1 (``convolutional_out_height`` in Darknet)."""
+    return (size_in + 2 * padding - size) // stride + 1
+
+
+@numba.njit(cache=True, parallel=True)
+def _im2col(x, size, stride, padding, out_h, out_w, pad_value, cols):
+    n_batch, channels, height, width = x.shape
+    rows = channels * size * size
+    for t in numba.prange(n_batch * rows):
+        n = t // rows
+        r = t % rows
+        c = r // (size * size)
+        ky = (r // size) % size
+        kx = r % size
+        for oy in range(out_h):
+            iy = oy * stride + ky - padding
+            base = oy * out_w
+            if iy < 0 or iy >= height:
+                for ox in range(out_w):
+                    cols[n, r, base + ox] = pad_value
+                continue
+            for ox in range(out_w):
+                ix = ox * stride + kx - padding
+                if ix < 0 or ix >= width:
+                    cols[n, r, base + ox] = pad_value
+                else:
+                    cols[n, r, base + ox] = x[n, c, iy, ix]
+
+
+def im2col(x, size, stride, padding, pad_value=0):
+    """Darknet's im2col (``src/im2col.c``, from Caffe) for a batch; dtype-generic.
+
+    x (N, C, H, W) -> cols (N, C*size*size, OH*OW) with
+    ``cols[n, (c*size + ky)*size + kx, oy*OW + ox] = x[n, c, oy*stride + ky - padding, ox*stride + kx - padding]``
+    and ``pad_value`` outside the image (0 for floats; an integer network passes its zero point).
+    A 1x1, stride-1, unpadded convolution needs no copy: its columns are ``x.reshape(N, C, H*W)``.
+    """
+    n_batch, channels, height, width = x.shape
+    out_h = convolution_output_size(height, size, stride, padding)
+    out_w = convolution_output_size(width, size, stride, padding)
+    if size == 1 and stride == 1 and padding == 0:
+        return np.ascontiguousarray(x).reshape(n_batch, channels, height * width)
+    cols = np.empty((n_batch, channels * size * size, out_h * out_w), dtype=x.dtype)
+    _im2col(np.ascontiguousarray(x), size, stride, padding, out_h, out_w, x.dtype.type(pad_value), cols)
+    return cols
+
+
+@numba.njit(cache=True, parallel=True)
+def _col2im(cols, size, stride, padding, out_h, out_w, dx):
+    n_batch, channels, height, width = dx.shape
+    for t in numba.prange(n_batch * channels):
+        n = t // channels
+        c = t % channels
+        for i in range(height):
+            for j in range(width):
+                dx[n, c, i, j] = 0
+        for ky in range(size):
+            for kx in range(size):
+                r = (c * size + ky) * size + kx
+                for oy in range(out_h):
+                    iy = oy * stride + ky - padding
+                    if iy < 0 or iy >= height:
+                        continue
+                    for ox in range(out_w):
+                        ix = ox * stride + kx - padding
+                        if ix >= 0 and ix < width:
+                            dx[n, c, iy, ix] += cols[n, r, oy * out_w + ox]
+
+
+def col2im(cols, input_shape, size, stride, padding):
+    """Adjoint of :func:`im2col` (Darknet's ``col2im_cpu``): sums each column entry back
+    into the pixel it was copied from. cols (N, C*size*size, OH*OW) -> (N, C, H, W)."""
+    n_batch, channels, height, width = input_shape
+    if size == 1 and stride == 1 and padding == 0:
+        return cols.reshape(input_shape)
+    out_h = convolution_output_size(height, size, stride, padding)
+    out_w = convolution_output_size(width, size, stride, padding)
+    dx = np.empty(input_shape, dtype=cols.dtype)
+    _col2im(np.ascontiguousarray(cols), size, stride, padding, out_h, out_w, dx)
+    return dx
+
+
+class ConvolutionalLayer:
+    """``[convolutional]``: y = f(BN(weights * x) ) or f(weights * x + biases).
+
+    cfg keys (``parse_convolutional``): filters, size (both required here, where
+    Darknet would silently default them to 1), stride=1, pad=0, padding=0,
+    batch_normalize=0, activation=logistic (Darknet's default).
+    params: biases (M,), weights (M, C, size, size), and with batch_normalize=1
+    scales (M,), rolling_mean (M,), rolling_variance (M,). grads: biases, weights, scales.
+    """
+
+    type = "convolutional"
+    cfg_keys = {
+        "filters": ("int", None),
+        "size": ("int", None),
+        "stride": ("int", 1),
+        "pad": ("int", 0),
+        "padding": ("int", 0),
+        "batch_normalize": ("int", 0),
+        "activation": ("str", "logistic"),
+    }
+
+    def __init__(self, filters, size, stride=1, pad=0, padding=0, batch_normalize=0, activation="logistic"):
+        if filters < 1 or size < 1 or stride < 1 or padding < 0:
+            raise ValueError(f"convolutional: filters, size, stride must be >= 1 and padding >= 0, "
+                             f"got filters={filters} size={size} stride={stride} padding={padding}")
+        if batch_normalize not in (0, 1):
+            raise ValueError(f"convolutional: batch_normalize must be 0 or 1, got {batch_normalize}")
+        self.filters = filters
+        self.size = size
+        self.stride = stride
+        self.padding = convolution_padding(size, pad, padding)
+        self.batch_normalize = bool(batch_normalize)
+        self.activation = activation
+        self._code = activation_code(activation)
+        self.params = {}
+        self.grads = {}
+        self._cache = None
+
+    def build(self, input_shape, dtype=np.float32, rng=None):
+        """Allocate the parameters for inputs with ``input_shape[0]`` channels (seeded init).
+
+        Darknet's initialisation (``make_convolutional_layer``): weights ~ N(0, 2/(size*size*C)),
+        biases 0, scales 1, rolling mean 0. The rolling variance starts at 1 here (Darknet's is
+        0, which makes an untrained network's inference mode divide by sqrt(.00001)).
+        """
+        rng = np.random.default_rng(0) if rng is None else rng
+        channels = input_shape[0]
+        m = self.filters
+        scale = np.sqrt(2.0 / (self.size * self.size * channels))
+        self.params = {"biases": np.zeros(m, dtype)}
+        if self.batch_normalize:
+            self.params.update(scales=np.ones(m, dtype), rolling_mean=np.zeros(m, dtype),
+                               rolling_variance=np.ones(m, dtype))
+        shape = (m, channels, self.size, self.size)
+        self.params["weights"] = (scale * rng.standard_normal(shape)).astype(dtype)
+        self.zero_grads()
+
+    def zero_grads(self):
+        """Set every trainable gradient to zero (backward adds to them, as Darknet's updates do)."""
+        trainable = ("biases", "weights", "scales") if self.batch_normalize else ("biases", "weights")
+        self.grads = {k: np.zeros_like(self.params[k]) for k in trainable}
+
+    def output_shape(self, input_shape):
+        """(C, H, W) -> (filters, OH, OW); ValueError if C differs from the weights' or OH, OW < 1."""
+        channels, height, width = input_shape
+        if "weights" in self.params and channels != self.params["weights"].shape[1]:
+            raise ValueError(f"convolutional: input has {channels} channels, weights expect "
+                             f"{self.params['weights'].shape[1]}")
+        out_h = convolution_output_size(height, self.size, self.stride, self.padding)
+        out_w = convolution_output_size(width, self.size, self.stride, self.padding)
+        if out_h < 1 or out_w < 1:
+            raise ValueError(f"convolutional: input {height}x{width} is smaller than the "
+                             f"{self.size}x{self.size} kernel with padding {self.padding}")
+        return (self.filters, out_h, out_w)
+
+    def parameter_count(self):
+        """Number of stored values (weights, biases, and the four batch-norm vectors)."""
+        return int(sum(p.size for p in self.params.values()))
+
+    def flops(self, input_shape):
+        """Darknet's count: 2 * filters * size*size*C * OH*OW multiply-adds per image."""
+        _, out_h, out_w = self.output_shape(input_shape)
+        return 2 * self.filters * self.size * self.size * input_shape[0] * out_h * out_w
+
+    def _affine(self, z, training):
+        """(mean, inv_std, scales, biases) that map z to the activation's input, per channel."""
+        p = self.params
+        dtype = z.dtype
+        if not self.batch_normalize:
+            m = self.filters
+            return np.zeros(m, dtype), np.ones(m, dtype), np.ones(m, dtype), p["biases"]
+        if training:
+            mean, variance = batchnorm.batch_statistics(z)
+            batchnorm.rolling_update(p["rolling_mean"], mean)
+            batchnorm.rolling_update(p["rolling_variance"], variance)
+        else:
+            mean, variance = p["rolling_mean"], p["rolling_variance"]
+        return mean, batchnorm.normalizer(variance).astype(dtype), p["scales"], p["biases"]
+
+    def forward(self, x, training=False):
+        """x (N, C, H, W) -> y (N, filters, OH, OW); training=True uses and updates batch statistics."""
+        n_batch = x.shape[0]
+        _, out_h, out_w = self.output_shape(x.shape[1:])
+        weights = self.params["weights"]
+        cols = im2col(x, self.size, self.stride, self.padding)
+        z = np.matmul(weights.reshape(self.filters, -1), cols)
+        mean, inv_std, scales, biases = self._affine(z, training)
+        y = np.empty_like(z)
+        batchnorm.normalize_scale_activate(z, mean, inv_std, scales, biases, self._code, y)
+        # z now holds xhat (or z itself without batch norm); backward needs it, cols and y.
+        self._cache = (x.shape, cols, z, inv_std, y, training and self.batch_normalize)
+        return y.reshape(n_batch, self.filters, out_h, out_w)
+
+    def backward(self, dout):
+        """dL/dy (N, filters, OH, OW) -> dL/dx (N, C, H, W); adds dL/dparams to self.grads."""
+        input_shape, cols, xhat, inv_std, y, batch_mode = self._cache
+        n_batch = input_shape[0]
+        dy = np.ascontiguousarray(dout, dtype=y.dtype).reshape(y.shape)
+        dz = np.empty_like(y)
+        scales = self.params["scales"] if self.batch_normalize else np.ones(self.filters, y.dtype)
+        dscales = self.grads["scales"] if self.batch_normalize else np.zeros(self.filters, y.dtype)
+        batchnorm.backward_scale_normalize(dy, y, xhat, self._code, scales, inv_std, batch_mode,
+                                           dz, dscales, self.grads["biases"])
+        weights = self.params["weights"]
+        dweights = self.grads["weights"].reshape(self.filters, -1)
+        for n in range(n_batch):
+            dweights += dz[n] @ cols[n].T
+        dcols = np.matmul(weights.reshape(self.filters, -1).T, dz)
+        return col2im(dcols, input_shape, self.size, self.stride, self.padding)

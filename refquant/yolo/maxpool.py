@@ -1,0 +1,142 @@
+"""Darknet's ``[maxpool]`` layer, with its implicit padding.
+
+Source: pjreddie/darknet ``src/maxpool_layer.c`` (``make_maxpool_layer``,
+``forward_maxpool_layer``, ``backward_maxpool_layer``) and ``parse_maxpool`` in
+``src/parser.c``. The forward function is dtype-generic: the integer network
+reuses it unchanged on activation codes (max commutes with any increasing
+quantizer).
+"""
+import numba
+import numpy as np
+
+
+def maxpool_padding(size, padding=None):
+    """Total padding of a Darknet max pool: ``size - 1`` unless the cfg gives ``padding``.
+
+    Darknet (``parse_maxpool``): ``int padding = option_find_int_quiet(options, "padding", size-1);``
+    The window of output (i, j) starts at row ``i*stride - padding//2`` (``h_offset = -l.pad/2``),
+    and positions outside the image never win the max. Hence ``size=2, stride=1`` keeps the
+    size (padding one row at the bottom and one column on the right) and ``size=2, stride=2``
+    gives ceil(H/2).
+    """
+    return size - 1 if padding is None else padding
+
+
+def maxpool_output_size(size_in, size, stride, padding):
+    """(size_in + padding - size) // stride + 1 (``make_maxpool_layer``: ``l.out_w``)."""
+    return (size_in + padding - size) // stride + 1
+
+
+def _lowest(dtype):
+    """The value that plays Darknet's ``-FLT_MAX`` for positions outside the image."""
+    return -np.inf if np.issubdtype(dtype, np.floating) else np.iinfo(dtype).min
+
+
+@numba.njit(cache=True, parallel=True)
+def _maxpool(x, size, stride, offset, lowest, out, indexes):
+    n_batch, channels, height, width = x.shape
+    out_h, out_w = out.shape[2], out.shape[3]
+    for t in numba.prange(n_batch * channels):
+        n = t // channels
+        c = t % channels
+        for i in range(out_h):
+            for j in range(out_w):
+                best = lowest
+                best_index = -1
+                for dy in range(size):
+                    row = offset + i * stride + dy
+                    if row < 0 or row >= height:
+                        continue
+                    for dx in range(size):
+                        col = offset + j * stride + dx
+                        if col < 0 or col >= width:
+                            continue
+                        value = x[n, c, row, col]
+                        # strict '>' keeps the first maximum in scan order, as Darknet does
+                        if value > best or best_index < 0:
+                            best = value
+                            best_index = row * width + col
+                out[n, c, i, j] = best
+                indexes[n, c, i, j] = best_index
+
+
+def maxpool_forward(x, size, stride, padding):
+    """Max over each size x size window; x (N, C, H, W) of any real dtype -> (out, indexes).
+
+    out (N, C, OH, OW) with OH = :func:`maxpool_output_size`; ``indexes`` (same shape, int64)
+    holds the flat position row*W + col of each maximum within its (n, c) plane (the first
+    one in row-major window order on ties, Darknet's ``val > max``).
+    """
+    n_batch, channels, height, width = x.shape
+    out_h = maxpool_output_size(height, size, stride, padding)
+    out_w = maxpool_output_size(width, size, stride, padding)
+    out = np.empty((n_batch, channels, out_h, out_w), dtype=x.dtype)
+    indexes = np.empty(out.shape, dtype=np.int64)
+    _maxpool(np.ascontiguousarray(x), size, stride, -(padding // 2), x.dtype.type(_lowest(x.dtype)), out, indexes)
+    return out, indexes
+
+
+@numba.njit(cache=True, parallel=True)
+def _maxpool_backward(dout, indexes, dx_planes):
+    n_batch, channels, plane = dx_planes.shape
+    for t in numba.prange(n_batch * channels):
+        n = t // channels
+        c = t % channels
+        for k in range(plane):
+            dx_planes[n, c, k] = 0
+        for i in range(dout.shape[2]):
+            for j in range(dout.shape[3]):
+                dx_planes[n, c, indexes[n, c, i, j]] += dout[n, c, i, j]
+
+
+def maxpool_backward(dout, indexes, input_shape):
+    """Route each output gradient to its maximum (``backward_maxpool_layer``); -> (N, C, H, W)."""
+    n_batch, channels, height, width = input_shape
+    dx = np.empty((n_batch, channels, height * width), dtype=dout.dtype)
+    _maxpool_backward(np.ascontiguousarray(dout), indexes, dx)
+    return dx.reshape(input_shape)
+
+
+class MaxpoolLayer:
+    """``[maxpool]``: cfg keys stride=1, size=stride, padding=size-1 (Darknet's defaults)."""
+
+    type = "maxpool"
+    cfg_keys = {
+        "stride": ("int", 1),
+        "size": ("int", lambda options: options["stride"]),
+        "padding": ("int", lambda options: maxpool_padding(options["size"])),
+    }
+
+    def __init__(self, stride=1, size=None, padding=None):
+        size = stride if size is None else size
+        if size < 1 or stride < 1:
+            raise ValueError(f"maxpool: size and stride must be >= 1, got size={size} stride={stride}")
+        self.size = size
+        self.stride = stride
+        self.padding = maxpool_padding(size, padding)
+        if self.padding < 0:
+            raise ValueError(f"maxpool: padding must be >= 0, got {self.padding}")
+        self.params = {}
+        self.grads = {}
+        self._cache = None
+
+    def output_shape(self, input_shape):
+        """(C, H, W) -> (C, OH, OW); ValueError if the window does not fit."""
+        channels, height, width = input_shape
+        out_h = maxpool_output_size(height, self.size, self.stride, self.padding)
+        out_w = maxpool_output_size(width, self.size, self.stride, self.padding)
+        if out_h < 1 or out_w < 1:
+            raise ValueError(f"maxpool: input {height}x{width} is too small for a {self.size}x{self.size} window")
+        return (channels, out_h, out_w)
+
+    def forward(self, x, training=False):
+        """x (N, C, H, W) -> (N, C, OH, OW), any dtype."""
+        self.output_shape(x.shape[1:])
+        out, indexes = maxpool_forward(x, self.size, self.stride, self.padding)
+        self._cache = (x.shape, indexes)
+        return out
+
+    def backward(self, dout):
+        """dL/dy -> dL/dx: each gradient goes to the input position that was the maximum."""
+        input_shape, indexes = self._cache
+        return maxpool_backward(dout, indexes, input_shape)
