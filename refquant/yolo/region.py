@@ -13,15 +13,25 @@ x, y, w, h (box), objectness, then the class scores. Viewed as
 Forward: logistic on x, y and objectness; softmax over the classes of each
 anchor and cell (logistic instead when ``softmax=0``); w and h stay raw.
 
-Decoding (``get_region_box``), relative to the image:
+Decoding (``get_region_box``, defined in :func:`refquant.decode.region_boxes`),
+relative to the image:
     bx = (col + x) / W,  by = (row + y) / H,
     bw = exp(w) * anchor_w / W,  bh = exp(h) * anchor_h / H.
+
+Which Darknet: pjreddie master writes the loss deltas in *output* space
+(``delta = scale * (target - output)``) and applies the logistic slope to x, y
+and objectness only in ``backward_region_layer_gpu``; its CPU
+``backward_region_layer`` has that code commented out (so CPU training passes
+no gradient at all). We follow the GPU path, the one that trains. Older Darknet and the AlexeyAB fork fold the slope
+into the delta itself; the gradient reaching the input is the same, the
+printed cost is not.
 """
 import warnings
 
 import numpy as np
 
 from refquant.boxes import darknet_iou
+from refquant.decode import region_boxes
 from refquant.yolo import activations
 
 PRIOR_SEEN_LIMIT = 12800
@@ -66,23 +76,25 @@ def box_targets(truth, col, row, anchor, grid):
                      np.log(truth[..., 3] * h / anchor[..., 1])], axis=-1)
 
 
-def _divide_floored(numerator, denominator, what):
-    """numerator / denominator with the denominator floored at the dtype's tiny.
+def _divide_floored(numerator, denominator, dtype, what):
+    """numerator / denominator, the denominator floored so that the quotient is finite in ``dtype``.
 
     Used where dL/d(output) = g / (d output / d input) must be formed for an
-    activation whose slope underflowed to 0 in floating point: a class probability
-    below the smallest normal number (a logit gap beyond ~87 in float32), or a
+    activation whose slope underflowed to 0 in ``dtype``: a class probability
+    near the smallest normal number (a logit gap beyond ~87 in float32), or a
     saturated logistic class score (y == 1.0 exactly, z beyond ~17 in float32, ~37
     in float64). Warns, naming the head, because the gradient of those entries is
     then lost.
     """
-    tiny = np.finfo(denominator.dtype).tiny
-    small = denominator < tiny
+    # |numerator| <= bound, so the quotient stays below 1 / (2 tiny), finite in ``dtype``.
+    bound = max(1.0, float(np.max(np.abs(numerator), initial=0.0)))
+    floor = 2 * bound * float(np.finfo(dtype).tiny)
+    small = denominator < floor
     if np.any(small & (numerator != 0)):
         warnings.warn(f"{what}: {int(np.count_nonzero(small & (numerator != 0)))} entries have an "
-                      f"activation slope below {tiny:g} (saturated); their gradient is lost",
+                      f"activation slope below {floor:g} (saturated); their gradient is lost",
                       RuntimeWarning, stacklevel=3)
-    return numerator / np.maximum(denominator, tiny)
+    return numerator / np.maximum(denominator, floor)
 
 
 class RegionLayer:
@@ -217,9 +229,10 @@ class RegionLayer:
         z = self._anchor_view(x)
         y = np.array(x, copy=True)
         v = self._anchor_view(y)
-        v[:, :, 0:2] = activations.activate(z[:, :, 0:2], "logistic")
-        v[:, :, 4] = activations.activate(z[:, :, 4], "logistic")
-        v[:, :, 5:] = softmax(z[:, :, 5:], axis=2) if self.softmax else activations.activate(z[:, :, 5:], "logistic")
+        squashed = self._anchor_view(activations.activate(x, "logistic"))   # one pass over the tensor
+        v[:, :, 0:2] = squashed[:, :, 0:2]
+        v[:, :, 4] = squashed[:, :, 4]
+        v[:, :, 5:] = softmax(z[:, :, 5:], axis=2) if self.softmax else squashed[:, :, 5:]
         self.input = x
         self.output = y
         return y
@@ -233,35 +246,28 @@ class RegionLayer:
         if self.output is None or dout.shape != self.output.shape:
             raise ValueError(f"[region] layer: backward needs dout shaped like the last forward "
                              f"output {None if self.output is None else self.output.shape}, got {dout.shape}")
-        y = self._anchor_view(self.output)
-        dy = self._anchor_view(dout)
         dx = np.array(dout, copy=True)
         v = self._anchor_view(dx)
-        v[:, :, 0:2] = activations.backward(y[:, :, 0:2], dy[:, :, 0:2], "logistic")
-        v[:, :, 4] = activations.backward(y[:, :, 4], dy[:, :, 4], "logistic")
+        through_logistic = self._anchor_view(activations.backward(self.output, dout, "logistic"))
+        v[:, :, 0:2] = through_logistic[:, :, 0:2]
+        v[:, :, 4] = through_logistic[:, :, 4]
         if self.softmax:
-            p = y[:, :, 5:]
-            g = dy[:, :, 5:]
+            p = self._anchor_view(self.output)[:, :, 5:]
+            g = self._anchor_view(dout)[:, :, 5:]
             v[:, :, 5:] = p * (g - (p * g).sum(axis=2, keepdims=True))
         else:
-            v[:, :, 5:] = activations.backward(y[:, :, 5:], dy[:, :, 5:], "logistic")
+            v[:, :, 5:] = through_logistic[:, :, 5:]
         self.grads = {}
         return dx
 
     def predicted_boxes(self):
         """Boxes of the last forward output, relative to the image: (N, num, H, W, 4) as (x, y, w, h).
 
-        ``get_region_box``: bx = (col + x)/W, by = (row + y)/H, bw = exp(w) anchor_w/W,
-        bh = exp(h) anchor_h/H.
+        Darknet's ``get_region_box``, defined once in :func:`refquant.decode.region_boxes`.
         """
-        v = self._anchor_view(self.output).astype(np.float64)
-        h, w = v.shape[-2:]
-        col = np.arange(w)
-        row = np.arange(h)[:, None]
-        aw = self.anchors[:, 0, None, None]
-        ah = self.anchors[:, 1, None, None]
-        return np.stack([(col + v[:, :, 0]) / w, (row + v[:, :, 1]) / h,
-                         np.exp(v[:, :, 2]) * aw / w, np.exp(v[:, :, 3]) * ah / h], axis=-1)
+        batch, _, h, w = self.output.shape
+        boxes = region_boxes(self.output, self.anchors, self.classes, self.coords)[0]
+        return boxes.reshape(batch, self.num, h, w, 4)
 
     def _check_truths(self, truths, batch):
         """Validate the truths; return them as float64 arrays (M_i, 5)."""
@@ -329,13 +335,21 @@ class RegionLayer:
         L has class_scale * CE. They are different numbers; only L has gradient -delta.
 
         Returns (L as a float, dout = dL/dy shaped like the output, in its dtype), so that
-        ``backward(dout)`` is dL/d(raw input).
+        ``backward(dout)`` is dL/d(raw input). Equal to ``loss_with_targets(*targets(truths, seen))``.
+        """
+        return self.loss_with_targets(*self.targets(truths, seen))
+
+    def targets(self, truths, seen=0):
+        """Darknet's masks S and targets T for the last forward output (steps 1-3 of :meth:`loss`).
+
+        Returns (scale, target), two float64 arrays shaped like the output (N, num*K, H, W):
+        Darknet's delta is scale * (target - output). Also sets ``self.stats``, the averages
+        Darknet prints (``Region Avg IOU, Class, Obj, No Obj, Avg Recall, count``).
         """
         if self.output is None:
             raise ValueError("[region] loss: call forward first")
         y = self._anchor_view(self.output).astype(np.float64)
-        z = self._anchor_view(self.input).astype(np.float64)
-        batch, _, _, h, w = y.shape
+        batch = y.shape[0]
         truths = self._check_truths(truths, batch)
         boxes = self.predicted_boxes()                       # (N, num, H, W, 4)
         scale = np.zeros_like(y)                             # S
@@ -345,13 +359,29 @@ class RegionLayer:
             self._ignore_and_prior(boxes[b], truths[b], scale[b], target[b], seen)
             for truth in truths[b]:
                 self._assign(truth, y[b], boxes[b], scale[b], target[b], stats)
-        delta = scale * (target - y)
-        self.delta = delta.reshape(self.output.shape).astype(self.output.dtype)
-        self.cost = float(np.sum(delta ** 2))
         count = max(stats["count"], 1)
         self.stats = {"avg_iou": stats["iou"] / count, "class": stats["class"] / count,
                       "obj": stats["obj"] / count, "no_obj": float(y[:, :, 4].mean()),
                       "recall": stats["recall"] / count, "count": stats["count"]}
+        return scale.reshape(self.output.shape), target.reshape(self.output.shape)
+
+    def loss_with_targets(self, scale, target):
+        """L and dL/dy of the last forward output for given masks S and targets T (see :meth:`loss`).
+
+        ``scale``, ``target``: arrays shaped like the output, as :meth:`targets` returns them.
+        Sets ``self.delta`` = S (T - y) (Darknet's ``l.delta``) and ``self.cost`` = sum delta^2.
+        Returns (L, dout) with dout in the output's dtype.
+        """
+        if self.output is None or np.shape(scale) != self.output.shape or np.shape(target) != self.output.shape:
+            raise ValueError(f"[region] loss: scale and target must be shaped like the last forward output "
+                             f"{None if self.output is None else self.output.shape}")
+        y = self._anchor_view(self.output).astype(np.float64)
+        z = self._anchor_view(self.input).astype(np.float64)
+        scale = self._anchor_view(np.asarray(scale, dtype=np.float64))
+        target = self._anchor_view(np.asarray(target, dtype=np.float64))
+        delta = scale * (target - y)
+        self.delta = delta.reshape(self.output.shape).astype(self.output.dtype)
+        self.cost = float(np.sum(delta ** 2))
         loss, dout = self._loss_and_gradient(y, z, scale, target)
         return loss, dout.reshape(self.output.shape).astype(self.output.dtype)
 
@@ -420,10 +450,10 @@ class RegionLayer:
         if self.softmax:
             # CE = -sum_c T_c log p_c; only anchors holding a truth have S > 0.
             loss += -np.sum(s * t * log_softmax(zc, axis=2))
-            dout[:, :, 5:] = _divide_floored(-s * t, p, "[region] softmax classes")
+            dout[:, :, 5:] = _divide_floored(-s * t, p, self.output.dtype, "[region] softmax classes")
         else:
             loss += -np.sum(s * (t * log_logistic(zc) + (1 - t) * log_logistic(-zc)))
             slope = activations.gradient(self._anchor_view(self.output)[:, :, 5:], "logistic").astype(np.float64)
-            dout[:, :, 5:] = _divide_floored(s * (p - t), slope, "[region] logistic classes")
+            dout[:, :, 5:] = _divide_floored(s * (p - t), slope, self.output.dtype, "[region] logistic classes")
         return float(loss), dout
 

@@ -77,7 +77,6 @@ class YoloLayer:
         self.max_boxes = max
         self.params = {}
         self.grads = {}
-        self.input = None
         self.output = None
 
     @property
@@ -104,12 +103,11 @@ class YoloLayer:
         if x.ndim != 4:
             raise ValueError(f"[yolo] layer: expected input (N, C, H, W), got shape {x.shape}")
         self.output_shape(x.shape[1:])
-        z = self._anchor_view(x)
         y = np.array(x, copy=True)
         v = self._anchor_view(y)
-        v[:, :, 0:2] = activations.activate(z[:, :, 0:2], "logistic")
-        v[:, :, 4:] = activations.activate(z[:, :, 4:], "logistic")
-        self.input = x
+        squashed = self._anchor_view(activations.activate(x, "logistic"))   # one pass over the tensor
+        v[:, :, 0:2] = squashed[:, :, 0:2]
+        v[:, :, 4:] = squashed[:, :, 4:]
         self.output = y
         return y
 
@@ -118,12 +116,11 @@ class YoloLayer:
         if self.output is None or dout.shape != self.output.shape:
             raise ValueError(f"[yolo] layer: backward needs dout shaped like the last forward "
                              f"output {None if self.output is None else self.output.shape}, got {dout.shape}")
-        y = self._anchor_view(self.output)
-        dy = self._anchor_view(dout)
         dx = np.array(dout, copy=True)
         v = self._anchor_view(dx)
-        v[:, :, 0:2] = activations.backward(y[:, :, 0:2], dy[:, :, 0:2], "logistic")
-        v[:, :, 4:] = activations.backward(y[:, :, 4:], dy[:, :, 4:], "logistic")
+        through_logistic = self._anchor_view(activations.backward(self.output, dout, "logistic"))
+        v[:, :, 0:2] = through_logistic[:, :, 0:2]
+        v[:, :, 4:] = through_logistic[:, :, 4:]
         self.grads = {}
         return dx
 
