@@ -333,6 +333,10 @@ class RegionLayer:
         with delta = ``self.delta`` in output space. On x, y, w, h and objectness entries
         delta^2 = 2 S * (its term of L); on class entries cost has class_scale^2 (T - p)^2 where
         L has class_scale * CE. They are different numbers; only L has gradient -delta.
+        Both sum over the images of the batch, as Darknet's delta does (Darknet divides the
+        learning rate by the batch size in its update instead). Darknet's training log prints
+        the cost per image: the iteration's summed costs over its number of images
+        (``train_network``: ``sum/(n*batch)``).
 
         Returns (L as a float, dout = dL/dy shaped like the output, in its dtype), so that
         ``backward(dout)`` is dL/d(raw input). Equal to ``loss_with_targets(*targets(truths, seen))``.
@@ -368,7 +372,9 @@ class RegionLayer:
     def loss_with_targets(self, scale, target):
         """L and dL/dy of the last forward output for given masks S and targets T (see :meth:`loss`).
 
-        ``scale``, ``target``: arrays shaped like the output, as :meth:`targets` returns them.
+        ``scale``, ``target``: arrays shaped like the output, as :meth:`targets` returns them
+        (with softmax classes, -dL/dz = S (T - p) needs T one-hot and S equal over the classes
+        of an anchor, as there).
         Sets ``self.delta`` = S (T - y) (Darknet's ``l.delta``) and ``self.cost`` = sum delta^2.
         Returns (L, dout) with dout in the output's dtype.
         """
