@@ -297,7 +297,8 @@ def rasterize(outline, hole, size):
     Returns ``(alpha, window)``: alpha (h, w) float in [0, 1] over the window
     (a pair of slices of the image), drawn at :data:`SUPERSAMPLE` times the
     resolution and box-averaged down. Pixel (col, row) covers [col, col + 1) x
-    [row, row + 1) in the polygon's coordinates.
+    [row, row + 1) in the polygon's coordinates. Pillow fills every fine pixel
+    its outline touches, so edges grow by up to half a fine pixel.
     """
     low = np.clip(np.floor(outline.min(axis=0)).astype(int), 0, size)
     high = np.clip(np.ceil(outline.max(axis=0)).astype(int) + 1, 0, size)
