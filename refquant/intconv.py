@@ -210,18 +210,17 @@ def conv2d_reference(x, w, stride=1, pad=0, x_range=None, w_range=None):
 # Fast kernel: offset to unsigned bytes, im2col, blocked int32 GEMM
 # ---------------------------------------------------------------------------
 # Why bytes: LLVM turns an int32 multiply of a zero-extended byte by a
-# sign-extended byte into PMADDWD (8 products per AVX2 instruction); a signed
-# times signed int32 multiply becomes PMULLD, several times slower. So x is
-# offset to be non-negative (x - offset with offset = min(x, 0)) and, when that
-# needs more than 8 bits, split into bytes; the offset and the byte weights
-# are added back exactly:  sum w*x = sum_b 256**b * sum w*byte_b + offset * sum w.
-# All sums are int32 with wrap-around: the true result fits int32 (checked
-# above) and is congruent mod 2**32 to the wrapped one, so it comes out exact.
+# sign-extended byte into PMADDWD on x86 (a signed times signed int32 multiply
+# becomes PMULLD, several times slower). So x is offset to be non-negative
+# (x - offset, offset = min(x, 0)) and, when that needs more than 8 bits, cut
+# into two bytes; the byte weights and the offset are added back exactly:
+#     sum w*x = sum_b 256**b * (sum w*byte_b) + offset * sum w.
+# Sums are int32 with wrap-around: the true result fits int32 (checked before
+# computing) and is congruent mod 2**32 to the wrapped one, so it comes out exact.
 
-_TILE_OUTPUTS = 4        # output channels per micro-tile
-_TILE_PIXELS = 3         # output pixels per micro-tile (4*3 accumulators fit the 16 AVX2 registers)
-_K_ALIGN = 16            # K padded with zero weights to a multiple of this
-_BLOCK_BYTES = 96 * 1024  # pixels x K bytes of im2col kept hot in L2 per block
+_RANK = 4                 # output channels and K steps per micro-kernel call (K, O padded to it)
+_L2_BYTES = 128 * 1024    # im2col block (K block x pixel block) kept hot in L2
+_MAX_K_BLOCK = 1536
 
 
 @intrinsic
@@ -247,137 +246,109 @@ def _multiply_accumulate_int32(typingctx, acc, a, b):
     return types.int32(acc, a, b), codegen
 
 
-@numba.njit(cache=True, parallel=True)
-def _offset_bytes_hwc(x_image, offset, pad, byte_index):
-    """(C, H, W) -> padded channel-last (H + 2pad, W + 2pad, C) uint8: byte ``byte_index`` of x - offset.
+_mac = _multiply_accumulate_int32
 
-    Padding holds 0 - offset, the padded zero in the offset domain.
+
+@numba.njit(cache=True, parallel=True)
+def _im2col_bytes(x_image, offset, byte_index, kh, kw, stride, pad, out_height, out_width, k_padded):
+    """(C, H, W) -> (k_padded, Ho*Wo) uint8: byte ``byte_index`` of x - offset, im2col'ed.
+
+    Row k = (c*kh + i)*kw + j holds, for every output pixel p = y*Wo + x, the
+    input at (c, y*stride + i - pad, x*stride + j - pad); outside the image it
+    holds the byte of 0 - offset (the padded zero). Rows past K are 0 (their
+    weights are 0 too).
     """
     channels, height, width = x_image.shape
-    padded = np.empty((height + 2 * pad, width + 2 * pad, channels), np.uint8)
+    columns = np.zeros((k_padded, out_height * out_width), np.uint8)
     shift = 8 * byte_index
     pad_byte = np.uint8(((0 - offset) >> shift) & 255)
-    for row in numba.prange(height + 2 * pad):
-        for col in range(width + 2 * pad):
-            inside = pad <= row < height + pad and pad <= col < width + pad
-            for c in range(channels):
-                if inside:
-                    value = np.int64(x_image[c, row - pad, col - pad]) - offset
-                    padded[row, col, c] = np.uint8((value >> shift) & 255)
+    for k in numba.prange(channels * kh * kw):
+        c, i, j = k // (kh * kw), (k // kw) % kh, k % kw
+        for y in range(out_height):
+            row = y * stride + i - pad
+            for x in range(out_width):
+                col = x * stride + j - pad
+                if 0 <= row < height and 0 <= col < width:
+                    value = np.int64(x_image[c, row, col]) - offset
+                    columns[k, y * out_width + x] = np.uint8((value >> shift) & 255)
                 else:
-                    padded[row, col, c] = pad_byte
-    return padded
-
-
-@numba.njit(cache=True, parallel=True)
-def _im2col(padded, kh, kw, stride, out_height, out_width, k_padded):
-    """Padded (Hp, Wp, C) -> (Ho*Wo, k_padded) uint8 with column k = (i*kw + j)*C + c.
-
-    Row p = y*Wo + x holds the receptive field of output pixel (y, x); each
-    (i, j) run of C channels is contiguous in both arrays. Columns past K are 0.
-    """
-    channels = padded.shape[2]
-    columns = np.zeros((out_height * out_width, k_padded), np.uint8)
-    for y in numba.prange(out_height):
-        for x in range(out_width):
-            p = y * out_width + x
-            for i in range(kh):
-                for j in range(kw):
-                    base = (i * kw + j) * channels
-                    for c in range(channels):
-                        columns[p, base + c] = padded[y * stride + i, x * stride + j, c]
+                    columns[k, y * out_width + x] = pad_byte
     return columns
 
 
 @numba.njit(cache=True, inline="always")
-def _dot(w_packed, columns, o, p, k_start, k_stop):
-    acc = np.int32(0)
-    for k in range(k_start, k_stop):
-        acc = _multiply_accumulate_int32(acc, w_packed[o, k], columns[p, k])
-    return acc
+def _rank4_update(w_packed, columns, out, o, k, p_start, p_stop):
+    """out[o:o+4, p] += w_packed[o:o+4, k:k+4] @ columns[k:k+4, p] for p in [p_start, p_stop).
 
-
-@numba.njit(cache=True, inline="always")
-def _tile_4x3(w_packed, columns, out, o, p, k_start, k_stop):
-    """out[o:o+4, p:p+3] += w_packed[o:o+4, k] . columns[p:p+3, k] over k in [k_start, k_stop)."""
-    a00 = a01 = a02 = a10 = a11 = a12 = np.int32(0)
-    a20 = a21 = a22 = a30 = a31 = a32 = np.int32(0)
-    for k in range(k_start, k_stop):
-        x0, x1, x2 = columns[p, k], columns[p + 1, k], columns[p + 2, k]
-        w0, w1, w2, w3 = w_packed[o, k], w_packed[o + 1, k], w_packed[o + 2, k], w_packed[o + 3, k]
-        a00 = _multiply_accumulate_int32(a00, w0, x0)
-        a01 = _multiply_accumulate_int32(a01, w0, x1)
-        a02 = _multiply_accumulate_int32(a02, w0, x2)
-        a10 = _multiply_accumulate_int32(a10, w1, x0)
-        a11 = _multiply_accumulate_int32(a11, w1, x1)
-        a12 = _multiply_accumulate_int32(a12, w1, x2)
-        a20 = _multiply_accumulate_int32(a20, w2, x0)
-        a21 = _multiply_accumulate_int32(a21, w2, x1)
-        a22 = _multiply_accumulate_int32(a22, w2, x2)
-        a30 = _multiply_accumulate_int32(a30, w3, x0)
-        a31 = _multiply_accumulate_int32(a31, w3, x1)
-        a32 = _multiply_accumulate_int32(a32, w3, x2)
-    out[o, p] += a00
-    out[o, p + 1] += a01
-    out[o, p + 2] += a02
-    out[o + 1, p] += a10
-    out[o + 1, p + 1] += a11
-    out[o + 1, p + 2] += a12
-    out[o + 2, p] += a20
-    out[o + 2, p + 1] += a21
-    out[o + 2, p + 2] += a22
-    out[o + 3, p] += a30
-    out[o + 3, p + 1] += a31
-    out[o + 3, p + 2] += a32
+    The pixel loop is the one LLVM vectorises: 4 byte loads, 16 multiply-adds
+    and 4 int32 loads/stores of ``out`` per vector of pixels.
+    """
+    w00, w01, w02, w03 = w_packed[o, k], w_packed[o, k + 1], w_packed[o, k + 2], w_packed[o, k + 3]
+    w10, w11, w12, w13 = w_packed[o + 1, k], w_packed[o + 1, k + 1], w_packed[o + 1, k + 2], w_packed[o + 1, k + 3]
+    w20, w21, w22, w23 = w_packed[o + 2, k], w_packed[o + 2, k + 1], w_packed[o + 2, k + 2], w_packed[o + 2, k + 3]
+    w30, w31, w32, w33 = w_packed[o + 3, k], w_packed[o + 3, k + 1], w_packed[o + 3, k + 2], w_packed[o + 3, k + 3]
+    x0, x1, x2, x3 = columns[k], columns[k + 1], columns[k + 2], columns[k + 3]
+    out0, out1, out2, out3 = out[o], out[o + 1], out[o + 2], out[o + 3]
+    # Unsigned p: Numba then skips its negative-index wrap-around test, which
+    # otherwise blocks vectorisation of this loop (about 4x slower).
+    for p in range(np.uint64(p_start), np.uint64(p_stop)):
+        a, b, c, d = x0[p], x1[p], x2[p], x3[p]
+        out0[p] = _mac(_mac(_mac(_mac(out0[p], w00, a), w01, b), w02, c), w03, d)
+        out1[p] = _mac(_mac(_mac(_mac(out1[p], w10, a), w11, b), w12, c), w13, d)
+        out2[p] = _mac(_mac(_mac(_mac(out2[p], w20, a), w21, b), w22, c), w23, d)
+        out3[p] = _mac(_mac(_mac(_mac(out3[p], w30, a), w31, b), w32, c), w33, d)
 
 
 @numba.njit(cache=True, parallel=True)
-def _gemm_accumulate(w_packed, columns, out, p_block, k_block):
-    """out (O, P) int32 += w_packed (O, Kp) int8 @ columns (P, Kp).T uint8, wrap-around int32.
+def _gemm_accumulate(w_packed, columns, out, p_block, k_block, o_group):
+    """out (Op, P) int32 += w_packed (Op, Kp) int8 @ columns (Kp, P) uint8, wrap-around int32.
 
-    Blocked over pixels and K so that a block of ``columns`` stays in L2 while
-    every output channel sweeps it; parallel over tiles of 4 output channels.
+    Op, Kp multiples of 4. Work is split into tasks (pixel block x group of
+    output channels) run in parallel; within a task a K block of ``columns``
+    (k_block x p_block bytes) stays in L2 while every output channel of the
+    group sweeps it, and the 4 output rows being updated stay in L1.
     """
     n_outputs, k_padded = w_packed.shape
-    n_pixels = columns.shape[0]
-    n_tiles = (n_outputs + _TILE_OUTPUTS - 1) // _TILE_OUTPUTS
-    for p_start in range(0, n_pixels, p_block):
+    n_pixels = columns.shape[1]
+    n_p_blocks = (n_pixels + p_block - 1) // p_block
+    n_o_groups = (n_outputs + o_group - 1) // o_group
+    for task in numba.prange(n_p_blocks * n_o_groups):
+        p_start = (task // n_o_groups) * p_block
         p_stop = min(p_start + p_block, n_pixels)
+        o_start = (task % n_o_groups) * o_group
+        o_stop = min(o_start + o_group, n_outputs)
         for k_start in range(0, k_padded, k_block):
             k_stop = min(k_start + k_block, k_padded)
-            for tile in numba.prange(n_tiles):
-                o = tile * _TILE_OUTPUTS
-                if o + _TILE_OUTPUTS <= n_outputs:
-                    p = p_start
-                    while p + _TILE_PIXELS <= p_stop:
-                        _tile_4x3(w_packed, columns, out, o, p, k_start, k_stop)
-                        p += _TILE_PIXELS
-                    p_edge = p
-                else:
-                    p_edge = p_start
-                for o_edge in range(o, min(o + _TILE_OUTPUTS, n_outputs)):
-                    for p_rest in range(p_edge, p_stop):
-                        out[o_edge, p_rest] += _dot(w_packed, columns, o_edge, p_rest, k_start, k_stop)
+            for o in range(o_start, o_stop, _RANK):
+                for k in range(k_start, k_stop, _RANK):
+                    _rank4_update(w_packed, columns, out, o, k, p_start, p_stop)
 
 
-def _pack_weights(w, k_padded):
-    """(O, C, kh, kw) int8 -> (O, k_padded) int8 in im2col's column order (i, j, c), zero-padded."""
-    n_outputs, channels, kh, kw = w.shape
-    packed = np.zeros((n_outputs, k_padded), np.int8)
-    packed[:, :channels * kh * kw] = w.transpose(0, 2, 3, 1).reshape(n_outputs, -1)
+def _blocking(n_outputs, n_pixels, k_padded, n_threads):
+    """(p_block, k_block, o_group): L2-sized K x pixel blocks, at least 4 tasks per thread when possible."""
+    k_block = min(k_padded, _MAX_K_BLOCK)
+    p_block = min(n_pixels, max(64, _L2_BYTES // k_block // 32 * 32))
+    n_p_blocks = -(-n_pixels // p_block)
+    groups_wanted = max(1, -(-4 * n_threads // n_p_blocks))
+    o_group = max(_RANK, -(-n_outputs // groups_wanted // _RANK) * _RANK)
+    return p_block, k_block, o_group
+
+
+def _pack_weights(w, o_padded, k_padded):
+    """(O, C, kh, kw) int8 -> (o_padded, k_padded) int8, row o = w[o] flattened (c, i, j), zero-padded."""
+    n_outputs = w.shape[0]
+    packed = np.zeros((o_padded, k_padded), np.int8)
+    packed[:n_outputs, :w[0].size] = w.reshape(n_outputs, -1)
     return packed
-
-
-def _blocking(n_pixels, k_padded):
-    """(p_block, k_block): K blocks of at most 2048, pixel blocks filling _BLOCK_BYTES."""
-    k_block = min(k_padded, 2048)
-    p_block = max(_TILE_PIXELS, (_BLOCK_BYTES // k_block) // _TILE_PIXELS * _TILE_PIXELS)
-    return min(p_block, n_pixels), k_block
 
 
 def _wrap_int32(values):
     """int64 -> int32 modulo 2**32: the true sum, congruent mod 2**32 to ``values``, fits int32."""
     return ((values - INT32_MIN) % 2**32 + INT32_MIN).astype(np.int32)
+
+
+def _round_up(value, multiple):
+    return -(-value // multiple) * multiple
 
 
 def conv2d(x, w, stride=1, pad=0, x_range=None, w_range=None):
@@ -390,33 +361,36 @@ def conv2d(x, w, stride=1, pad=0, x_range=None, w_range=None):
     ``x_range``/``w_range`` declare tighter ones, which are checked against the data).
 
     Method: x - offset (offset = min(x, 0)) is made non-negative and cut into
-    bytes, laid out by im2col as (pixels, K) rows; an int32 GEMM with the
-    packed weights accumulates each byte plane, and ``256**b`` and
-    ``offset * sum(w)`` are added back (see the comment above ``_TILE_OUTPUTS``).
+    bytes, laid out by im2col as (K, pixels); an int32 GEMM with the packed
+    weights accumulates each byte plane, and ``256**b`` and ``offset * sum(w)``
+    are added back (see the comment above ``_RANK``). Parallel with Numba's threads.
     """
     shape, stride, pad = _prepare(x, w, stride, pad, x_range, w_range)
     n_images, n_outputs, out_height, out_width = shape
-    _, channels, kh, kw = w.shape
-    k = channels * kh * kw
-    k_padded = -(-k // _K_ALIGN) * _K_ALIGN
-    w_packed = _pack_weights(w, k_padded)
+    kh, kw = w.shape[2:]
     n_pixels = out_height * out_width
-    p_block, k_block = _blocking(n_pixels, k_padded)
+    k_padded = _round_up(w[0].size, _RANK)
+    o_padded = _round_up(n_outputs, _RANK)
+    w_packed = _pack_weights(w, o_padded, k_padded)
+    # offset * sum(w) starts every accumulator; wrapped, as all the int32 sums below.
+    weight_sums = w.reshape(n_outputs, -1).sum(1, dtype=np.int64)
+    blocking = _blocking(o_padded, n_pixels, k_padded, numba.get_num_threads())
     out = np.empty(shape, np.int32)
     for n in range(n_images):
-        image = np.ascontiguousarray(x[n])
-        offset = min(int(image.min()), 0)
-        span = max(int(image.max()), 0) - offset
-        n_bytes = 1 if span < 256 else 2
-        total = np.zeros(n_outputs, np.int64) + offset * w.reshape(n_outputs, -1).sum(1, dtype=np.int64)
-        total = np.broadcast_to(total[:, None], (n_outputs, n_pixels)).copy()
+        offset = min(int(x[n].min()), 0)
+        n_bytes = 1 if max(int(x[n].max()), 0) - offset < 256 else 2
+        acc = np.zeros((o_padded, n_pixels), np.int32)
+        acc[:n_outputs] = _wrap_int32(offset * weight_sums)[:, None]
         for byte_index in range(n_bytes):
-            padded = _offset_bytes_hwc(image, offset, pad, byte_index)
-            columns = _im2col(padded, kh, kw, stride, out_height, out_width, k_padded)
-            plane = np.zeros((n_outputs, n_pixels), np.int32)
-            _gemm_accumulate(w_packed, columns, plane, p_block, k_block)
-            total += plane.astype(np.int64) << (8 * byte_index)
-        out[n] = _wrap_int32(total).reshape(n_outputs, out_height, out_width)
+            columns = _im2col_bytes(x[n], offset, byte_index, kh, kw, stride, pad,
+                                    out_height, out_width, k_padded)
+            if byte_index == 0:
+                _gemm_accumulate(w_packed, columns, acc, *blocking)
+            else:  # NumPy's int32 arithmetic wraps, as intended here
+                plane = np.zeros_like(acc)
+                _gemm_accumulate(w_packed, columns, plane, *blocking)
+                acc += plane << np.int32(8 * byte_index)
+        out[n] = acc[:n_outputs].reshape(n_outputs, out_height, out_width)
     return out
 
 

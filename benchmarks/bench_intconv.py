@@ -1,0 +1,118 @@
+"""Integer convolution speed: refquant.intconv against PyTorch's fbgemm, in one process.
+
+Run:  python benchmarks/bench_intconv.py [--repeats 7] [--layers all|targets]
+
+For every 3x3 convolution of yolov2-tiny-voc at 416x416, batch 1 (plus the
+1x1 head and the issue's 128->256 at 52x52), it times
+
+* torch: ``torch.ao.nn.quantized.Conv2d`` on the fbgemm engine, quint8 input,
+  qint8 weights, float bias, quint8 output (its time includes requantization);
+* refquant: ``conv2d`` + int32 bias + ``requantize`` to uint8 codes (the same
+  work), and ``conv2d`` alone,
+
+with torch's thread count set to Numba's. Runs alternate between the two and
+each figure is the minimum over the repeats, which is robust to other load on
+the machine. The ratio is refquant's time over fbgemm's (lower is better).
+"""
+import argparse
+import time
+
+import numba
+import numpy as np
+import torch
+
+from refquant.intconv import conv2d, quantize_bias, quantize_multiplier, requantize
+
+# (input channels, output channels, input size, kernel): yolov2-tiny-voc.cfg's convolutions at 416x416.
+TINY_YOLO_VOC_LAYERS = [
+    (3, 16, 416, 3), (16, 32, 208, 3), (32, 64, 104, 3), (64, 128, 52, 3),
+    (128, 256, 26, 3), (256, 512, 13, 3), (512, 1024, 13, 3), (1024, 1024, 13, 3),
+    (1024, 125, 13, 1),
+]
+ISSUE_LAYER = (128, 256, 52, 3)  # the issue's example shape (not in the network)
+TARGETS = {ISSUE_LAYER, (512, 1024, 13, 3)}  # the issue's "at most 3x fbgemm" shapes
+
+
+def make_layer(channels, outputs, size, kernel, rng):
+    """Random uint8 codes, int8 weights, a float bias and grids shared by both implementations."""
+    x_codes = rng.integers(0, 256, (1, channels, size, size), dtype=np.int64).astype(np.uint8)
+    w_codes = rng.integers(-127, 128, (outputs, channels, kernel, kernel), dtype=np.int64).astype(np.int8)
+    step_x, zero_point_x = 0.02, 7
+    step_w = 0.5 / 127 / np.sqrt(channels * kernel * kernel)
+    bias = rng.normal(0, 0.1, outputs)
+    step_y, zero_point_y = step_x * step_w * 127 * np.sqrt(channels * kernel * kernel) / 8, 128
+    return x_codes, w_codes, bias, step_x, zero_point_x, step_w, step_y, zero_point_y
+
+
+def torch_layer(x_codes, w_codes, bias, step_x, zero_point_x, step_w, step_y, zero_point_y):
+    kernel = w_codes.shape[2]
+    conv = torch.ao.nn.quantized.Conv2d(w_codes.shape[1], w_codes.shape[0], kernel, padding=kernel // 2)
+    weight = torch._make_per_tensor_quantized_tensor(torch.from_numpy(w_codes), step_w, 0)
+    conv.set_weight_bias(weight, torch.from_numpy(bias).float())
+    conv.scale, conv.zero_point = step_y, zero_point_y
+    x = torch._make_per_tensor_quantized_tensor(torch.from_numpy(x_codes), step_x, zero_point_x)
+    return lambda: conv(x)
+
+
+def refquant_layer(x_codes, w_codes, bias, step_x, zero_point_x, step_w, step_y, zero_point_y):
+    kernel = w_codes.shape[2]
+    bias_codes = quantize_bias(bias, step_x, step_w)[None, :, None, None]
+    multiplier, shift = quantize_multiplier(step_x * step_w / step_y)
+
+    def conv_only():
+        # Removing the zero point is part of the layer: fbgemm does it too.
+        return conv2d(x_codes.astype(np.int16) - np.int16(zero_point_x), w_codes, 1, kernel // 2,
+                      x_range=(-zero_point_x, 255 - zero_point_x))
+
+    def layer():
+        return requantize(conv_only() + bias_codes, multiplier, shift, zero_point_y, 0, 255)
+
+    return layer, conv_only
+
+
+def best_time(functions, repeats):
+    """Minimum wall time of each function over ``repeats`` alternating rounds."""
+    for function in functions:
+        function()  # warm-up (and Numba compilation)
+    best = [np.inf] * len(functions)
+    for _ in range(repeats):
+        for index, function in enumerate(functions):
+            start = time.perf_counter()
+            function()
+            best[index] = min(best[index], time.perf_counter() - start)
+    return best
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--layers", choices=["all", "targets"], default="all")
+    args = parser.parse_args()
+    torch.backends.quantized.engine = "fbgemm"
+    torch.set_num_threads(numba.get_num_threads())
+    layers = TINY_YOLO_VOC_LAYERS + [ISSUE_LAYER]
+    if args.layers == "targets":
+        layers = [layer for layer in layers if layer in TARGETS]
+    print(f"threads: numba {numba.get_num_threads()}, torch {torch.get_num_threads()}; "
+          f"min of {args.repeats} runs")
+    print(f"{'layer (C->O @ HxW, k)':>28} {'fbgemm ms':>10} {'refquant ms':>12} {'conv only ms':>13} "
+          f"{'ratio':>6}")
+    rng = np.random.default_rng(0)
+    totals = np.zeros(3)
+    for channels, outputs, size, kernel in layers:
+        setup = make_layer(channels, outputs, size, kernel, rng)
+        layer, conv_only = refquant_layer(*setup)
+        times = best_time([torch_layer(*setup), layer, conv_only], args.repeats)
+        if (channels, outputs, size, kernel) in TINY_YOLO_VOC_LAYERS:
+            totals += times
+        target = "  <- target 3x" if (channels, outputs, size, kernel) in TARGETS else ""
+        name = f"{channels}->{outputs} @ {size}x{size}, {kernel}x{kernel}"
+        print(f"{name:>28} {1e3 * times[0]:10.2f} {1e3 * times[1]:12.2f} {1e3 * times[2]:13.2f} "
+              f"{times[1] / times[0]:6.2f}{target}")
+    if args.layers == "all":
+        print(f"{'yolov2-tiny-voc convs, sum':>28} {1e3 * totals[0]:10.2f} {1e3 * totals[1]:12.2f} "
+              f"{1e3 * totals[2]:13.2f} {totals[1] / totals[0]:6.2f}")
+
+
+if __name__ == "__main__":
+    main()
