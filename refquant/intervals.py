@@ -312,9 +312,9 @@ def _cubic_minimizer(t0, f0, d0, t1, f1, d1):
 
     For a bracket ``d0 < 0 < d1`` it lies strictly between t0 and t1.
     """
-    theta = d0 + d1 - 3.0 * (f0 - f1) / (t0 - t1)
-    gamma = np.sign(t1 - t0) * np.sqrt(np.maximum(theta * theta - d0 * d1, 0.0))
-    with np.errstate(invalid="ignore", divide="ignore"):
+    with np.errstate(invalid="ignore", divide="ignore"):  # t0 == t1: not finite, bisect instead
+        theta = d0 + d1 - 3.0 * (f0 - f1) / (t0 - t1)
+        gamma = np.sign(t1 - t0) * np.sqrt(np.maximum(theta * theta - d0 * d1, 0.0))
         t = t1 - (t1 - t0) * (d1 + gamma - theta) / (d1 - d0 + 2.0 * gamma)
     return np.where(np.isfinite(t), t, 0.5 * (t0 + t1))
 

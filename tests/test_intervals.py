@@ -27,6 +27,10 @@ LEAKY = PiecewiseGaussian([0.0], [0.5, 0.5], [0.0, 0.0], [0.1, 1.0])
 WEIGHTS = PiecewiseGaussian([-1.0, 1.0], [0.2, 0.6, 0.2], [-0.5, 0.0, 0.5], [1.5, 0.7, 1.5])
 HEAVY = PiecewiseGaussian([-1.0, 1.0], [0.1, 0.8, 0.1], [0.0, 0.0, 0.0], [3.0, 0.7, 3.0])
 SHIFTED = PiecewiseGaussian([0.5, 2.0], [0.3, 0.5, 0.2], [0.2, 1.0, 2.5], [0.4, 0.6, 1.2])
+# Narrow clusters: the error against the step (best zero point) has several local minima, 2 to 7
+# depending on the bit width, some within 2 % of each other: a local search would be caught out.
+CLUSTERS = PiecewiseGaussian([1.0, 2.5], [0.5, 0.3, 0.2], [0.0, 1.8, 4.0], [0.05, 0.1, 0.3])
+TWO_SPIKES = PiecewiseGaussian([1.0], [0.7, 0.3], [0.0, 3.1], [0.05, 0.2])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -266,12 +270,15 @@ def _integer_brute_force(dist, bits, symmetric, widths, num_steps=4000):
 
 @pytest.mark.parametrize("dist,bits,symmetric", [(LEAKY, 4, False), (LEAKY, 2, False), (WEIGHTS, 4, True),
                                                  (WEIGHTS, 3, False), (HEAVY, 2, False), (HEAVY, 2, True),
-                                                 (SHIFTED, 3, False), (PiecewiseGaussian.normal(5, 0.5), 2, False)])
+                                                 (SHIFTED, 3, False), (PiecewiseGaussian.normal(5, 0.5), 2, False),
+                                                 (CLUSTERS, 2, False), (CLUSTERS, 3, False),
+                                                 (TWO_SPIKES, 2, False), (TWO_SPIKES, 3, False)])
 def test_integer_zero_point_optimum_never_worse_than_brute_force(dist, bits, symmetric):
     """Truth: brute force over EVERY allowed zero point and 4000 log-spaced steps (interval widths
     from sigma/50 to 50 sigma + |mean|), evaluated cell by cell; the optimum is never worse and the
-    brute force comes within 1e-3 of it. HEAVY at 2 bits has two basins (a narrow grid on the
-    centre piece, a wide one reaching into the tails): the global one must be found."""
+    brute force comes within 1e-3 of it. CLUSTERS and TWO_SPIKES have several basins (in the
+    brute force's envelope over zero points: 2 and 4 for CLUSTERS at 2 and 3 bits, 3 and 7 for
+    TWO_SPIKES), the best of which must be found."""
     sigma = math.sqrt(dist.var())
     best = optimal_quantizer(dist, bits, symmetric=symmetric)
     optimum = expected_mse(dist, best)
