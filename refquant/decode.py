@@ -24,6 +24,7 @@ Darknet sorts with ``qsort``, whose order among equal probabilities is
 unspecified; here ties keep candidate order (a stable sort), so results are
 reproducible.
 """
+import numba
 import numpy as np
 from tqdm import tqdm
 
@@ -112,17 +113,27 @@ def nms_sort(boxes, prob, nms=NMS_THRESHOLD):
     """
     prob = np.array(prob, dtype=np.float64)
     boxes = np.asarray(boxes, dtype=np.float64)
+    # Candidates at probability 0 in every class neither suppress nor change when suppressed.
+    live = np.flatnonzero(prob.max(axis=1, initial=0) > 0)
+    overlaps = darknet_iou(boxes[live], boxes[live])
     for k in range(prob.shape[1]):
-        # Candidates at probability 0 neither suppress nor change when suppressed.
-        candidates = np.flatnonzero(prob[:, k] > 0)
-        candidates = candidates[np.argsort(-prob[candidates, k], kind="stable")]
-        overlaps = darknet_iou(boxes[candidates], boxes[candidates])
-        kept = np.ones(len(candidates), dtype=bool)
-        for i in range(len(candidates)):
-            if kept[i]:
-                kept[i + 1:] &= ~(overlaps[i, i + 1:] > nms)
-        prob[candidates[~kept], k] = 0
+        ranked = np.flatnonzero(prob[live, k] > 0)
+        ranked = ranked[np.argsort(-prob[live[ranked], k], kind="stable")]
+        kept = _greedy_suppression(overlaps, ranked, float(nms))
+        prob[live[ranked[~kept]], k] = 0
     return prob
+
+
+@numba.njit(cache=True)
+def _greedy_suppression(overlaps, ranked, nms):
+    """kept[a] for candidates ``ranked`` (best first): not within IoU > nms of a better kept one."""
+    kept = np.ones(ranked.size, dtype=np.bool_)
+    for a in range(ranked.size):
+        if kept[a]:
+            for b in range(a + 1, ranked.size):
+                if kept[b] and overlaps[ranked[a], ranked[b]] > nms:
+                    kept[b] = False
+    return kept
 
 
 def detections(output, anchors, names, image_ids, image_sizes, net_width, net_height,

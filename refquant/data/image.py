@@ -125,11 +125,14 @@ def hsv_to_rgb(image):
     p = value * (1 - saturation)
     q = value * (1 - saturation * f)
     t = value * (1 - saturation * (1 - f))
-    choices = [(value, t, p), (q, value, p), (p, value, t), (p, q, value), (t, p, value)]
-    rgb = [np.select([sector == k for k in range(5)], [c[channel] for c in choices],
-                     default=(value, p, q)[channel]) for channel in range(3)]
-    grey = saturation == 0
-    return np.stack([np.where(grey, value, c) for c in rgb]).astype(np.float32)
+    index = np.where((sector >= 0) & (sector <= 4), sector, 5).astype(np.intp)
+    choice = _HSV_SECTORS[index].transpose(2, 0, 1)  # (3, H, W): which of v, p, q, t each channel takes
+    rgb = np.take_along_axis(np.stack([value, p, q, t]), choice, axis=0)
+    return np.where(saturation == 0, value, rgb).astype(np.float32)
+
+
+# Sector k of hsv_to_rgb -> (r, g, b) as indices into (v, p, q, t); row 5 is Darknet's final ``else``.
+_HSV_SECTORS = np.array([[0, 3, 1], [2, 0, 1], [1, 0, 3], [1, 2, 0], [3, 1, 0], [0, 1, 2]])
 
 
 def distort_image(image, hue, saturation, exposure):
