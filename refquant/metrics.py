@@ -67,6 +67,25 @@ def average_precision(detections, ground_truth, iou_threshold=0.5, use_07_metric
     return result
 
 
+def format_table(result, title="AP"):
+    """The dict of :func:`average_precision` as a two-column text table, in percent.
+
+    One line per label in the dict's order, then the mean; undefined APs print as "n/a"::
+
+        class        AP
+        circle     91.2
+        ...
+        mAP        88.4
+    """
+    labels = [label for label in result if label != "mAP"]
+    width = max([len(str(label)) for label in labels] + [len("mAP"), len("class")])
+    cell = lambda ap: "n/a" if math.isnan(ap) else f"{100 * ap:.1f}"
+    lines = [f"{'class':<{width}} {title:>6}"]
+    lines += [f"{str(label):<{width}} {cell(result[label]):>6}" for label in labels]
+    lines.append(f"{'mAP':<{width}} {cell(result['mAP']):>6}")
+    return "\n".join(lines)
+
+
 def precision_recall(detections, ground_truth, iou_threshold=0.5):
     """Recall and precision after each detection of ONE label (``VOCevaldet.m``).
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from refquant.boxes import voc_iou
-from refquant.metrics import average_precision, voc_ap
+from refquant.metrics import average_precision, format_table, voc_ap
 
 
 def det(image, label, score, box):
@@ -317,3 +317,9 @@ def test_agrees_with_the_devkit_on_random_scenes(seed, use_07):
         expected = devkit_evaldet(gt_by_image, [d["image"] for d in mine], [d["score"] for d in mine],
                                   [d["box"] for d in mine], threshold, use_07)
         assert result[label] == pytest.approx(expected, abs=1e-12), label
+
+
+def test_format_table():
+    """Hand-written expectation: labels in order, percent with one decimal, n/a for undefined."""
+    table = format_table({"circle": 0.9123, "ring": math.nan, "mAP": 0.9123})
+    assert table.splitlines() == ["class      AP", "circle   91.2", "ring      n/a", "mAP      91.2"]

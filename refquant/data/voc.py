@@ -124,6 +124,8 @@ def load_image(path, expected_size=None):
             pixels = np.asarray(image.convert("RGB"))
     except FileNotFoundError:
         raise
+    except Image.DecompressionBombError as error:
+        raise ValueError(f"{path}: refused, the image is too large to decode safely ({error})") from None
     except (OSError, SyntaxError, ValueError, UnidentifiedImageError) as error:
         raise ValueError(f"{path}: cannot decode the image, truncated or corrupt ({error})") from None
     if expected_size is not None and (pixels.shape[1], pixels.shape[0]) != tuple(expected_size):
