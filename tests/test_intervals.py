@@ -290,6 +290,16 @@ def test_integer_zero_point_optimum_never_worse_than_brute_force(dist, bits, sym
         assert best.zero_point == 0 and best.qmin == -2**(bits - 1)
 
 
+def test_narrow_range_symmetric_optimum_against_brute_force():
+    """Truth: brute force over 4000 log-spaced steps, codes [-7, 7] (narrow 4-bit), cell by cell."""
+    best = optimal_quantizer(WEIGHTS, 4, symmetric=True, narrow_range=True)
+    assert (best.qmin, best.qmax, best.zero_point) == (-7, 7, 0)
+    steps = np.geomspace(0.01, 10.0, 4000)
+    errors = brute_force_errors(WEIGHTS, steps, 0, -7, 7)
+    assert expected_mse(WEIGHTS, best) <= errors.min() * (1 + 1e-12)
+    assert errors.min() <= expected_mse(WEIGHTS, best) * (1 + 1e-4)
+
+
 def test_8_bit_integer_zero_point_against_brute_force():
     """Truth: brute force over all 256 zero points x 60 steps around the optimum (x 0.8 .. 1.25),
     cell by cell, for the 3-piece weight model: never worse."""
