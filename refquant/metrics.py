@@ -51,16 +51,17 @@ def average_precision(detections, ground_truth, iou_threshold=0.5, use_07_metric
     """
     if not 0.0 < float(iou_threshold) <= 1.0:
         raise ValueError(f"iou_threshold: expected a number in (0, 1], got {iou_threshold!r}")
-    detections = [_checked_detection(d, i) for i, d in enumerate(detections)]
-    ground_truth = [_checked_ground_truth(g, i) for i, g in enumerate(ground_truth)]
-    labels = list(dict.fromkeys([g["label"] for g in ground_truth] + [d["label"] for d in detections]))
+    found = _detection_arrays(list(detections))
+    truth = _ground_truth_arrays(list(ground_truth))
+    labels = list(dict.fromkeys(truth["label"] + found["label"]))
     if "mAP" in labels:
         raise ValueError('label "mAP" is reserved for the mean in the returned dict; rename that class')
+    found_by_label, truth_by_label = _indices_by(found["label"]), _indices_by(truth["label"])
     result = {}
     for label in labels:
-        recall, precision, positives = precision_recall(
-            [d for d in detections if d["label"] == label],
-            [g for g in ground_truth if g["label"] == label], iou_threshold)
+        recall, precision, positives = _precision_recall(
+            _subset(found, found_by_label.get(label, [])), _subset(truth, truth_by_label.get(label, [])),
+            iou_threshold)
         result[label] = voc_ap(recall, precision, use_07_metric) if positives > 0 else math.nan
     scored = [ap for ap in result.values() if not math.isnan(ap)]
     result["mAP"] = float(np.mean(scored)) if scored else math.nan
@@ -96,27 +97,39 @@ def precision_recall(detections, ground_truth, iou_threshold=0.5):
     ``precision`` is ``nan`` where no detection has counted yet (only difficult
     matches so far), as in the devkit.
     """
-    boxes, difficult, detected = _ground_truth_by_image(ground_truth)
-    positives = int(sum(int(np.sum(~d)) for d in difficult.values()))
-    order = sorted(range(len(detections)), key=lambda k: -detections[k]["score"])  # stable
+    return _precision_recall(_detection_arrays(list(detections)), _ground_truth_arrays(list(ground_truth)),
+                             iou_threshold)
+
+
+def _precision_recall(found, truth, iou_threshold):
+    """:func:`precision_recall` on the arrays of :func:`_detection_arrays` and :func:`_ground_truth_arrays`."""
+    boxes, difficult, detected = _ground_truth_by_image(truth)
+    positives = int(np.count_nonzero(~truth["difficult"]))
+    order = np.argsort(-found["score"], kind="stable")  # MATLAB's sort is stable
     true_positive = np.zeros(len(order))
     false_positive = np.zeros(len(order))
-    for rank, k in enumerate(order):
-        image = detections[k]["image"]
+    # The devkit walks all detections by rank; matches only interact within an image, so
+    # each image's detections are walked in that same rank order, with one IoU matrix.
+    ranks_by_image = defaultdict(list)
+    for rank, k in enumerate(order.tolist()):
+        ranks_by_image[found["image"][k]].append(rank)
+    for image, ranks in ranks_by_image.items():
         if image not in boxes:
-            false_positive[rank] = 1
+            false_positive[ranks] = 1
             continue
-        overlaps = voc_iou(detections[k]["box"], boxes[image])[0]
-        best = int(np.argmax(overlaps))  # first maximum, as the devkit's strict ``ov > ovmax``
-        if overlaps[best] >= iou_threshold:
-            if not difficult[image][best]:
-                if not detected[image][best]:
-                    true_positive[rank] = 1
-                    detected[image][best] = True
-                else:
-                    false_positive[rank] = 1  # second detection of the same object
-        else:
-            false_positive[rank] = 1
+        overlaps = voc_iou(found["box"][order[ranks]], boxes[image])
+        best = np.argmax(overlaps, axis=1)  # first maximum, as the devkit's strict ``ov > ovmax``
+        best_overlap = overlaps[np.arange(len(ranks)), best]
+        for rank, j, overlap in zip(ranks, best.tolist(), best_overlap.tolist()):
+            if overlap >= iou_threshold:
+                if not difficult[image][j]:
+                    if not detected[image][j]:
+                        true_positive[rank] = 1
+                        detected[image][j] = True
+                    else:
+                        false_positive[rank] = 1  # second detection of the same object
+            else:
+                false_positive[rank] = 1
     true_positive = np.cumsum(true_positive)
     false_positive = np.cumsum(false_positive)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -152,49 +165,73 @@ def voc_ap(recall, precision, use_07_metric=False):
         return float(ap)
     mrec = np.concatenate(([0.0], recall, [1.0]))
     mpre = np.concatenate(([0.0], precision, [0.0]))
-    for i in range(mpre.size - 2, -1, -1):
-        mpre[i] = np.fmax(mpre[i], mpre[i + 1])  # fmax ignores NaN, like MATLAB's max
+    mpre = np.fmax.accumulate(mpre[::-1])[::-1]  # mpre[i] = max(mpre[i:]); fmax ignores NaN, as MATLAB's max
     changes = np.flatnonzero(mrec[1:] != mrec[:-1]) + 1
     return float(np.sum((mrec[changes] - mrec[changes - 1]) * mpre[changes]))
 
 
-def _ground_truth_by_image(ground_truth):
+def _ground_truth_by_image(truth):
     """Per image: boxes (M, 4), difficult (M,) bool, detected (M,) bool all False."""
-    grouped = defaultdict(list)
-    for g in ground_truth:
-        grouped[g["image"]].append(g)
-    boxes = {image: np.array([g["box"] for g in objects], dtype=np.float64) for image, objects in grouped.items()}
-    difficult = {image: np.array([g["difficult"] for g in objects], dtype=bool) for image, objects in grouped.items()}
-    detected = {image: np.zeros(len(objects), dtype=bool) for image, objects in grouped.items()}
+    rows = _indices_by(truth["image"])
+    boxes = {image: truth["box"][index] for image, index in rows.items()}
+    difficult = {image: truth["difficult"][index].tolist() for image, index in rows.items()}
+    detected = {image: [False] * len(index) for image, index in rows.items()}
     return boxes, difficult, detected
 
 
-def _checked_box(box, where):
+def _indices_by(keys):
+    """{key: list of the positions where it occurs}, keys in first-seen order."""
+    positions = defaultdict(list)
+    for position, key in enumerate(keys):
+        positions[key].append(position)
+    return positions
+
+
+def _subset(arrays, index):
+    return {key: [value[i] for i in index] if isinstance(value, list) else value[index]
+            for key, value in arrays.items()}
+
+
+def _detection_arrays(detections):
+    """Checked columns of the detection dicts: image, label (lists), score (D,), box (D, 4)."""
+    return _columns(detections, "detections", ("image", "label", "score", "box"), with_score=True)
+
+
+def _ground_truth_arrays(ground_truth):
+    """Checked columns of the ground-truth dicts: image, label (lists), box (M, 4), difficult (M,)."""
+    return _columns(ground_truth, "ground_truth", ("image", "label", "box"), with_score=False)
+
+
+def _columns(entries, name, keys, with_score):
+    """Checked columns of ``entries`` (dicts): image, label (lists), box (n, 4), score or difficult (n,)."""
+    for index, entry in enumerate(entries):
+        missing = set(keys) - set(entry)
+        if missing:
+            raise ValueError(f"{name}[{index}]: missing key(s) {sorted(missing)}; expected "
+                             f"{', '.join(keys)}{'' if with_score else ', difficult'}")
+    columns = {"image": [e["image"] for e in entries], "label": [e["label"] for e in entries],
+               "box": _finite([e["box"] for e in entries], (4,), name,
+                              "box must be 4 finite numbers (xmin, ymin, xmax, ymax)")}
+    if with_score:
+        columns["score"] = _finite([e["score"] for e in entries], (), name, "score must be a finite number")
+    else:
+        columns["difficult"] = np.array([bool(e.get("difficult", False)) for e in entries], dtype=bool)
+    return columns
+
+
+def _finite(values, shape, name, requirement):
+    """float64 array (len(values), *shape) of finite numbers, else a ValueError naming the first bad entry."""
     try:
-        values = [float(v) for v in box]
+        array = np.array(values, dtype=np.float64)
+        if array.shape == (len(values),) + shape and np.all(np.isfinite(array)):
+            return array
     except (TypeError, ValueError):
-        raise ValueError(f"{where}: box must be 4 numbers (xmin, ymin, xmax, ymax), got {box!r}") from None
-    if len(values) != 4 or not all(math.isfinite(v) for v in values):
-        raise ValueError(f"{where}: box must be 4 finite numbers (xmin, ymin, xmax, ymax), got {box!r}")
-    return values
-
-
-def _checked_detection(detection, index):
-    where = f"detections[{index}]"
-    missing = {"image", "label", "score", "box"} - set(detection)
-    if missing:
-        raise ValueError(f"{where}: missing key(s) {sorted(missing)}; expected image, label, score, box")
-    score = float(detection["score"])
-    if not math.isfinite(score):
-        raise ValueError(f"{where}: score must be finite, got {detection['score']!r}")
-    return {"image": detection["image"], "label": detection["label"], "score": score,
-            "box": _checked_box(detection["box"], where)}
-
-
-def _checked_ground_truth(truth, index):
-    where = f"ground_truth[{index}]"
-    missing = {"image", "label", "box"} - set(truth)
-    if missing:
-        raise ValueError(f"{where}: missing key(s) {sorted(missing)}; expected image, label, box, difficult")
-    return {"image": truth["image"], "label": truth["label"], "box": _checked_box(truth["box"], where),
-            "difficult": bool(truth.get("difficult", False))}
+        pass
+    for index, value in enumerate(values):  # the fast path failed: find and name the faulty entry
+        try:
+            one = np.array(value, dtype=np.float64)
+        except (TypeError, ValueError):
+            one = None
+        if one is None or one.shape != shape or not np.all(np.isfinite(one)):
+            raise ValueError(f"{name}[{index}]: {requirement}, got {value!r}")
+    return np.zeros((0,) + shape)  # no entry at all
