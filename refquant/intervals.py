@@ -54,9 +54,11 @@ class UniformQuantizer:
     ``f = zero_point - z``, ``code(x) = clip(round(x/step + f) + z, qmin, qmax)``, the nearest level
     ``step * (code - zero_point)``; for an integer zero point (``f = 0``) this is the formula above.
 
-    Ties (``x/step + f`` exactly half-way) go to the even code, as ``round_half_even`` does.
-    ``x / step`` is computed in float64 by a division (PyTorch multiplies by ``1/step`` in float32:
-    the codes can differ on exact ties when ``1/step`` is not exact, never otherwise).
+    Ties (``x/step + f`` exactly half-way between two integers) go to the even integer, before
+    ``z`` is added, as ``round_half_even`` does. ``x / step`` is computed in float64 by a division.
+    (PyTorch's fake quantization multiplies by ``1/step`` in float32, so its codes can differ by
+    one for x within float32 rounding of a tie; ``torch.quantize_per_tensor`` rounds
+    ``x/step + z`` instead, which differs on ties when z is odd.)
     """
 
     step: float
@@ -153,7 +155,7 @@ class UniformQuantizer:
         ``fake_quantize_per_tensor_affine`` masks on the unclipped code instead, i.e. passes the
         gradient on the wider ``[lo - step/2, hi + step/2]`` (up to ties); we follow the interval.
         """
-        x = np.asarray(x)
+        x = np.asarray(x, dtype=np.float64)  # compare in float64 (NumPy 2 would cast lo, hi to float32)
         return (x >= self.lo) & (x <= self.hi)
 
     def fake_backward(self, x, dout):
@@ -411,12 +413,13 @@ def optimal_quantizer(dist, bits, zero_representable=True, symmetric=False, pow2
        1.3, and to hold 0 when 0 must be representable). Their number G spends a budget of
        :data:`_SCAN_BUDGET` lattice points: over ``s0 / 10 .. 10 s0``, 256 steps up to 3 bits
        and 136 at 4 bits (spacing ratio < 1.04); over ``s0 / 2 .. 2 s0``, 8 steps at 8 bits
-       (ratio 1.22, where the error is smooth in the step; 16 for symmetric codes). For each step ONE call of ``partial_moments`` on the lattice
-       of all cell edges gives the error and its derivative in t for EVERY integer zero point at
-       once, by prefix sums (see the comment above :func:`_scan`); a free zero point is scanned
-       on 8 phases per step times every integer offset whose interval holds the mean (at a free
-       optimum the interval does hold it). The range is widened at an end, by its half-width,
-       while the smallest error scanned lies at that end.
+       (ratio 1.22, where the error is smooth in the step; 16 for symmetric codes). For each
+       step ONE call of ``partial_moments`` on the lattice of all cell edges gives the error and
+       its derivative in t for EVERY integer zero point at once, by prefix sums (see the comment
+       above :func:`_scan`); a free zero point is scanned on 8 phases per step times every
+       integer offset whose interval holds the mean (at a free optimum the interval does hold
+       it). The range is widened at an end, by its half-width, while the smallest error scanned
+       lies at that end.
     2. Bracket: for every zero point (and phase), every grid interval where the derivative in t
        changes sign from - to + holds a local minimum; its value is predicted by the cubic
        Hermite interpolant of (log error, its slope) at the two ends. A local minimum can only
@@ -518,7 +521,9 @@ def _search(problem, center):
     order = np.argsort(predicted, axis=None)[:_num_candidates(problem)]
     order = order[np.isfinite(predicted.ravel()[order])]
     g, row, column = np.unravel_index(order, predicted.shape)
-    if problem.integer_zero_point:
+    if order.size == 0:
+        candidates = []
+    elif problem.integer_zero_point:
         ends = [(t[g + k], f[g + k, row, column], d[g + k, row, column]) for k in (0, 1)]
         candidates = _refine_step(problem, position[g, row, column], ends[0], ends[1], t_min[g, row, column])
     else:
@@ -597,8 +602,12 @@ def _refine_free(problem, t, position, fixed_step=False, max_iter=60):
     limit = np.array([0.0 if fixed_step else 0.1, 0.5])
     scale = np.ones(len(point))
     for _ in range(max_iter):
-        newton = -np.linalg.solve(hessian + 1e-300, gradient[..., None])[..., 0]
-        convex = (hessian[:, 0, 0] > 0) & (np.linalg.det(hessian) > 0)
+        (a, b), (_, c) = hessian[:, 0, :].T, hessian[:, 1, :].T
+        det = a * c - b * b
+        convex = (a > 0) & (det > 0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            newton = -np.stack([c * gradient[:, 0] - b * gradient[:, 1],
+                                a * gradient[:, 1] - b * gradient[:, 0]], axis=-1) / det[:, None]
         direction = np.where(convex[:, None], newton, -gradient / np.abs(hessian).max(axis=(1, 2))[:, None])
         direction = np.clip(direction * scale[:, None], -limit, limit)
         if np.all(-np.sum(gradient * direction, axis=1) <= 1e-15 * error):
@@ -809,6 +818,8 @@ def kl_divergence(p, q):
     ``inf`` when Q is 0 where P is not."""
     p = np.asarray(p, dtype=np.float64)
     q = np.asarray(q, dtype=np.float64)
+    if q.sum() <= 0:
+        return math.inf
     p, q = p / p.sum(), q / q.sum()
     support = p > 0
     if np.any(q[support] == 0):

@@ -401,7 +401,10 @@ def test_kl_threshold_on_a_hand_made_histogram():
     expected = [stats.entropy(p, q) for p, q in (hand[i] for i in range(2, 7))]
     np.testing.assert_allclose(divergences, expected, rtol=1e-12)
     assert threshold == (2 + int(np.argmin(expected)) + 0.5) * 0.5
-    assert kl_divergence([1, 1], [1, 0]) == math.inf
+    assert kl_divergence([1, 1], [1, 0]) == math.inf and kl_divergence([0, 1], [0, 0]) == math.inf
+    # All the mass beyond the first candidates: their Q is empty, they must lose, never win as NaN.
+    threshold, divergences = kl_threshold([0, 0, 0, 5, 1], bin_width=1.0, num_quantized_bins=2)
+    assert divergences[0] == math.inf and threshold == (2 + int(np.argmin(divergences)) + 0.5)
 
 
 def test_kl_quantizer_is_tensorrt_narrow_symmetric():
