@@ -190,3 +190,25 @@ def test_agrees_with_opencv_region_layer(seed, tmp_path):
     np.testing.assert_allclose(prob, expected[opencv_rows, 5:], rtol=2e-6, atol=1e-7)
     assert np.count_nonzero(prob) > 3  # the case is not empty
     assert np.count_nonzero(region_probabilities(objectness[0], class_prob[0], thresh)) > np.count_nonzero(prob) + 3
+
+
+# ---------------------------------------------------------------- drawing (refquant detect)
+
+def test_draw_detections_outlines_the_voc_box(tmp_path):
+    """Hand-worked: VOC box (11, 21, 30, 40) is 0-based columns 10..29, rows 20..39; with line width
+    1 the outline runs along those columns and rows (outside the caption), the inside stays black,
+    and the PNG written reads back with the same pixels."""
+    from PIL import Image
+
+    from refquant.draw import draw_detections
+
+    black = np.zeros((3, 60, 80), dtype=np.float32)
+    found = [{"image": "im", "label": "star", "score": 0.9, "box": (11, 21, 30, 40)}]
+    drawn = draw_detections(black, found, labels=NAMES, path=tmp_path / "out.png", line_width=1)
+    pixels = np.asarray(drawn).max(axis=2)
+    assert np.all(pixels[39, 10:30] > 0) and np.all(pixels[25:40, 10] > 0) and np.all(pixels[25:40, 29] > 0)
+    assert np.all(pixels[22:39, 11:29] == 0)  # the caption sits above the box, not inside it
+    assert np.all(pixels[41:, :] == 0) and np.all(pixels[21:, 31:] == 0)  # caption: rows 20 and above
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "out.png")), np.asarray(drawn))
+    with pytest.raises(ValueError, match=r"out\.jpg: expected a \.png output path"):
+        draw_detections(black, found, path=tmp_path / "out.jpg")
