@@ -751,13 +751,14 @@ def aciq_quantizer(samples, bits, prior="gaussian", symmetric=False):
     return quantizer_from_interval(center - alpha, center + alpha, bits, symmetric)
 
 
-def mse_search_quantizer(samples, bits, symmetric=False, num_candidates=24, progress=False):
+def mse_search_quantizer(samples, bits, symmetric=False, num_candidates=24, progress=None):
     """Brute-force MSE search over the samples: every candidate interval, its empirical error.
 
     Candidates: ``[f_i min, f_j max]`` for the fractions ``f = 0, 1/C, ..., 1`` of the extremes
     (``C = num_candidates``, the extremes stretched to hold 0), all pairs of nonzero width, each
     turned into codes by :func:`quantizer_from_interval` and scored by :func:`empirical_mse`;
-    symmetric: ``[-f a, f a]`` with ``a = max |x|``. Costs ``(C+1)^2`` passes over the samples.
+    symmetric: ``[-f a, f a]`` with ``a = max |x|``. Costs ``(C+1)^2`` passes over the samples,
+    shown by a tqdm bar (``progress=None``: on a terminal only; True/False force it).
     """
     x = _samples(samples, "mse_search_quantizer")
     fractions = np.arange(1, num_candidates + 1) / num_candidates
@@ -771,7 +772,8 @@ def mse_search_quantizer(samples, bits, symmetric=False, num_candidates=24, prog
     if not intervals:
         raise ValueError("mse_search_quantizer: all samples are 0")
     best, best_error = None, np.inf
-    for lo, hi in tqdm(intervals, desc="MSE search", disable=not progress, leave=False):
+    for lo, hi in tqdm(intervals, desc="MSE search", disable=None if progress is None else not progress,
+                       leave=False):
         quantizer = quantizer_from_interval(lo, hi, bits, symmetric)
         error = empirical_mse(x, quantizer)
         if error < best_error:
