@@ -68,17 +68,21 @@ def average_precision(detections, ground_truth, iou_threshold=0.5, use_07_metric
     return result
 
 
-def format_table(result, title="AP"):
+def format_table(result, labels=None, title="AP"):
     """The dict of :func:`average_precision` as a two-column text table, in percent.
 
-    One line per label in the dict's order, then the mean; undefined APs print as "n/a"::
+    One line per label, in the order of ``labels`` (e.g. the class names; labels
+    missing from ``result`` are skipped, others follow in the dict's order), then
+    the mean; undefined APs print as "n/a"::
 
         class        AP
         circle     91.2
         ...
         mAP        88.4
     """
-    labels = [label for label in result if label != "mAP"]
+    present = [label for label in result if label != "mAP"]
+    labels = [label for label in (labels or []) if label in result] + present
+    labels = list(dict.fromkeys(labels))
     width = max([len(str(label)) for label in labels] + [len("mAP"), len("class")])
     cell = lambda ap: "n/a" if math.isnan(ap) else f"{100 * ap:.1f}"
     lines = [f"{'class':<{width}} {title:>6}"]

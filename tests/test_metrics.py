@@ -323,3 +323,9 @@ def test_format_table():
     """Hand-written expectation: labels in order, percent with one decimal, n/a for undefined."""
     table = format_table({"circle": 0.9123, "ring": math.nan, "mAP": 0.9123})
     assert table.splitlines() == ["class      AP", "circle   91.2", "ring      n/a", "mAP      91.2"]
+
+
+def test_format_table_in_class_order():
+    """Hand-written expectation: rows follow the given class order; unknown names are skipped."""
+    table = format_table({"ring": 0.5, "circle": 1.0, "mAP": 0.75}, labels=["circle", "square", "ring"])
+    assert [line.split()[0] for line in table.splitlines()] == ["class", "circle", "ring", "mAP"]
