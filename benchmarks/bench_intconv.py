@@ -1,14 +1,14 @@
 """Integer convolution speed: refquant.intconv against PyTorch's fbgemm, in one process.
 
-Run:  python benchmarks/bench_intconv.py [--repeats 7] [--layers all|targets]
+Run:  python benchmarks/bench_intconv.py [--repeats 7] [--layers all|targets] [--threads N]
 
 For every 3x3 convolution of yolov2-tiny-voc at 416x416, batch 1 (plus the
 1x1 head and the issue's 128->256 at 52x52), it times
 
 * torch: ``torch.ao.nn.quantized.Conv2d`` on the fbgemm engine, quint8 input,
   qint8 weights, float bias, quint8 output (its time includes requantization);
-* refquant: ``conv2d`` + int32 bias + ``requantize`` to uint8 codes (the same
-  work), and ``conv2d`` alone,
+* refquant: ``conv2d`` with its int32 bias + ``requantize`` to uint8 codes (the
+  same work), and ``conv2d`` alone,
 
 with torch's thread count set to Numba's. Runs alternate between the two and
 each figure is the minimum over the repeats, which is robust to other load on
@@ -56,16 +56,16 @@ def torch_layer(x_codes, w_codes, bias, step_x, zero_point_x, step_w, step_y, ze
 
 def refquant_layer(x_codes, w_codes, bias, step_x, zero_point_x, step_w, step_y, zero_point_y):
     kernel = w_codes.shape[2]
-    bias_codes = quantize_bias(bias, step_x, step_w)[None, :, None, None]
+    bias_codes = quantize_bias(bias, step_x, step_w)
     multiplier, shift = quantize_multiplier(step_x * step_w / step_y)
 
-    def conv_only():
+    def conv_only(bias=None):
         # Removing the zero point is part of the layer: fbgemm does it too.
         return conv2d(x_codes.astype(np.int16) - np.int16(zero_point_x), w_codes, 1, kernel // 2,
-                      x_range=(-zero_point_x, 255 - zero_point_x))
+                      bias=bias, x_range=(-zero_point_x, 255 - zero_point_x))
 
     def layer():
-        return requantize(conv_only() + bias_codes, multiplier, shift, zero_point_y, 0, 255)
+        return requantize(conv_only(bias_codes), multiplier, shift, zero_point_y, 0, 255)
 
     return layer, conv_only
 
@@ -87,9 +87,12 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--layers", choices=["all", "targets"], default="all")
+    parser.add_argument("--threads", type=int, default=numba.get_num_threads(),
+                        help="threads for both (default: Numba's, i.e. all cores)")
     args = parser.parse_args()
     torch.backends.quantized.engine = "fbgemm"
-    torch.set_num_threads(numba.get_num_threads())
+    numba.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads)
     layers = TINY_YOLO_VOC_LAYERS + [ISSUE_LAYER]
     if args.layers == "targets":
         layers = [layer for layer in layers if layer in TARGETS]

@@ -74,8 +74,8 @@ def value_range(dtype):
     return int(info.min), int(info.max)
 
 
-def check_accumulator_range(x_range, w_range, k):
-    """Raise ValueError unless every sum of ``k`` products x*w fits in int32.
+def check_accumulator_range(x_range, w_range, k, bias_range=(0, 0)):
+    """Raise ValueError unless every ``bias + sum of k products x*w`` fits in int32.
 
     ``x_range``, ``w_range``: inclusive ``(lo, hi)`` bounds of the activation and
     weight values (e.g. ``value_range(np.int8)`` or ``(qmin - zero_point, qmax - zero_point)``);
@@ -84,26 +84,31 @@ def check_accumulator_range(x_range, w_range, k):
     One product lies in [p_lo, p_hi], the extremes of the four corner products;
     the worst sums are k*min(p_lo, 0) and k*max(p_hi, 0), reached when every
     input sits at the same corner, so the bound is exact: it passes at the
-    largest safe k and fails at the next. Returns ``(sum_lo, sum_hi)``.
+    largest safe k and fails at the next. ``bias_range``: bounds of an int32
+    bias the accumulator starts from (0 without bias). Returns ``(sum_lo, sum_hi)``.
     """
     x_lo, x_hi = (int(v) for v in x_range)
     w_lo, w_hi = (int(v) for v in w_range)
+    bias_lo, bias_hi = (int(v) for v in bias_range)
     k = int(k)
-    if x_lo > x_hi or w_lo > w_hi:
-        raise ValueError(f"x_range={x_range} and w_range={w_range} must be (lo, hi) with lo <= hi")
+    if x_lo > x_hi or w_lo > w_hi or bias_lo > bias_hi:
+        raise ValueError(f"x_range={x_range}, w_range={w_range} and bias_range={bias_range} "
+                         f"must be (lo, hi) with lo <= hi")
     if k < 1:
         raise ValueError(f"k (products per output, C*kh*kw) must be >= 1, got {k}")
     corners = [x_lo * w_lo, x_lo * w_hi, x_hi * w_lo, x_hi * w_hi]
     product_lo, product_hi = min(corners), max(corners)
-    sum_lo, sum_hi = k * min(product_lo, 0), k * max(product_hi, 0)
+    sum_lo = bias_lo + k * min(product_lo, 0)
+    sum_hi = bias_hi + k * max(product_hi, 0)
     if sum_lo < INT32_MIN or sum_hi > INT32_MAX:
-        k_max = min(INT32_MAX // product_hi if product_hi > 0 else k,
-                    (-INT32_MIN) // -product_lo if product_lo < 0 else k)
+        k_max = min((INT32_MAX - bias_hi) // product_hi if product_hi > 0 else k,
+                    (bias_lo - INT32_MIN) // -product_lo if product_lo < 0 else k)
+        bias_text = f" plus a bias in [{bias_lo}, {bias_hi}]" if bias_range != (0, 0) else ""
         raise ValueError(
             f"int32 accumulator could overflow: K={k} products of x in [{x_lo}, {x_hi}] and "
-            f"w in [{w_lo}, {w_hi}] (each in [{product_lo}, {product_hi}]) can sum to "
+            f"w in [{w_lo}, {w_hi}] (each in [{product_lo}, {product_hi}]){bias_text} can sum to "
             f"[{sum_lo}, {sum_hi}], outside int32 [{INT32_MIN}, {INT32_MAX}]; "
-            f"at these ranges K must be at most {k_max}")
+            f"at these ranges K must be at most {max(k_max, 0)}")
     return sum_lo, sum_hi
 
 
@@ -158,11 +163,24 @@ def _declared_range(name, array, declared):
     return lo, hi
 
 
-def _prepare(x, w, stride, pad, x_range, w_range):
+def _check_bias(bias, n_outputs):
+    """The int32 bias as an (O,) int64 array of zeros when None; its range for the overflow check."""
+    if bias is None:
+        return np.zeros(n_outputs, np.int64), (0, 0)
+    if not isinstance(bias, np.ndarray) or bias.dtype != np.int32:
+        raise TypeError(f"bias must be an int32 numpy array (quantize_bias), got "
+                        f"{getattr(bias, 'dtype', type(bias).__name__)}")
+    if bias.shape != (n_outputs,):
+        raise ValueError(f"bias must have shape (O,) = ({n_outputs},), got {bias.shape}")
+    return bias.astype(np.int64), (int(bias.min()), int(bias.max()))
+
+
+def _prepare(x, w, stride, pad, bias, x_range, w_range):
     shape, stride, pad = _check_conv_arguments(x, w, stride, pad)
+    bias, bias_range = _check_bias(bias, w.shape[0])
     check_accumulator_range(_declared_range("x", x, x_range), _declared_range("w", w, w_range),
-                            w.shape[1] * w.shape[2] * w.shape[3])
-    return shape, stride, pad
+                            w.shape[1] * w.shape[2] * w.shape[3], bias_range)
+    return shape, stride, pad, bias
 
 
 # ---------------------------------------------------------------------------
@@ -170,14 +188,14 @@ def _prepare(x, w, stride, pad, x_range, w_range):
 # ---------------------------------------------------------------------------
 
 @numba.njit(cache=True)
-def _correlate_reference(x, w, stride, pad, out):
+def _correlate_reference(x, w, bias, stride, pad, out):
     n_images, channels, height, width = x.shape
     n_outputs, _, kh, kw = w.shape
     for n in range(n_images):
         for o in range(n_outputs):
             for y in range(out.shape[2]):
                 for x_out in range(out.shape[3]):
-                    acc = 0  # exact (int64); check_accumulator_range guarantees it fits int32
+                    acc = bias[o]  # exact (int64); check_accumulator_range guarantees it fits int32
                     for c in range(channels):
                         for i in range(kh):
                             row = y * stride + i - pad
@@ -191,18 +209,19 @@ def _correlate_reference(x, w, stride, pad, out):
                     out[n, o, y, x_out] = acc
 
 
-def conv2d_reference(x, w, stride=1, pad=0, x_range=None, w_range=None):
+def conv2d_reference(x, w, stride=1, pad=0, bias=None, x_range=None, w_range=None):
     """Exact integer correlation, plain loops: the definition the fast kernel must match.
 
     x: (N, C, H, W) uint8, int8 or int16 values (zero points already removed);
-    w: (O, C, kh, kw) int8; stride >= 1; pad >= 0 zeros on each side.
+    w: (O, C, kh, kw) int8; stride >= 1; pad >= 0 zeros on each side;
+    bias: optional (O,) int32 (:func:`quantize_bias`) the accumulators start from.
     Returns int32 (N, O, (H+2pad-kh)//stride+1, (W+2pad-kw)//stride+1).
     ``x_range``/``w_range`` optionally declare tighter value bounds than the
     dtypes' (checked against the data) for the int32 overflow check.
     """
-    shape, stride, pad = _prepare(x, w, stride, pad, x_range, w_range)
+    shape, stride, pad, bias = _prepare(x, w, stride, pad, bias, x_range, w_range)
     out = np.empty(shape, np.int32)
-    _correlate_reference(x, w, stride, pad, out)
+    _correlate_reference(x, w, bias, stride, pad, out)
     return out
 
 
@@ -219,8 +238,8 @@ def conv2d_reference(x, w, stride=1, pad=0, x_range=None, w_range=None):
 # computing) and is congruent mod 2**32 to the wrapped one, so it comes out exact.
 
 _RANK = 4                 # output channels and K steps per micro-kernel call (K, O padded to it)
-_L2_BYTES = 128 * 1024    # im2col block (K block x pixel block) kept hot in L2
-_MAX_K_BLOCK = 1536
+_MAX_PANEL = 256          # pixels per panel of im2col columns
+_MAX_K_BLOCK = 1152       # K rows of a panel swept by all output channels before the next
 
 
 @intrinsic
@@ -250,86 +269,112 @@ _mac = _multiply_accumulate_int32
 
 
 @numba.njit(cache=True, parallel=True)
-def _im2col_bytes(x_image, offset, byte_index, kh, kw, stride, pad, out_height, out_width, k_padded):
-    """(C, H, W) -> (k_padded, Ho*Wo) uint8: byte ``byte_index`` of x - offset, im2col'ed.
+def _padded_byte_plane(x_image, offset, byte_index, pad):
+    """(C, H, W) -> (C, H + 2pad, W + 2pad) uint8: byte ``byte_index`` of x - offset, zero padded.
 
-    Row k = (c*kh + i)*kw + j holds, for every output pixel p = y*Wo + x, the
-    input at (c, y*stride + i - pad, x*stride + j - pad); outside the image it
-    holds the byte of 0 - offset (the padded zero). Rows past K are 0 (their
-    weights are 0 too).
+    The border holds the byte of 0 - offset: the padded zero, offset like the rest.
     """
     channels, height, width = x_image.shape
-    columns = np.zeros((k_padded, out_height * out_width), np.uint8)
     shift = 8 * byte_index
-    pad_byte = np.uint8(((0 - offset) >> shift) & 255)
+    plane = np.empty((channels, height + 2 * pad, width + 2 * pad), np.uint8)
+    plane[:] = np.uint8(((0 - offset) >> shift) & 255)
+    for c in numba.prange(channels):
+        for row in range(height):
+            for col in range(width):
+                value = np.int64(x_image[c, row, col]) - offset
+                plane[c, row + pad, col + pad] = np.uint8((value >> shift) & 255)
+    return plane
+
+
+@numba.njit(cache=True, parallel=True)
+def _im2col_panels(plane, kh, kw, stride, out_height, out_width, k_padded, p_block):
+    """Padded (C, Hp, Wp) bytes -> columns (n_panels, k_padded, p_block), pixels cut into panels.
+
+    Pixel p = y*Wo + x is column p % p_block of panel p // p_block. Row k =
+    (c*kh + i)*kw + j of a panel holds the padded input at (c, y*stride + i,
+    x*stride + j): the factor multiplying w[o, c, i, j] in output pixel p.
+    Each panel is contiguous, so the GEMM streams it from cache. Rows past K
+    and pixels past Ho*Wo stay 0 (their weights or outputs are dropped).
+    """
+    channels = plane.shape[0]
+    n_pixels = out_height * out_width
+    n_panels = (n_pixels + p_block - 1) // p_block
+    columns = np.zeros((n_panels, k_padded, p_block), np.uint8)
     for k in numba.prange(channels * kh * kw):
         c, i, j = k // (kh * kw), (k // kw) % kh, k % kw
+        panel, column = 0, 0  # where pixel p = y*Wo + x goes, counted rather than divided
         for y in range(out_height):
-            row = y * stride + i - pad
-            for x in range(out_width):
-                col = x * stride + j - pad
-                if 0 <= row < height and 0 <= col < width:
-                    value = np.int64(x_image[c, row, col]) - offset
-                    columns[k, y * out_width + x] = np.uint8((value >> shift) & 255)
-                else:
-                    columns[k, y * out_width + x] = pad_byte
+            source = plane[c, y * stride + i, j:]
+            x = 0
+            while x < out_width:  # copy the run of row y that falls in the current panel
+                run = min(out_width - x, p_block - column)
+                target = columns[panel, k, column:column + run]
+                for t in range(np.uint64(run)):  # unsigned: see _rank4_update
+                    target[t] = source[(x + t) * stride]
+                x += run
+                column += run
+                if column == p_block:
+                    panel, column = panel + 1, 0
     return columns
 
 
 @numba.njit(cache=True, inline="always")
-def _rank4_update(w_packed, columns, out, o, k, p_start, p_stop):
-    """out[o:o+4, p] += w_packed[o:o+4, k:k+4] @ columns[k:k+4, p] for p in [p_start, p_stop).
+def _rank4_update(w_packed, o, k, panel, acc_panel):
+    """acc_panel[o:o+4, :] += w_packed[o:o+4, k:k+4] @ panel[k:k+4, :] (int32, wrap-around).
 
     The pixel loop is the one LLVM vectorises: 4 byte loads, 16 multiply-adds
-    and 4 int32 loads/stores of ``out`` per vector of pixels.
+    and 4 int32 loads/stores of the accumulators per vector of pixels.
     """
     w00, w01, w02, w03 = w_packed[o, k], w_packed[o, k + 1], w_packed[o, k + 2], w_packed[o, k + 3]
     w10, w11, w12, w13 = w_packed[o + 1, k], w_packed[o + 1, k + 1], w_packed[o + 1, k + 2], w_packed[o + 1, k + 3]
     w20, w21, w22, w23 = w_packed[o + 2, k], w_packed[o + 2, k + 1], w_packed[o + 2, k + 2], w_packed[o + 2, k + 3]
     w30, w31, w32, w33 = w_packed[o + 3, k], w_packed[o + 3, k + 1], w_packed[o + 3, k + 2], w_packed[o + 3, k + 3]
-    x0, x1, x2, x3 = columns[k], columns[k + 1], columns[k + 2], columns[k + 3]
-    out0, out1, out2, out3 = out[o], out[o + 1], out[o + 2], out[o + 3]
+    x0, x1, x2, x3 = panel[k], panel[k + 1], panel[k + 2], panel[k + 3]
+    acc0, acc1, acc2, acc3 = acc_panel[o], acc_panel[o + 1], acc_panel[o + 2], acc_panel[o + 3]
     # Unsigned p: Numba then skips its negative-index wrap-around test, which
     # otherwise blocks vectorisation of this loop (about 4x slower).
-    for p in range(np.uint64(p_start), np.uint64(p_stop)):
+    for p in range(np.uint64(panel.shape[1])):
         a, b, c, d = x0[p], x1[p], x2[p], x3[p]
-        out0[p] = _mac(_mac(_mac(_mac(out0[p], w00, a), w01, b), w02, c), w03, d)
-        out1[p] = _mac(_mac(_mac(_mac(out1[p], w10, a), w11, b), w12, c), w13, d)
-        out2[p] = _mac(_mac(_mac(_mac(out2[p], w20, a), w21, b), w22, c), w23, d)
-        out3[p] = _mac(_mac(_mac(_mac(out3[p], w30, a), w31, b), w32, c), w33, d)
+        acc0[p] = _mac(_mac(_mac(_mac(acc0[p], w00, a), w01, b), w02, c), w03, d)
+        acc1[p] = _mac(_mac(_mac(_mac(acc1[p], w10, a), w11, b), w12, c), w13, d)
+        acc2[p] = _mac(_mac(_mac(_mac(acc2[p], w20, a), w21, b), w22, c), w23, d)
+        acc3[p] = _mac(_mac(_mac(_mac(acc3[p], w30, a), w31, b), w32, c), w33, d)
 
 
 @numba.njit(cache=True, parallel=True)
-def _gemm_accumulate(w_packed, columns, out, p_block, k_block, o_group):
-    """out (Op, P) int32 += w_packed (Op, Kp) int8 @ columns (Kp, P) uint8, wrap-around int32.
+def _gemm_accumulate(w_packed, columns, acc, k_block, o_group):
+    """acc[b] (Op, p_block) int32 += w_packed (Op, Kp) int8 @ columns[b] (Kp, p_block) uint8, every panel b.
 
-    Op, Kp multiples of 4. Work is split into tasks (pixel block x group of
-    output channels) run in parallel; within a task a K block of ``columns``
-    (k_block x p_block bytes) stays in L2 while every output channel of the
-    group sweeps it, and the 4 output rows being updated stay in L1.
+    Op, Kp multiples of 4; int32 wrap-around. Work is split into tasks (one
+    panel x a group of output channels) run in parallel; within a task a K block
+    of the panel (k_block x p_block bytes) stays in L2 while every output
+    channel of the group sweeps it, and the 4 accumulator rows being updated stay in L1.
     """
     n_outputs, k_padded = w_packed.shape
-    n_pixels = columns.shape[1]
-    n_p_blocks = (n_pixels + p_block - 1) // p_block
+    n_panels = columns.shape[0]
     n_o_groups = (n_outputs + o_group - 1) // o_group
-    for task in numba.prange(n_p_blocks * n_o_groups):
-        p_start = (task // n_o_groups) * p_block
-        p_stop = min(p_start + p_block, n_pixels)
+    for task in numba.prange(n_panels * n_o_groups):
+        panel, acc_panel = columns[task // n_o_groups], acc[task // n_o_groups]
         o_start = (task % n_o_groups) * o_group
         o_stop = min(o_start + o_group, n_outputs)
         for k_start in range(0, k_padded, k_block):
             k_stop = min(k_start + k_block, k_padded)
             for o in range(o_start, o_stop, _RANK):
                 for k in range(k_start, k_stop, _RANK):
-                    _rank4_update(w_packed, columns, out, o, k, p_start, p_stop)
+                    _rank4_update(w_packed, o, k, panel, acc_panel)
 
 
 def _blocking(n_outputs, n_pixels, k_padded, n_threads):
-    """(p_block, k_block, o_group): L2-sized K x pixel blocks, at least 4 tasks per thread when possible."""
-    k_block = min(k_padded, _MAX_K_BLOCK)
-    p_block = min(n_pixels, max(64, _L2_BYTES // k_block // 32 * 32))
-    n_p_blocks = -(-n_pixels // p_block)
-    groups_wanted = max(1, -(-4 * n_threads // n_p_blocks))
+    """(p_block, k_block, o_group): the fewest panels of at most _MAX_PANEL pixels, K blocks of at
+    most _MAX_K_BLOCK, and groups of output channels giving at least 4 tasks per thread when possible.
+
+    Sizes measured on the benchmark's layers (a panel's K block then stays in L2).
+    """
+    n_k_blocks = -(-k_padded // _MAX_K_BLOCK)
+    k_block = _round_up(-(-k_padded // n_k_blocks), _RANK)
+    n_panels = -(-n_pixels // _MAX_PANEL)
+    p_block = _round_up(-(-n_pixels // n_panels), 8)  # even panels, whole vectors
+    groups_wanted = max(1, -(-4 * n_threads // n_panels))
     o_group = max(_RANK, -(-n_outputs // groups_wanted // _RANK) * _RANK)
     return p_block, k_block, o_group
 
@@ -351,46 +396,50 @@ def _round_up(value, multiple):
     return -(-value // multiple) * multiple
 
 
-def conv2d(x, w, stride=1, pad=0, x_range=None, w_range=None):
+def conv2d(x, w, stride=1, pad=0, bias=None, x_range=None, w_range=None):
     """Exact integer correlation, fast: bit-identical to :func:`conv2d_reference`.
 
     x: (N, C, H, W) uint8, int8 or int16 values (zero points already removed);
-    w: (O, C, kh, kw) int8; returns int32 (N, O, Ho, Wo), Ho = (H+2pad-kh)//stride+1.
+    w: (O, C, kh, kw) int8; bias: optional (O,) int32 the accumulators start from;
+    returns int32 (N, O, Ho, Wo), Ho = (H+2pad-kh)//stride+1.
     Raises ValueError before computing if the int32 accumulator could overflow
     (:func:`check_accumulator_range`, with the dtypes' ranges unless
     ``x_range``/``w_range`` declare tighter ones, which are checked against the data).
 
     Method: x - offset (offset = min(x, 0)) is made non-negative and cut into
-    bytes, laid out by im2col as (K, pixels); an int32 GEMM with the packed
+    bytes, laid out by im2col as panels of (K, pixels); an int32 GEMM with the packed
     weights accumulates each byte plane, and ``256**b`` and ``offset * sum(w)``
     are added back (see the comment above ``_RANK``). Parallel with Numba's threads.
     """
-    shape, stride, pad = _prepare(x, w, stride, pad, x_range, w_range)
+    shape, stride, pad, bias = _prepare(x, w, stride, pad, bias, x_range, w_range)
     n_images, n_outputs, out_height, out_width = shape
     kh, kw = w.shape[2:]
     n_pixels = out_height * out_width
     k_padded = _round_up(w[0].size, _RANK)
     o_padded = _round_up(n_outputs, _RANK)
     w_packed = _pack_weights(w, o_padded, k_padded)
-    # offset * sum(w) starts every accumulator; wrapped, as all the int32 sums below.
+    # bias + offset * sum(w) starts every accumulator; wrapped, as all the int32 sums below.
     weight_sums = w.reshape(n_outputs, -1).sum(1, dtype=np.int64)
-    blocking = _blocking(o_padded, n_pixels, k_padded, numba.get_num_threads())
+    p_block, k_block, o_group = _blocking(o_padded, n_pixels, k_padded, numba.get_num_threads())
+    n_panels = -(-n_pixels // p_block)
     out = np.empty(shape, np.int32)
     for n in range(n_images):
         offset = min(int(x[n].min()), 0)
         n_bytes = 1 if max(int(x[n].max()), 0) - offset < 256 else 2
-        acc = np.zeros((o_padded, n_pixels), np.int32)
-        acc[:n_outputs] = _wrap_int32(offset * weight_sums)[:, None]
+        acc = np.zeros((n_panels, o_padded, p_block), np.int32)
+        acc[:, :n_outputs] = _wrap_int32(bias + offset * weight_sums)[None, :, None]
         for byte_index in range(n_bytes):
-            columns = _im2col_bytes(x[n], offset, byte_index, kh, kw, stride, pad,
-                                    out_height, out_width, k_padded)
+            plane = _padded_byte_plane(x[n], offset, byte_index, pad)
+            columns = _im2col_panels(plane, kh, kw, stride, out_height, out_width, k_padded, p_block)
             if byte_index == 0:
-                _gemm_accumulate(w_packed, columns, acc, *blocking)
+                _gemm_accumulate(w_packed, columns, acc, k_block, o_group)
             else:  # NumPy's int32 arithmetic wraps, as intended here
-                plane = np.zeros_like(acc)
-                _gemm_accumulate(w_packed, columns, plane, *blocking)
-                acc += plane << np.int32(8 * byte_index)
-        out[n] = acc[:n_outputs].reshape(n_outputs, out_height, out_width)
+                high = np.zeros_like(acc)
+                _gemm_accumulate(w_packed, columns, high, k_block, o_group)
+                acc += high << np.int32(8 * byte_index)
+        # (panels, Op, p_block) -> (O, Ho*Wo): undo the panel layout
+        acc = acc[:, :n_outputs].transpose(1, 0, 2).reshape(n_outputs, n_panels * p_block)
+        out[n] = acc[:, :n_pixels].reshape(n_outputs, out_height, out_width)
     return out
 
 
@@ -515,7 +564,25 @@ def _check_requantize_arguments(acc, multipliers_and_shifts, zero_point, qmin, q
     qmin, qmax = _check_integer("qmin", qmin), _check_integer("qmax", qmax)
     if qmin > qmax:
         raise ValueError(f"qmin={qmin} must be <= qmax={qmax}")
-    return acc.astype(np.int64, copy=False), code_dtype(qmin, qmax)
+    return acc, code_dtype(qmin, qmax)
+
+
+@numba.njit(cache=True, parallel=True)
+def _requantize_flat(acc, multiplier, shift, negative_multiplier, negative_shift,
+                     zero_point, qmin, qmax, codes):
+    for index in numba.prange(acc.size):
+        codes[index] = requantize_leaky_code(np.int64(acc[index]), multiplier, shift, negative_multiplier,
+                                             negative_shift, zero_point, qmin, qmax)
+
+
+def _requantize_array(acc, multiplier, shift, negative_multiplier, negative_shift,
+                      zero_point, qmin, qmax, dtype):
+    """Apply :func:`requantize_leaky_code` to every element, in parallel; codes in ``dtype``."""
+    acc = np.ascontiguousarray(acc)
+    codes = np.empty(acc.shape, dtype)
+    _requantize_flat(acc.reshape(-1), int(multiplier), int(shift), int(negative_multiplier),
+                     int(negative_shift), int(zero_point), int(qmin), int(qmax), codes.reshape(-1))
+    return codes
 
 
 def requantize(acc, multiplier, shift, zero_point, qmin, qmax):
@@ -530,7 +597,8 @@ def requantize(acc, multiplier, shift, zero_point, qmin, qmax):
     acc, dtype = _check_requantize_arguments(
         acc, [("multiplier", multiplier, 2**MULTIPLIER_BITS - 1), ("shift", shift, MAX_SHIFT)],
         zero_point, qmin, qmax)
-    return requantize_code(acc, multiplier, shift, zero_point, qmin, qmax).astype(dtype)
+    # The leaky rule with the same pair on both sides is this rule (one parallel driver for both).
+    return _requantize_array(acc, multiplier, shift, multiplier, shift, zero_point, qmin, qmax, dtype)
 
 
 def requantize_shift(acc, shift, zero_point, qmin, qmax):
@@ -549,8 +617,8 @@ def requantize_leaky(acc, multiplier, shift, negative_multiplier, negative_shift
         acc, [("multiplier", multiplier, limit), ("shift", shift, MAX_SHIFT),
               ("negative_multiplier", negative_multiplier, limit),
               ("negative_shift", negative_shift, MAX_SHIFT)], zero_point, qmin, qmax)
-    return requantize_leaky_code(acc, multiplier, shift, negative_multiplier, negative_shift,
-                                 zero_point, qmin, qmax).astype(dtype)
+    return _requantize_array(acc, multiplier, shift, negative_multiplier, negative_shift,
+                             zero_point, qmin, qmax, dtype)
 
 
 def quantize_bias(bias, step_x, step_w):
