@@ -72,7 +72,10 @@ class Network:
             arg = in_shapes if getattr(layer, "multi_input", False) else in_shapes[0]
             return tuple(int(v) for v in layer.output_shape(arg))
         except ValueError as error:
-            raise NetworkShapeError(f"layer {index} [{layer.type}]: {error}", index) from None
+            text = str(error)
+            for prefix in (f"{layer.type}: ", f"[{layer.type}] layer: "):
+                text = text[len(prefix):] if text.startswith(prefix) else text
+            raise NetworkShapeError(f"layer {index} [{layer.type}]: {text}", index) from None
 
     def output_shapes(self, input_shape=None):
         """Output shape (C, H, W) of every layer for inputs of ``input_shape`` (default the cfg's).
