@@ -11,8 +11,9 @@ For every 3x3 convolution of yolov2-tiny-voc at 416x416, batch 1 (plus the
   same work), and ``conv2d`` alone,
 
 with torch's thread count set to Numba's. Runs alternate between the two and
-each figure is the minimum over the repeats, which is robust to other load on
-the machine. The ratio is refquant's time over fbgemm's (lower is better).
+each figure is the minimum over the repeats, of the wall time and of the
+process CPU time (steadier when other work shares the machine). The ratio is
+refquant's time over fbgemm's (lower is better).
 """
 import argparse
 import time
@@ -70,17 +71,23 @@ def refquant_layer(x_codes, w_codes, bias, step_x, zero_point_x, step_w, step_y,
     return layer, conv_only
 
 
-def best_time(functions, repeats):
-    """Minimum wall time of each function over ``repeats`` alternating rounds."""
+def best_times(functions, repeats):
+    """Minimum wall time and minimum process CPU time of each function over ``repeats`` alternating rounds.
+
+    CPU time (all threads of this process) is the steadier figure on a machine
+    shared with other work; wall time is the latency a user sees.
+    """
     for function in functions:
         function()  # warm-up (and Numba compilation)
-    best = [np.inf] * len(functions)
+    wall = [np.inf] * len(functions)
+    cpu = [np.inf] * len(functions)
     for _ in range(repeats):
         for index, function in enumerate(functions):
-            start = time.perf_counter()
+            wall_start, cpu_start = time.perf_counter(), time.process_time()
             function()
-            best[index] = min(best[index], time.perf_counter() - start)
-    return best
+            wall[index] = min(wall[index], time.perf_counter() - wall_start)
+            cpu[index] = min(cpu[index], time.process_time() - cpu_start)
+    return np.array(wall), np.array(cpu)
 
 
 def main():
@@ -97,24 +104,27 @@ def main():
     if args.layers == "targets":
         layers = [layer for layer in layers if layer in TARGETS]
     print(f"threads: numba {numba.get_num_threads()}, torch {torch.get_num_threads()}; "
-          f"min of {args.repeats} runs")
-    print(f"{'layer (C->O @ HxW, k)':>28} {'fbgemm ms':>10} {'refquant ms':>12} {'conv only ms':>13} "
-          f"{'ratio':>6}")
+          f"min of {args.repeats} alternating runs; ratio = refquant / fbgemm (lower is better)")
+    print(f"{'layer (C->O @ HxW, k)':>28} | {'wall ms: fbgemm':>15} {'refquant':>9} {'conv only':>9} "
+          f"{'ratio':>6} | {'cpu ms: fbgemm':>14} {'refquant':>9} {'ratio':>6}")
     rng = np.random.default_rng(0)
-    totals = np.zeros(3)
+    total_wall, total_cpu = np.zeros(3), np.zeros(3)
     for channels, outputs, size, kernel in layers:
         setup = make_layer(channels, outputs, size, kernel, rng)
         layer, conv_only = refquant_layer(*setup)
-        times = best_time([torch_layer(*setup), layer, conv_only], args.repeats)
+        wall, cpu = best_times([torch_layer(*setup), layer, conv_only], args.repeats)
         if (channels, outputs, size, kernel) in TINY_YOLO_VOC_LAYERS:
-            totals += times
-        target = "  <- target 3x" if (channels, outputs, size, kernel) in TARGETS else ""
-        name = f"{channels}->{outputs} @ {size}x{size}, {kernel}x{kernel}"
-        print(f"{name:>28} {1e3 * times[0]:10.2f} {1e3 * times[1]:12.2f} {1e3 * times[2]:13.2f} "
-              f"{times[1] / times[0]:6.2f}{target}")
+            total_wall += wall
+            total_cpu += cpu
+        target = "  <- target: ratio <= 3" if (channels, outputs, size, kernel) in TARGETS else ""
+        print_row(f"{channels}->{outputs} @ {size}x{size}, {kernel}x{kernel}", wall, cpu, target)
     if args.layers == "all":
-        print(f"{'yolov2-tiny-voc convs, sum':>28} {1e3 * totals[0]:10.2f} {1e3 * totals[1]:12.2f} "
-              f"{1e3 * totals[2]:13.2f} {totals[1] / totals[0]:6.2f}")
+        print_row("yolov2-tiny-voc convs, sum", total_wall, total_cpu, "")
+
+
+def print_row(name, wall, cpu, note):
+    print(f"{name:>28} | {1e3 * wall[0]:15.2f} {1e3 * wall[1]:9.2f} {1e3 * wall[2]:9.2f} "
+          f"{wall[1] / wall[0]:6.2f} | {1e3 * cpu[0]:14.2f} {1e3 * cpu[1]:9.2f} {cpu[1] / cpu[0]:6.2f}{note}")
 
 
 if __name__ == "__main__":

@@ -308,9 +308,7 @@ def _im2col_panels(plane, kh, kw, stride, out_height, out_width, k_padded, p_blo
             x = 0
             while x < out_width:  # copy the run of row y that falls in the current panel
                 run = min(out_width - x, p_block - column)
-                target = columns[panel, k, column:column + run]
-                for t in range(np.uint64(run)):  # unsigned: see _rank4_update
-                    target[t] = source[(x + t) * stride]
+                columns[panel, k, column:column + run] = source[x * stride:(x + run - 1) * stride + 1:stride]
                 x += run
                 column += run
                 if column == p_block:
@@ -426,8 +424,10 @@ def conv2d(x, w, stride=1, pad=0, bias=None, x_range=None, w_range=None):
     for n in range(n_images):
         offset = min(int(x[n].min()), 0)
         n_bytes = 1 if max(int(x[n].max()), 0) - offset < 256 else 2
-        acc = np.zeros((n_panels, o_padded, p_block), np.int32)
-        acc[:, :n_outputs] = _wrap_int32(bias + offset * weight_sums)[None, :, None]
+        start = np.zeros(o_padded, np.int32)
+        start[:n_outputs] = _wrap_int32(bias + offset * weight_sums)
+        acc = np.empty((n_panels, o_padded, p_block), np.int32)
+        acc[:] = start[None, :, None]
         for byte_index in range(n_bytes):
             plane = _padded_byte_plane(x[n], offset, byte_index, pad)
             columns = _im2col_panels(plane, kh, kw, stride, out_height, out_width, k_padded, p_block)
@@ -499,22 +499,22 @@ def quantize_shift(real_multiplier):
     return 1 - exponent
 
 
-@numba.vectorize(["int64(int64, int64, int64, int64, int64, int64)"], nopython=True, cache=True)
+@numba.njit(cache=True, inline="always")
 def requantize_code(acc, multiplier, shift, zero_point, qmin, qmax):
     """The requantization rule, once: ``clip(rounding_right_shift(acc*multiplier, shift) + zero_point, qmin, qmax)``.
 
-    A NumPy ufunc that Numba kernels can call on scalars. No argument checks
-    (see :func:`requantize`): ``|acc| <= 2**31``, ``0 <= multiplier < 2**22``, ``0 <= shift <= 62``.
+    Scalar integers in, the code out (int64); a Numba function, so integer
+    kernels call it directly. No argument checks here (see :func:`requantize`):
+    ``|acc| <= 2**31``, ``0 <= multiplier < 2**22``, ``0 <= shift <= 62``.
     """
-    code = rounding_right_shift(acc * multiplier, shift) + zero_point
+    code = rounding_right_shift(np.int64(acc) * np.int64(multiplier), shift) + zero_point
     return min(max(code, qmin), qmax)
 
 
-@numba.vectorize(["int64(int64, int64, int64, int64, int64, int64, int64, int64)"],
-                 nopython=True, cache=True)
+@numba.njit(cache=True, inline="always")
 def requantize_leaky_code(acc, multiplier, shift, negative_multiplier, negative_shift,
                           zero_point, qmin, qmax):
-    """Requantization with Darknet's leaky ReLU fused in, on integers.
+    """Requantization with Darknet's leaky ReLU fused in, on integers (scalar, Numba).
 
     ``y = requantize_code(acc, multiplier, shift, ...)`` if ``acc >= 0``, else
     ``requantize_code(acc, negative_multiplier, negative_shift, ...)``, where the
@@ -523,9 +523,9 @@ def requantize_leaky_code(acc, multiplier, shift, negative_multiplier, negative_
     accumulator (bias included) is the sign of the real pre-activation, so this
     is ``round(leaky(acc * M)) + zero_point`` with each side's M quantized.
     """
-    if acc >= 0:
-        return requantize_code(acc, multiplier, shift, zero_point, qmin, qmax)
-    return requantize_code(acc, negative_multiplier, negative_shift, zero_point, qmin, qmax)
+    negative = acc < 0
+    return requantize_code(acc, negative_multiplier if negative else multiplier,
+                           negative_shift if negative else shift, zero_point, qmin, qmax)
 
 
 def leaky_multipliers(real_multiplier, slope=LEAKY_SLOPE, bits=MULTIPLIER_BITS):
