@@ -390,7 +390,7 @@ def _em_fit_piece(piece_lo, piece_hi, mu, var, cell_lo, cell_hi, cell_count, cel
         mu1, var1, _ = _em_step(piece_lo, piece_hi, mu, var, *args)
         steps += 1
         mu_next, var_next = mu1, var1
-        if accelerate and _usable(mu1, var1):
+        if accelerate and steps < max_steps and _usable(mu1, var1):
             mu2, var2, log_likelihood1 = _em_step(piece_lo, piece_hi, mu1, var1, *args)
             steps += 1
             mu_next, var_next = mu2, var2
@@ -402,7 +402,7 @@ def _em_fit_piece(piece_lo, piece_hi, mu, var, cell_lo, cell_hi, cell_count, cel
                 a = -math.sqrt(r_norm / w_norm)
                 mu_x = mu - 2 * a * (mu1 - mu) + a * a * (mu2 - 2 * mu1 + mu)
                 var_x = var - 2 * a * (var1 - var) + a * a * (var2 - 2 * var1 + var)
-                if _usable(mu_x, var_x):
+                if steps < max_steps and _usable(mu_x, var_x):
                     mu3, var3, log_likelihood_x = _em_step(piece_lo, piece_hi, mu_x, var_x, *args)
                     steps += 1
                     if log_likelihood_x >= log_likelihood1 and _usable(mu3, var3):
@@ -549,7 +549,7 @@ def _check_spread(x, min_samples, caller):
         raise DegenerateDataError(f"{caller}: only {x.size} values; a fit needs at least "
                                   f"min_piece_samples={min_samples}")
     if x.min() == x.max():
-        raise DegenerateDataError(f"{caller}: x is constant (all {x.size} values equal {x[0]!r}); "
+        raise DegenerateDataError(f"{caller}: x is constant (all {x.size} values equal {float(x[0])!r}); "
                                   f"no density with a spread can be fitted")
 
 

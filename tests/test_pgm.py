@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from scipy import integrate, optimize, stats
 
-from refquant.pgm import PiecewiseGaussian, truncated_standard_normal
+from refquant.pgm import (ConvergenceWarning, DegenerateDataError, GaussianMixture, PiecewiseGaussian,
+                          truncated_standard_normal)
 
 # A three-piece model with a piece whose Gaussian centre lies outside it (piece 0), used by the
 # distribution tests.
@@ -214,3 +215,424 @@ def test_dict_round_trip():
     again = PiecewiseGaussian.from_dict(THREE_PIECES.to_dict())
     for name in ("breakpoints", "weights", "means", "stds", "edges"):
         np.testing.assert_array_equal(getattr(again, name), getattr(THREE_PIECES, name))
+
+
+# ------------------------------------------------------------------------------------------------
+# Known models to draw from, with samplers independent of refquant (scipy.stats only)
+# ------------------------------------------------------------------------------------------------
+
+LEAKY_PRE_MEAN, LEAKY_PRE_STD = 0.5, 1.0
+
+
+def leaky_relu_samples(n, seed):
+    """Leaky-ReLU (slope 0.1) activations of N(0.5, 1) pre-activations: drawn and rectified directly."""
+    y = np.random.default_rng(seed).normal(LEAKY_PRE_MEAN, LEAKY_PRE_STD, n)
+    return np.where(y >= 0.0, y, 0.1 * y)
+
+
+def leaky_relu_truth():
+    """The exact PGM of leaky_relu_samples: two pieces split at 0, the negative side the positive
+    side's Gaussian squeezed tenfold, masses Phi(-m/s) and 1 - Phi(-m/s)."""
+    negative = stats.norm.cdf(-LEAKY_PRE_MEAN / LEAKY_PRE_STD)
+    return ([0.0], [negative, 1.0 - negative], [0.1 * LEAKY_PRE_MEAN, LEAKY_PRE_MEAN],
+            [0.1 * LEAKY_PRE_STD, LEAKY_PRE_STD])
+
+
+# Weight-like: a narrow centre on [-1, 1) and wide tails outside, all centred at 0.
+WEIGHT_TRUTH = ([-1.0, 1.0], [0.15, 0.7, 0.15], [0.0, 0.0, 0.0], [2.0, 0.5, 2.0])
+
+
+def piecewise_samples(truth, n, seed):
+    """Draws from a PGM by scipy.stats: piece counts multinomial, then scipy's truncnorm.rvs."""
+    breakpoints, weights, means, stds = truth
+    rng = np.random.default_rng(seed)
+    edges = [-np.inf, *breakpoints, np.inf]
+    parts = []
+    for k, count in enumerate(rng.multinomial(n, weights)):
+        a, b = (edges[k] - means[k]) / stds[k], (edges[k + 1] - means[k]) / stds[k]
+        parts.append(stats.truncnorm.rvs(a, b, loc=means[k], scale=stds[k], size=count, random_state=rng))
+    return rng.permutation(np.concatenate(parts))
+
+
+def scipy_log_likelihood(x, truth):
+    """sum_i log p(x_i) for a PGM, from scipy.stats.truncnorm.logpdf and the piece masses."""
+    breakpoints, weights, means, stds = truth
+    edges = [-np.inf, *breakpoints, np.inf]
+    piece = np.searchsorted(breakpoints, x, side="right")
+    total = 0.0
+    for k in range(len(weights)):
+        xk = x[piece == k]
+        a, b = (edges[k] - means[k]) / stds[k], (edges[k + 1] - means[k]) / stds[k]
+        total += xk.size * math.log(weights[k]) + stats.truncnorm.logpdf(xk, a, b, loc=means[k],
+                                                                         scale=stds[k]).sum()
+    return total
+
+
+def parameters(model):
+    return (model.breakpoints.tolist(), model.weights.tolist(), model.means.tolist(), model.stds.tolist())
+
+
+
+def standard_errors(x, model):
+    """Asymptotic standard errors of each piece's (mu, sigma) and of the masses: the inverse
+    observed Fisher information, by central differences of scipy's truncnorm log-likelihood,
+    and sqrt(pi (1 - pi) / n) for the masses."""
+    piece = model.piece_of(x)
+    mean_errors, std_errors = [], []
+    for k in range(model.n_pieces):
+        xk, lo, hi = x[piece == k], model.edges[k], model.edges[k + 1]
+
+        def log_likelihood(theta):
+            return stats.truncnorm.logpdf(xk, (lo - theta[0]) / theta[1], (hi - theta[0]) / theta[1],
+                                          loc=theta[0], scale=theta[1]).sum()
+        theta = np.array([model.means[k], model.stds[k]])
+        steps = 1e-3 * model.stds[k] * np.eye(2)
+        hessian = np.empty((2, 2))
+        for i in range(2):
+            for j in range(2):
+                hessian[i, j] = (log_likelihood(theta + steps[i] + steps[j])
+                                 - log_likelihood(theta + steps[i] - steps[j])
+                                 - log_likelihood(theta - steps[i] + steps[j])
+                                 + log_likelihood(theta - steps[i] - steps[j])) / (4e-6 * model.stds[k] ** 2)
+        errors = np.sqrt(np.diag(np.linalg.inv(-hessian)))
+        mean_errors.append(errors[0])
+        std_errors.append(errors[1])
+    weight_errors = np.sqrt(model.weights * (1 - model.weights) / x.size)
+    return weight_errors, np.array(mean_errors), np.array(std_errors)
+
+
+def assert_recovered(model, truth, x):
+    """Every fitted parameter within 5 standard errors of the generating one."""
+    weight_errors, mean_errors, std_errors = standard_errors(x, model)
+    assert np.all(np.abs(model.weights - truth[1]) < 5 * weight_errors), (model, weight_errors)
+    assert np.all(np.abs(model.means - truth[2]) < 5 * mean_errors), (model, mean_errors)
+    assert np.all(np.abs(model.stds - truth[3]) < 5 * std_errors), (model, std_errors)
+
+
+# ------------------------------------------------------------------------------------------------
+# The EM fit
+# ------------------------------------------------------------------------------------------------
+
+def test_fit_recovers_the_leaky_relu_model():
+    """Truth: the generating model (leaky ReLU of a known normal, drawn with numpy), within 5
+    asymptotic standard errors (from scipy's likelihood); the fitted log-likelihood is not below the true model's
+    (computed with scipy.stats.truncnorm); breakpoints='auto' finds K = 2 split at 0."""
+    x = leaky_relu_samples(200_000, seed=1)
+    truth = leaky_relu_truth()
+    fitted = PiecewiseGaussian.fit(x, [0.0])
+    assert fitted.fit_info.converged
+    assert_recovered(fitted, truth, x)
+    assert fitted.fit_info.log_likelihood >= scipy_log_likelihood(x, truth)
+    assert fitted.fit_info.log_likelihood == pytest.approx(scipy_log_likelihood(x, parameters(fitted)),
+                                                           rel=1e-11)
+    chosen = PiecewiseGaussian.fit(x)
+    assert chosen.breakpoints.tolist() == [0.0]
+    np.testing.assert_allclose(chosen.stds, fitted.stds, rtol=1e-6)
+
+
+def test_fit_recovers_the_weight_like_model():
+    """Truth: the generating three-piece model (drawn with scipy.stats.truncnorm), within 5
+    asymptotic standard errors; the fitted
+    log-likelihood is not below the true model's; 'auto' finds three pieces with breakpoints
+    at the candidate quantiles nearest -1 and 1 (the 15% and 85% quantiles)."""
+    x = piecewise_samples(WEIGHT_TRUTH, 200_000, seed=2)
+    fitted = PiecewiseGaussian.fit(x, [-1.0, 1.0])
+    assert fitted.fit_info.converged
+    assert_recovered(fitted, WEIGHT_TRUTH, x)
+    assert fitted.fit_info.log_likelihood >= scipy_log_likelihood(x, WEIGHT_TRUTH)
+    chosen = PiecewiseGaussian.fit(x)
+    assert chosen.n_pieces == 3
+    np.testing.assert_allclose(chosen.breakpoints, [-1.0, 1.0], atol=0.03)
+    rows = chosen.fit_info.selection
+    assert [row[0] for row in rows] == [1, 2, 3, 4]
+    for n_pieces, _, log_likelihood, bic in rows:
+        assert bic == pytest.approx(-2 * log_likelihood + (4 * n_pieces - 2) * math.log(x.size))
+    assert chosen.fit_info.bic == min(row[3] for row in rows)
+
+
+def _direct_piece_maximum(xk, lo, hi):
+    """(mu, sigma, log-likelihood) maximising sum log truncnorm.pdf(xk) over (mu, log sigma) by
+    scipy.optimize (Nelder-Mead, then BFGS to polish), starting from the sample moments."""
+    def negative(theta):
+        sigma = math.exp(theta[1])
+        return -stats.truncnorm.logpdf(xk, (lo - theta[0]) / sigma, (hi - theta[0]) / sigma,
+                                       loc=theta[0], scale=sigma).sum()
+    start = [xk.mean(), math.log(xk.std())]
+    result = optimize.minimize(negative, start, method="Nelder-Mead",
+                               options={"xatol": 1e-10, "fatol": 1e-12, "maxiter": 20000})
+    result = optimize.minimize(negative, result.x, method="BFGS", options={"gtol": 1e-9})
+    return result.x[0], math.exp(result.x[1]), -result.fun
+
+
+@pytest.mark.parametrize("accelerate", [True, False])
+def test_em_agrees_with_direct_maximisation_of_the_likelihood(accelerate):
+    """Truth: scipy.optimize on the exact truncated-normal log-likelihood of each piece (scipy's
+    truncnorm.logpdf), which shares no code with the EM. Plain and accelerated EM both agree."""
+    x = piecewise_samples(WEIGHT_TRUTH, 4000, seed=3)
+    fitted = PiecewiseGaussian.fit(x, [-1.0, 1.0], accelerate=accelerate, tol=1e-12, max_iter=200_000)
+    edges = [-np.inf, -1.0, 1.0, np.inf]
+    piece = fitted.piece_of(x)
+    total = 0.0
+    for k in range(3):
+        mu, sigma, log_likelihood = _direct_piece_maximum(x[piece == k], edges[k], edges[k + 1])
+        assert fitted.means[k] == pytest.approx(mu, abs=1e-5 * sigma)
+        assert fitted.stds[k] == pytest.approx(sigma, rel=1e-5)
+        total += log_likelihood + np.sum(piece == k) * math.log(np.mean(piece == k))
+    assert fitted.fit_info.log_likelihood == pytest.approx(total, rel=1e-10)
+    assert fitted.fit_info.log_likelihood >= total - 1e-7
+
+
+def _histogram_of(x, inner_edges):
+    """Counts of x in [-inf, e_1), [e_1, e_2), ..., [e_last, inf) (numpy's searchsorted)."""
+    counts = np.bincount(np.searchsorted(inner_edges, x, side="right"), minlength=inner_edges.size + 1)
+    return counts, np.concatenate([[-np.inf], inner_edges, [np.inf]])
+
+
+def test_histogram_fit_agrees_with_direct_maximisation_of_the_binned_likelihood():
+    """Truth: scipy.optimize on sum_j c_j log(P(bin j)/Z_k) written with scipy.stats.norm.cdf
+    (independent of the EM and of its within-bin E-step)."""
+    x = leaky_relu_samples(20_000, seed=4)
+    inner = np.concatenate([np.linspace(-0.4, 0.0, 9)[:-1], np.linspace(0.0, 3.0, 13)])
+    counts, edges = _histogram_of(x, inner)
+    fitted = PiecewiseGaussian.fit_histogram(counts, edges, [0.0], tol=1e-12)
+    assert fitted.fit_info.source == "histogram" and fitted.fit_info.n_samples == 20_000
+    piece_edges = [-np.inf, 0.0, np.inf]
+    piece_of_bin = np.searchsorted([0.0], edges[:-1], side="right")
+    total = 0.0
+    for k in range(2):
+        lo, hi, c = edges[:-1][piece_of_bin == k], edges[1:][piece_of_bin == k], counts[piece_of_bin == k]
+
+        def negative(theta):
+            mu, sigma = theta[0], math.exp(theta[1])
+            z = stats.norm.cdf(piece_edges[k + 1], mu, sigma) - stats.norm.cdf(piece_edges[k], mu, sigma)
+            p = stats.norm.cdf(hi, mu, sigma) - stats.norm.cdf(lo, mu, sigma)
+            return -np.sum(c * np.log(p / z))
+        start = [fitted.means[k] * 1.1 + 0.01, math.log(fitted.stds[k] * 0.9)]
+        result = optimize.minimize(negative, start, method="Nelder-Mead",
+                                   options={"xatol": 1e-11, "fatol": 1e-12, "maxiter": 20000})
+        assert fitted.means[k] == pytest.approx(result.x[0], abs=1e-5 * fitted.stds[k])
+        assert fitted.stds[k] == pytest.approx(math.exp(result.x[1]), rel=1e-5)
+        total += -result.fun + c.sum() * math.log(c.sum() / counts.sum())
+    assert fitted.fit_info.log_likelihood == pytest.approx(total, rel=1e-9)
+
+
+def test_histogram_of_fine_bins_approaches_the_sample_fit():
+    """Truth: the sample fit (checked above against scipy.optimize); binned maximum likelihood
+    converges to it as the bins shrink (here 1/500 of the spread), and the binned log-likelihood
+    (from the cdf) of the sample fit falls just short of the histogram fit's. Tail pieces' means are loosely
+    determined (mu and sigma trade off along a ridge of the likelihood), hence 0.5% of sigma."""
+    x = piecewise_samples(WEIGHT_TRUTH, 100_000, seed=5)
+    from_samples = PiecewiseGaussian.fit(x, [-1.0, 1.0])
+    inner = np.linspace(-8.0, 8.0, 4001)
+    counts, edges = _histogram_of(x, inner)
+    from_histogram = PiecewiseGaussian.fit_histogram(counts, edges, [-1.0, 1.0])
+    np.testing.assert_allclose(from_histogram.weights, from_samples.weights, rtol=1e-12)
+    np.testing.assert_allclose(from_histogram.stds, from_samples.stds, rtol=1e-3)
+    np.testing.assert_allclose(from_histogram.means, from_samples.means, atol=0.01)
+    # The binned likelihood, written with the (quad-checked) cdf: the histogram fit maximises it.
+    def binned_log_likelihood(model):
+        mass = model.cdf(edges[1:]) - model.cdf(edges[:-1])
+        return np.sum(counts[counts > 0] * np.log(mass[counts > 0]))
+    assert from_histogram.fit_info.log_likelihood == pytest.approx(binned_log_likelihood(from_histogram),
+                                                                   rel=1e-12)
+    assert 0.0 <= binned_log_likelihood(from_histogram) - binned_log_likelihood(from_samples) < 0.01
+    chosen = PiecewiseGaussian.fit_histogram(counts, edges)
+    assert chosen.n_pieces == 3
+    np.testing.assert_allclose(chosen.breakpoints, [-1.0, 1.0], atol=0.03)
+
+
+def test_one_gaussian_is_chosen_for_gaussian_data():
+    """Truth: the data are one normal (numpy); BIC must not buy extra pieces."""
+    x = np.random.default_rng(6).normal(3.0, 2.0, 20_000)
+    chosen = PiecewiseGaussian.fit(x)
+    assert chosen.n_pieces == 1
+    assert chosen.means[0] == pytest.approx(x.mean(), rel=1e-12)
+    assert chosen.stds[0] == pytest.approx(x.std(), rel=1e-12)  # the untruncated MLE, in closed form
+
+
+# ------------------------------------------------------------------------------------------------
+# Degenerate input
+# ------------------------------------------------------------------------------------------------
+
+def test_degenerate_input_gives_clear_outcomes():
+    """Truth: the documented outcomes (module docstring of refquant.pgm)."""
+    with pytest.raises(DegenerateDataError, match="empty"):
+        PiecewiseGaussian.fit(np.array([]))
+    with pytest.raises(DegenerateDataError, match=r"constant \(all 100 values equal 0.25\)"):
+        PiecewiseGaussian.fit(np.full(100, 0.25), [0.0])
+    with pytest.raises(DegenerateDataError, match="only 3 values"):
+        PiecewiseGaussian.fit([1.0, 2.0, 3.0])
+    x = np.arange(20.0)
+    x[[3, 7]] = np.nan
+    x[11] = -np.inf
+    with pytest.raises(ValueError, match="2 NaN and 1 infinite values among 20 .first at flat index 3"):
+        PiecewiseGaussian.fit(x)
+    with pytest.raises(TypeError, match="real numbers"):
+        PiecewiseGaussian.fit(np.array(["a", "b"]))
+    with pytest.raises(ValueError, match="'auto' or a sequence"):
+        PiecewiseGaussian.fit(np.arange(10.0), "automatic")
+
+
+def test_piece_with_a_handful_of_samples_is_merged_with_a_warning():
+    """Truth: the documented rule, a piece with 1..4 samples is merged into its larger neighbour."""
+    x = np.concatenate([np.random.default_rng(7).normal(1.0, 1.0, 1000) % 10 + 0.5, [-0.3, -0.2, -0.1]])
+    with pytest.warns(UserWarning, match=r"piece 0 \[-inf, 0\) holds 3 samples .* breakpoint 0 dropped"):
+        fitted = PiecewiseGaussian.fit(x, [0.0, 5.0])
+    assert fitted.breakpoints.tolist() == [5.0]
+    assert fitted.fit_info.merged_breakpoints == (0.0,)
+    assert fitted.weights.sum() == pytest.approx(1.0)
+
+
+def test_piece_without_samples_keeps_mass_zero():
+    """Truth: maximum likelihood gives an empty piece mass 0 (ReLU outputs have no negatives)."""
+    x = np.abs(np.random.default_rng(8).normal(0.0, 1.0, 5000))
+    fitted = PiecewiseGaussian.fit(x, [0.0])
+    assert fitted.weights.tolist() == [0.0, 1.0]
+    assert fitted.pdf(-0.5) == 0.0
+    assert fitted.stds[1] == pytest.approx(1.0, rel=0.05)
+    assert fitted.means[1] == pytest.approx(0.0, abs=0.1)
+
+
+def test_histogram_degenerate_input():
+    """Truth: the documented outcomes for histograms."""
+    edges = np.array([-np.inf, -1.0, 0.0, 1.0, np.inf])
+    with pytest.raises(DegenerateDataError, match="one bin"):
+        PiecewiseGaussian.fit_histogram([0, 50, 0, 0], edges)
+    with pytest.raises(DegenerateDataError, match="empty"):
+        PiecewiseGaussian.fit_histogram([0, 0, 0, 0], edges)
+    with pytest.raises(ValueError, match=r"breakpoints \[0.5\] are not inner bin edges"):
+        PiecewiseGaussian.fit_histogram([5, 50, 40, 5], edges, [0.5])
+    with pytest.raises(ValueError, match="strictly increasing"):
+        PiecewiseGaussian.fit_histogram([5, 50, 40, 5], edges[::-1])
+    with pytest.raises(ValueError, match="finite and >= 0"):
+        PiecewiseGaussian.fit_histogram([5, -1, 40, 5], edges)
+
+
+def test_non_convergence_is_a_warning_with_the_numbers():
+    """Truth: EM cannot converge in 2 steps from the sample moments of a truncated piece."""
+    x = piecewise_samples(WEIGHT_TRUTH, 5000, seed=9)
+    with pytest.warns(ConvergenceWarning, match=r"did not converge for pieces \[0, 1, 2\] within "
+                                                r"max_iter=2 steps \(last relative steps"):
+        fitted = PiecewiseGaussian.fit(x, [-1.0, 1.0], max_iter=2)
+    assert not fitted.fit_info.converged and fitted.fit_info.iterations == 2
+
+
+# ------------------------------------------------------------------------------------------------
+# The Gaussian mixture
+# ------------------------------------------------------------------------------------------------
+
+MIXTURE_START = ([0.3, 0.4, 0.3], [-2.0, 0.1, 1.5], [0.8, 0.5, 1.2])
+
+
+def mixture_samples(n, seed):
+    """Draws from 0.2 N(-3, 0.5^2) + 0.5 N(0, 0.7^2) + 0.3 N(3, 0.6^2) with numpy."""
+    rng = np.random.default_rng(seed)
+    component = rng.choice(3, size=n, p=[0.2, 0.5, 0.3])
+    return np.array([-3.0, 0.0, 3.0])[component] + np.array([0.5, 0.7, 0.6])[component] * rng.standard_normal(n)
+
+
+def _sklearn_mixture(**options):
+    from sklearn.mixture import GaussianMixture as SklearnMixture
+    return SklearnMixture(3, reg_covar=0.0, **options)
+
+
+def test_mixture_em_iterates_equal_scikit_learn():
+    """Truth: scikit-learn's GaussianMixture from the same start (weights_init, means_init,
+    precisions_init), without regularisation (reg_covar=0): EM is deterministic, so after the same
+    60 steps both hold the same parameters and the same log-likelihood (sklearn's score * n)."""
+    x = mixture_samples(20_000, seed=10)
+    with pytest.warns(ConvergenceWarning, match="max_iter=60"):
+        ours = GaussianMixture.fit(x, 3, init=MIXTURE_START, tol=-np.inf, max_iter=60)
+    theirs = _sklearn_mixture(tol=0.0, max_iter=60, weights_init=MIXTURE_START[0],
+                              means_init=np.array(MIXTURE_START[1])[:, None],
+                              precisions_init=(1.0 / np.array(MIXTURE_START[2]) ** 2)[:, None, None])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # sklearn's own "did not converge": we asked for 60 steps
+        theirs.fit(x[:, None])
+    assert theirs.n_iter_ == 60
+    np.testing.assert_allclose(ours.weights, theirs.weights_, rtol=1e-10)
+    np.testing.assert_allclose(ours.means, theirs.means_[:, 0], rtol=1e-10)
+    np.testing.assert_allclose(ours.stds, np.sqrt(theirs.covariances_[:, 0, 0]), rtol=1e-10)
+    assert ours.fit_info.log_likelihood == pytest.approx(theirs.score(x[:, None]) * x.size, rel=1e-12)
+    assert ours.log_likelihood(x) == pytest.approx(theirs.score(x[:, None]) * x.size, rel=1e-12)
+
+
+def test_mixture_converged_fit_reaches_scikit_learn_optimum():
+    """Truth: scikit-learn's GaussianMixture (its k-means start, 3 restarts) run to convergence:
+    on well-separated components both reach the global maximum, where the log-likelihoods agree
+    to the stopping tolerance and the parameters to its square root."""
+    x = mixture_samples(20_000, seed=11)
+    ours = GaussianMixture.fit(x, 3, tol=1e-10)
+    assert ours.fit_info.converged
+    theirs = _sklearn_mixture(tol=1e-10, max_iter=10_000, n_init=3, random_state=0).fit(x[:, None])
+    assert theirs.converged_
+    assert ours.fit_info.log_likelihood == pytest.approx(theirs.score(x[:, None]) * x.size, rel=1e-9)
+    order = np.argsort(theirs.means_[:, 0])
+    np.testing.assert_allclose(ours.weights, theirs.weights_[order], rtol=1e-4)
+    np.testing.assert_allclose(ours.means, theirs.means_[order, 0], rtol=1e-4, atol=1e-4)
+
+
+def test_mixture_distribution_functions():
+    """Truth: scipy.stats.norm per component (pdf, cdf), quad for partial moments, cdf(ppf(q)) = q."""
+    mixture = GaussianMixture(*MIXTURE_START)
+    x = np.linspace(-6, 6, 97)
+    expected_pdf = sum(w * stats.norm.pdf(x, m, s) for w, m, s in zip(*MIXTURE_START))
+    expected_cdf = sum(w * stats.norm.cdf(x, m, s) for w, m, s in zip(*MIXTURE_START))
+    np.testing.assert_allclose(mixture.pdf(x), expected_pdf, rtol=1e-13)
+    np.testing.assert_allclose(mixture.cdf(x), expected_cdf, rtol=1e-13)
+    np.testing.assert_allclose(mixture.sf(x), 1 - expected_cdf, rtol=1e-12, atol=1e-16)
+    q = np.linspace(0.0, 1.0, 201)
+    np.testing.assert_allclose(mixture.cdf(mixture.ppf(q[1:-1])), q[1:-1], rtol=1e-13, atol=1e-16)
+    assert mixture.ppf(0.0) == -np.inf and mixture.ppf(1.0) == np.inf
+    for lo, hi in [(-np.inf, np.inf), (-1.0, 0.5), (3.0, np.inf), (-np.inf, -9.0)]:
+        got = mixture.partial_moments(lo, hi)
+        for j in range(3):
+            expected = integrate.quad(lambda v: v ** j * mixture.pdf(v), lo, hi, epsabs=1e-14, epsrel=1e-12)[0]
+            assert float(got[j]) == pytest.approx(expected, rel=1e-9, abs=1e-15)
+    mean = integrate.quad(lambda v: v * mixture.pdf(v), -np.inf, np.inf)[0]
+    assert mixture.mean() == pytest.approx(mean, rel=1e-12)
+    assert mixture.var() == pytest.approx(integrate.quad(lambda v: (v - mean) ** 2 * mixture.pdf(v),
+                                                         -np.inf, np.inf)[0], rel=1e-10)
+    draws = mixture.sample(20_000, rng=0)
+    assert stats.kstest(draws, mixture.cdf).pvalue > 1e-3
+
+
+def test_mixture_histogram_fit_maximises_the_binned_likelihood():
+    """Truth: scipy.optimize (BFGS) on the binned mixture log-likelihood written with
+    scipy.stats.norm.cdf, and the sample fit as the bins shrink."""
+    x = mixture_samples(20_000, seed=12)
+    inner = np.linspace(-4.0, 5.0, 31)
+    counts, edges = _histogram_of(x, inner)
+    fitted = GaussianMixture.fit_histogram(counts, edges, 3, tol=1e-13, max_iter=20_000)
+
+    def binned_log_likelihood(theta):
+        weights = np.exp(np.append(theta[:2], 0.0))
+        weights /= weights.sum()
+        means, stds = theta[2:5], np.exp(theta[5:8])
+        mass = sum(w * (stats.norm.cdf(edges[1:], m, s) - stats.norm.cdf(edges[:-1], m, s))
+                   for w, m, s in zip(weights, means, stds))
+        return np.sum(counts * np.log(mass))
+    start = np.concatenate([np.log(fitted.weights[:2] / fitted.weights[2]) + 0.05, fitted.means + 0.05,
+                            np.log(fitted.stds) - 0.05])
+    result = optimize.minimize(lambda t: -binned_log_likelihood(t), start, method="BFGS",
+                               options={"gtol": 1e-8})
+    assert fitted.fit_info.log_likelihood >= -result.fun - 1e-6
+    assert fitted.fit_info.log_likelihood == pytest.approx(-result.fun, rel=1e-9)
+    assert fitted.fit_info.log_likelihood == pytest.approx(binned_log_likelihood(
+        np.concatenate([np.log(fitted.weights[:2] / fitted.weights[2]), fitted.means, np.log(fitted.stds)])),
+        rel=1e-12)
+    fine_counts, fine_edges = _histogram_of(x, np.linspace(-6.0, 7.0, 6501))
+    fine = GaussianMixture.fit_histogram(fine_counts, fine_edges, 3, tol=1e-12, max_iter=20_000)
+    raw = GaussianMixture.fit(x, 3, tol=1e-12, max_iter=20_000)
+    np.testing.assert_allclose(fine.means, raw.means, atol=2e-3)
+    np.testing.assert_allclose(fine.stds, raw.stds, rtol=2e-3)
+
+
+def test_mixture_degenerate_input():
+    """Truth: the documented outcomes."""
+    with pytest.raises(DegenerateDataError, match="constant"):
+        GaussianMixture.fit(np.ones(50))
+    with pytest.raises(DegenerateDataError, match="empty"):
+        GaussianMixture.fit([])
+    with pytest.raises(ValueError, match="1 NaN"):
+        GaussianMixture.fit([1.0, np.nan, 2.0, 3.0])
