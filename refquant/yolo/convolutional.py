@@ -46,6 +46,10 @@ def _im2col(x, size, stride, padding, out_h, out_w, pad_value, cols):
         c = r // (size * size)
         ky = (r // size) % size
         kx = r % size
+        # output columns whose input column ox*stride + kx - padding lies inside the image
+        first = max(0, (padding - kx + stride - 1) // stride)
+        last = min(out_w, (width - 1 + padding - kx) // stride + 1)
+        last = max(last, first)
         for oy in range(out_h):
             iy = oy * stride + ky - padding
             base = oy * out_w
@@ -53,12 +57,13 @@ def _im2col(x, size, stride, padding, out_h, out_w, pad_value, cols):
                 for ox in range(out_w):
                     cols[n, r, base + ox] = pad_value
                 continue
-            for ox in range(out_w):
-                ix = ox * stride + kx - padding
-                if ix < 0 or ix >= width:
-                    cols[n, r, base + ox] = pad_value
-                else:
-                    cols[n, r, base + ox] = x[n, c, iy, ix]
+            for ox in range(first):
+                cols[n, r, base + ox] = pad_value
+            start = first * stride + kx - padding
+            for ox in range(first, last):
+                cols[n, r, base + ox] = x[n, c, iy, start + (ox - first) * stride]
+            for ox in range(last, out_w):
+                cols[n, r, base + ox] = pad_value
 
 
 def im2col(x, size, stride, padding, pad_value=0):
@@ -219,7 +224,10 @@ class ConvolutionalLayer:
         _, out_h, out_w = self.output_shape(x.shape[1:])
         weights = self.params["weights"]
         cols = im2col(x, self.size, self.stride, self.padding)
-        z = np.matmul(weights.reshape(self.filters, -1), cols)
+        matrix = weights.reshape(self.filters, -1)
+        z = np.empty((n_batch, self.filters, cols.shape[2]), dtype=weights.dtype)
+        for n in range(n_batch):  # one GEMM per image, as Darknet (a loop over images, not pixels)
+            np.matmul(matrix, cols[n], out=z[n])
         mean, inv_std, scales, biases = self._affine(z, training)
         y = np.empty_like(z)
         batchnorm.normalize_scale_activate(z, mean, inv_std, scales, biases, self._code, y)
@@ -241,5 +249,8 @@ class ConvolutionalLayer:
         dweights = self.grads["weights"].reshape(self.filters, -1)
         for n in range(n_batch):
             dweights += dz[n] @ cols[n].T
-        dcols = np.matmul(weights.reshape(self.filters, -1).T, dz)
+        matrix_t = weights.reshape(self.filters, -1).T
+        dcols = np.empty_like(cols)
+        for n in range(n_batch):
+            np.matmul(matrix_t, dz[n], out=dcols[n])
         return col2im(dcols, input_shape, self.size, self.stride, self.padding)

@@ -27,37 +27,39 @@ def maxpool_output_size(size_in, size, stride, padding):
     return (size_in + padding - size) // stride + 1
 
 
-def _lowest(dtype):
-    """The value that plays Darknet's ``-FLT_MAX`` for positions outside the image."""
-    return -np.inf if np.issubdtype(dtype, np.floating) else np.iinfo(dtype).min
-
-
 @numba.njit(cache=True, parallel=True)
-def _maxpool(x, size, stride, offset, lowest, out, indexes):
+def _maxpool(x, size, stride, offset, out, indexes):
     n_batch, channels, height, width = x.shape
     out_h, out_w = out.shape[2], out.shape[3]
     for t in numba.prange(n_batch * channels):
         n = t // channels
         c = t % channels
         for i in range(out_h):
+            row_lo = max(offset + i * stride, 0)
+            row_hi = min(offset + i * stride + size, height)
             for j in range(out_w):
-                best = lowest
-                best_index = -1
-                for dy in range(size):
-                    row = offset + i * stride + dy
-                    if row < 0 or row >= height:
-                        continue
-                    for dx in range(size):
-                        col = offset + j * stride + dx
-                        if col < 0 or col >= width:
-                            continue
+                col_lo = max(offset + j * stride, 0)
+                col_hi = min(offset + j * stride + size, width)
+                # positions outside the image never win (Darknet's -FLT_MAX); among equal
+                # values the first in row-major window order wins (Darknet's strict '>')
+                best = x[n, c, row_lo, col_lo]
+                best_index = row_lo * width + col_lo
+                for row in range(row_lo, row_hi):
+                    for col in range(col_lo, col_hi):
                         value = x[n, c, row, col]
-                        # strict '>' keeps the first maximum in scan order, as Darknet does
-                        if value > best or best_index < 0:
+                        if value > best:
                             best = value
                             best_index = row * width + col
                 out[n, c, i, j] = best
                 indexes[n, c, i, j] = best_index
+
+
+def windows_inside(size_in, size, stride, padding):
+    """True if every window overlaps the image (else Darknet would output -FLT_MAX there)."""
+    out = maxpool_output_size(size_in, size, stride, padding)
+    first_start = -(padding // 2)
+    last_start = first_start + (out - 1) * stride
+    return out >= 1 and first_start + size > 0 and last_start < size_in
 
 
 def maxpool_forward(x, size, stride, padding):
@@ -68,11 +70,14 @@ def maxpool_forward(x, size, stride, padding):
     one in row-major window order on ties, Darknet's ``val > max``).
     """
     n_batch, channels, height, width = x.shape
+    if not (windows_inside(height, size, stride, padding) and windows_inside(width, size, stride, padding)):
+        raise ValueError(f"maxpool: with size {size}, stride {stride}, padding {padding} some windows of a "
+                         f"{height}x{width} input lie entirely outside it")
     out_h = maxpool_output_size(height, size, stride, padding)
     out_w = maxpool_output_size(width, size, stride, padding)
     out = np.empty((n_batch, channels, out_h, out_w), dtype=x.dtype)
     indexes = np.empty(out.shape, dtype=np.int64)
-    _maxpool(np.ascontiguousarray(x), size, stride, -(padding // 2), x.dtype.type(_lowest(x.dtype)), out, indexes)
+    _maxpool(np.ascontiguousarray(x), size, stride, -(padding // 2), out, indexes)
     return out, indexes
 
 
@@ -127,6 +132,10 @@ class MaxpoolLayer:
         out_w = maxpool_output_size(width, self.size, self.stride, self.padding)
         if out_h < 1 or out_w < 1:
             raise ValueError(f"maxpool: input {height}x{width} is too small for a {self.size}x{self.size} window")
+        if not (windows_inside(height, self.size, self.stride, self.padding)
+                and windows_inside(width, self.size, self.stride, self.padding)):
+            raise ValueError(f"maxpool: padding {self.padding} is so large that some {self.size}x{self.size} "
+                             f"windows of a {height}x{width} input lie entirely outside it")
         return (channels, out_h, out_w)
 
     def forward(self, x, training=False):
