@@ -6,8 +6,9 @@ right shift, as in gemmlowp and TFLite. Two convolution kernels live side by
 side, as TFLite keeps ``reference/`` and ``optimized/`` kernels:
 
 * :func:`conv2d_reference` is a plain loop that reads as the definition;
-* :func:`conv2d` is the fast kernel (im2col to bytes, blocked int32 GEMM,
-  parallel over output channels), tested bit for bit against the reference.
+* :func:`conv2d` is the fast kernel (im2col to byte panels, blocked int32 GEMM
+  that LLVM vectorises, parallel over pixel panels and output channels),
+  tested bit for bit against the reference.
 
 Both compute the exact integer correlation (Darknet and PyTorch convolutions
 are correlations: the kernel is not flipped)::
@@ -34,11 +35,17 @@ reproduce its float simulation bit for bit.
 Differences from gemmlowp/TFLite (on purpose): ties round to even rather than
 away from zero, and the multiplier has 22 bits rather than 31 (relative
 precision 2**-22, far below one code for codes of 16 bits or fewer).
-Differences from PyTorch's fbgemm: fbgemm multiplies the int32 accumulator by
-the float32 ``step_x * step_w / step_y`` and rounds with ``nearbyint``; its
-float32 multiplier and float32 product differ from our 22-bit exact product by
-a relative 2**-24 or so, so the two agree except on values within that
-distance of a rounding tie, where they differ by one code.
+Differences from PyTorch's fbgemm (FBGEMM, include/fbgemm/OutputProcessing-inl.h,
+ReQuantizeOutput): fbgemm converts the int32 accumulator to float32, adds
+``bias / (step_x * step_w)`` in float32, multiplies by the float32
+``step_x * step_w / step_y`` and rounds with ``lrintf`` (half to even); we add an
+int32 bias rounded once and multiply exactly by a 22-bit multiplier. Both
+differ from the exact real product by a relative 2**-22 or less, so the codes
+agree except next to a rounding tie, where they differ by one code. Also,
+fbgemm's AVX2 kernel sums pairs of uint8 x int8 products in saturating int16
+(``vpmaddubsw``): with activation codes above 127 it can be off by many codes,
+which is why PyTorch quantizes activations to 7 bits for fbgemm
+(``reduce_range``). This kernel has no such limit.
 """
 import math
 

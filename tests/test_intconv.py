@@ -19,7 +19,8 @@ import torch
 from refquant.intconv import (
     MULTIPLIER_BITS, check_accumulator_range, code_dtype, conv2d, conv2d_reference,
     leaky_multipliers, multiplier_value, quantize_bias, quantize_multiplier, quantize_shift,
-    requantize, requantize_leaky, requantize_shift, rescale_codes, route_codes, value_range)
+    requantize, requantize_code, requantize_leaky, requantize_leaky_code, requantize_shift,
+    rescale_codes, route_codes, value_range)
 
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 
@@ -121,6 +122,32 @@ def test_fast_kernel_across_its_blocks():
     x = random_codes(rng, (1, 3, 61, 47), np.uint8)
     w = random_codes(rng, (5, 3, 3, 3), np.int8)
     np.testing.assert_array_equal(conv2d(x, w, 1, 1), numpy_correlation(x, w, 1, 1))
+
+
+def test_bias_starts_the_accumulators():
+    """Truth: NumPy int64 correlation plus the int32 bias broadcast over pixels, for both kernels,
+    on non-contiguous input too (a strided view of a larger array)."""
+    rng = np.random.default_rng(11)
+    x = random_codes(rng, (2, 4, 9, 14), np.int8)[:, :, :, ::2]
+    w = random_codes(rng, (5, 4, 3, 3), np.int8)
+    bias = rng.integers(-10**6, 10**6, 5).astype(np.int32)
+    expected = numpy_correlation(x, w, 2, 1) + bias[None, :, None, None]
+    np.testing.assert_array_equal(conv2d_reference(x, w, 2, 1, bias=bias), expected)
+    np.testing.assert_array_equal(conv2d(x, w, 2, 1, bias=bias), expected)
+    with pytest.raises(TypeError, match="bias must be an int32"):
+        conv2d(x, w, 2, 1, bias=bias.astype(np.int64))
+    with pytest.raises(ValueError, match=r"bias must have shape \(O,\)"):
+        conv2d(x, w, 2, 1, bias=bias[:3])
+
+
+def test_accumulator_check_counts_the_bias():
+    """Truth: Python integers: 131071 * 16384 = 2147467264 leaves room for a bias of at most 16383
+    below 2**31 - 1; one more overflows."""
+    room = INT32_MAX - 131071 * 16384
+    assert room == 16383
+    check_accumulator_range(value_range(np.int8), value_range(np.int8), 131071, bias_range=(0, room))
+    with pytest.raises(ValueError, match="bias"):
+        check_accumulator_range(value_range(np.int8), value_range(np.int8), 131071, bias_range=(0, room + 1))
 
 
 def test_both_kernels_exact_at_the_int32_extreme():
@@ -275,6 +302,28 @@ def test_leaky_requantization_matches_its_exact_definition():
     assert np.max(np.abs(got.astype(np.int64) - ideal)) <= 1
 
 
+def test_requantization_rule_is_callable_inside_numba_kernels():
+    """Truth: exact rationals, for the scalar rules an integer kernel calls (requantize_code,
+    requantize_leaky_code) compiled inside a Numba function."""
+    import numba
+
+    @numba.njit
+    def kernel(acc, multiplier, shift, negative_multiplier, negative_shift):
+        codes = np.empty((2, acc.size), np.int64)
+        for index in range(acc.size):
+            codes[0, index] = requantize_code(acc[index], multiplier, shift, 4, -128, 127)
+            codes[1, index] = requantize_leaky_code(acc[index], multiplier, shift, negative_multiplier,
+                                                    negative_shift, 4, -128, 127)
+        return codes
+
+    acc = accumulators(np.random.default_rng(12))
+    pairs = leaky_multipliers(0.0042)
+    codes = kernel(acc, *pairs)
+    assert codes[0].tolist() == exact_requantize(acc, pairs[0], pairs[1], 4, -128, 127)
+    negative = exact_requantize(acc, pairs[2], pairs[3], 4, -128, 127)
+    assert codes[1].tolist() == [p if a >= 0 else q for a, p, q in zip(acc, codes[0].tolist(), negative)]
+
+
 def test_requantize_refuses_bad_arguments():
     """Truth: the documented contract (int32 accumulators, 22-bit multipliers, shifts 0..62, qmin <= qmax)."""
     acc = np.array([1, 2, 3], np.int64)
@@ -361,8 +410,8 @@ def test_quantized_layer_matches_fbgemm_within_one_code(c, o, size, kernel, stri
     expected = fbgemm_conv(x_codes, step_x, zero_point_x, w_codes, step_w, bias, stride, pad,
                            step_y, zero_point_y)
     x = x_codes.astype(np.int16) - np.int16(zero_point_x)
-    acc = conv2d(x, w_codes, stride, pad, x_range=(-zero_point_x, 255 - zero_point_x))
-    acc = acc.astype(np.int64) + quantize_bias(bias, step_x, step_w)[None, :, None, None]
+    acc = conv2d(x, w_codes, stride, pad, bias=quantize_bias(bias, step_x, step_w),
+                 x_range=(-zero_point_x, 255 - zero_point_x))
     got = requantize(acc, *quantize_multiplier(step_x * step_w / step_y), zero_point_y, 0, 255)
     assert got.shape == expected.shape
     difference = np.abs(got.astype(np.int64) - expected)
