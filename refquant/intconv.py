@@ -135,7 +135,7 @@ def conv2d_output_shape(x_shape, w_shape, stride=1, pad=0):
 
 
 def _check_conv_arguments(x, w, stride, pad):
-    """Validate conv2d's arguments; return the output shape (N, O, Ho, Wo)."""
+    """Validate conv2d's arguments; return (output shape (N, O, Ho, Wo), stride, pad) as ints."""
     for name, array, dtypes in (("x", x, ACTIVATION_DTYPES), ("w", w, WEIGHT_DTYPES)):
         if not isinstance(array, np.ndarray):
             raise TypeError(f"{name} must be a numpy array, got {type(array).__name__}")
