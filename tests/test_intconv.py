@@ -11,6 +11,7 @@ Truths used (each test names its own):
 import warnings
 from fractions import Fraction
 
+import numba
 import numpy as np
 import pytest
 import scipy.signal
@@ -305,8 +306,6 @@ def test_leaky_requantization_matches_its_exact_definition():
 def test_requantization_rule_is_callable_inside_numba_kernels():
     """Truth: exact rationals, for the scalar rules an integer kernel calls (requantize_code,
     requantize_leaky_code) compiled inside a Numba function."""
-    import numba
-
     @numba.njit
     def kernel(acc, multiplier, shift, negative_multiplier, negative_shift):
         codes = np.empty((2, acc.size), np.int64)
