@@ -62,16 +62,52 @@ def gradient_value(y, code):
     return 1.0
 
 
+@numba.njit(cache=True, inline="always")
+def _activate_range(x, out, start, stop, code):
+    for i in range(start, stop):
+        out[i] = activate_value(x[i], code)
+
+
+@numba.njit(cache=True, inline="always")
+def _gradient_times_range(y, dout, out, start, stop, code):
+    for i in range(start, stop):
+        out[i] = dout[i] * gradient_value(y[i], code)
+
+
+_CHUNK = 1 << 14
+
+
 @numba.njit(cache=True, parallel=True)
 def _activate_flat(x, code, out):
-    for i in numba.prange(x.size):
-        out[i] = activate_value(x[i], code)
+    for chunk in numba.prange((x.size + _CHUNK - 1) // _CHUNK):
+        start, stop = chunk * _CHUNK, min(x.size, (chunk + 1) * _CHUNK)
+        # a literal code per call keeps the inner loop branch-free
+        if code == 1:
+            _activate_range(x, out, start, stop, 1)
+        elif code == 0:
+            _activate_range(x, out, start, stop, 0)
+        elif code == 2:
+            _activate_range(x, out, start, stop, 2)
+        elif code == 3:
+            _activate_range(x, out, start, stop, 3)
+        else:
+            _activate_range(x, out, start, stop, 4)
 
 
 @numba.njit(cache=True, parallel=True)
 def _gradient_times_flat(y, dout, code, out):
-    for i in numba.prange(y.size):
-        out[i] = dout[i] * gradient_value(y[i], code)
+    for chunk in numba.prange((y.size + _CHUNK - 1) // _CHUNK):
+        start, stop = chunk * _CHUNK, min(y.size, (chunk + 1) * _CHUNK)
+        if code == 1:
+            _gradient_times_range(y, dout, out, start, stop, 1)
+        elif code == 0:
+            _gradient_times_range(y, dout, out, start, stop, 0)
+        elif code == 2:
+            _gradient_times_range(y, dout, out, start, stop, 2)
+        elif code == 3:
+            _gradient_times_range(y, dout, out, start, stop, 3)
+        else:
+            _gradient_times_range(y, dout, out, start, stop, 4)
 
 
 def activate(x, name):

@@ -93,6 +93,14 @@ def batch_statistics(z):
     return mean, variance
 
 
+@numba.njit(cache=True, inline="always")
+def _normalize_plane(z, y, n, c, mu, factor, gain, shift, code):
+    for s in range(z.shape[2]):
+        xhat = (z[n, c, s] - mu) * factor
+        z[n, c, s] = xhat
+        y[n, c, s] = activate_value(gain * xhat + shift, code)
+
+
 @numba.njit(cache=True, parallel=True)
 def normalize_scale_activate(z, mean, inv_std, scales, biases, code, y):
     """The forward pass after the convolution, fused: z becomes xhat, y gets the activation.
@@ -107,10 +115,31 @@ def normalize_scale_activate(z, mean, inv_std, scales, biases, code, y):
         n = t // channels
         c = t % channels
         mu, factor, gain, shift = mean[c], inv_std[c], scales[c], biases[c]
-        for s in range(spatial):
-            xhat = (z[n, c, s] - mu) * factor
-            z[n, c, s] = xhat
-            y[n, c, s] = activate_value(gain * xhat + shift, code)
+        # one call per activation code with a literal, so that the inner loop is branch-free
+        if code == 1:
+            _normalize_plane(z, y, n, c, mu, factor, gain, shift, 1)
+        elif code == 0:
+            _normalize_plane(z, y, n, c, mu, factor, gain, shift, 0)
+        elif code == 2:
+            _normalize_plane(z, y, n, c, mu, factor, gain, shift, 2)
+        elif code == 3:
+            _normalize_plane(z, y, n, c, mu, factor, gain, shift, 3)
+        else:
+            _normalize_plane(z, y, n, c, mu, factor, gain, shift, 4)
+
+
+@numba.njit(cache=True, inline="always")
+def _activation_delta(dy, y, xhat, dz, c, code):
+    """dz[:, c] = dy * f'(y) over one channel; returns (sum of it, sum of it times xhat)."""
+    sum_da = 0.0
+    sum_da_xhat = 0.0
+    for n in range(dy.shape[0]):
+        for s in range(dy.shape[2]):
+            da = dy[n, c, s] * gradient_value(y[n, c, s], code)
+            dz[n, c, s] = da
+            sum_da += da
+            sum_da_xhat += da * xhat[n, c, s]
+    return sum_da, sum_da_xhat
 
 
 @numba.njit(cache=True, parallel=True)
@@ -127,17 +156,20 @@ def backward_scale_normalize(dy, y, xhat, code, scales, inv_std, batch_mode, dz,
     n_batch, channels, spatial = dy.shape
     m = n_batch * spatial
     for c in numba.prange(channels):
-        gain = scales[c]
-        sum_da = 0.0
-        sum_da_xhat = 0.0
-        for n in range(n_batch):
-            for s in range(spatial):
-                da = dy[n, c, s] * gradient_value(y[n, c, s], code)
-                dz[n, c, s] = da
-                sum_da += da
-                sum_da_xhat += da * xhat[n, c, s]
+        # a literal code per call keeps the inner loop branch-free
+        if code == 1:
+            sum_da, sum_da_xhat = _activation_delta(dy, y, xhat, dz, c, 1)
+        elif code == 0:
+            sum_da, sum_da_xhat = _activation_delta(dy, y, xhat, dz, c, 0)
+        elif code == 2:
+            sum_da, sum_da_xhat = _activation_delta(dy, y, xhat, dz, c, 2)
+        elif code == 3:
+            sum_da, sum_da_xhat = _activation_delta(dy, y, xhat, dz, c, 3)
+        else:
+            sum_da, sum_da_xhat = _activation_delta(dy, y, xhat, dz, c, 4)
         dbiases[c] += sum_da
         dscales[c] += sum_da_xhat
+        gain = scales[c]
         factor = inv_std[c]
         if batch_mode:
             mean_dxhat = gain * sum_da / m

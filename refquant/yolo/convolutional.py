@@ -66,20 +66,22 @@ def _im2col(x, size, stride, padding, out_h, out_w, pad_value, cols):
                 cols[n, r, base + ox] = pad_value
 
 
-def im2col(x, size, stride, padding, pad_value=0):
+def im2col(x, size, stride, padding, pad_value=0, out=None):
     """Darknet's im2col (``src/im2col.c``, from Caffe) for a batch; dtype-generic.
 
     x (N, C, H, W) -> cols (N, C*size*size, OH*OW) with
     ``cols[n, (c*size + ky)*size + kx, oy*OW + ox] = x[n, c, oy*stride + ky - padding, ox*stride + kx - padding]``
     and ``pad_value`` outside the image (0 for floats; an integer network passes its zero point).
     A 1x1, stride-1, unpadded convolution needs no copy: its columns are ``x.reshape(N, C, H*W)``.
+    ``out``: an array of the right shape and dtype to fill instead of allocating one.
     """
     n_batch, channels, height, width = x.shape
     out_h = convolution_output_size(height, size, stride, padding)
     out_w = convolution_output_size(width, size, stride, padding)
     if size == 1 and stride == 1 and padding == 0:
         return np.ascontiguousarray(x).reshape(n_batch, channels, height * width)
-    cols = np.empty((n_batch, channels * size * size, out_h * out_w), dtype=x.dtype)
+    shape = (n_batch, channels * size * size, out_h * out_w)
+    cols = out if out is not None and out.shape == shape and out.dtype == x.dtype else np.empty(shape, x.dtype)
     _im2col(np.ascontiguousarray(x), size, stride, padding, out_h, out_w, x.dtype.type(pad_value), cols)
     return cols
 
@@ -96,14 +98,16 @@ def _col2im(cols, size, stride, padding, out_h, out_w, dx):
         for ky in range(size):
             for kx in range(size):
                 r = (c * size + ky) * size + kx
+                first = max(0, (padding - kx + stride - 1) // stride)
+                last = max(first, min(out_w, (width - 1 + padding - kx) // stride + 1))
+                start = first * stride + kx - padding
                 for oy in range(out_h):
                     iy = oy * stride + ky - padding
                     if iy < 0 or iy >= height:
                         continue
-                    for ox in range(out_w):
-                        ix = ox * stride + kx - padding
-                        if ix >= 0 and ix < width:
-                            dx[n, c, iy, ix] += cols[n, r, oy * out_w + ox]
+                    base = oy * out_w
+                    for ox in range(first, last):
+                        dx[n, c, iy, start + (ox - first) * stride] += cols[n, r, base + ox]
 
 
 def col2im(cols, input_shape, size, stride, padding):
@@ -156,6 +160,13 @@ class ConvolutionalLayer:
         self.params = {}
         self.grads = {}
         self._cache = None
+        self._workspace = {}  # im2col columns and xhat, reused while the input shape is unchanged
+
+    def _buffer(self, name, shape, dtype):
+        buffer = self._workspace.get(name)
+        if buffer is None or buffer.shape != shape or buffer.dtype != dtype:
+            buffer = self._workspace[name] = np.empty(shape, dtype)
+        return buffer
 
     def build(self, input_shape, dtype=np.float32, rng=None):
         """Allocate the parameters for inputs with ``input_shape[0]`` channels (seeded init).
@@ -223,9 +234,10 @@ class ConvolutionalLayer:
         n_batch = x.shape[0]
         _, out_h, out_w = self.output_shape(x.shape[1:])
         weights = self.params["weights"]
-        cols = im2col(x, self.size, self.stride, self.padding)
+        cols = self._workspace["cols"] = im2col(x, self.size, self.stride, self.padding,
+                                                out=self._workspace.get("cols"))
         matrix = weights.reshape(self.filters, -1)
-        z = np.empty((n_batch, self.filters, cols.shape[2]), dtype=weights.dtype)
+        z = self._buffer("xhat", (n_batch, self.filters, out_h * out_w), weights.dtype)
         for n in range(n_batch):  # one GEMM per image, as Darknet (a loop over images, not pixels)
             np.matmul(matrix, cols[n], out=z[n])
         mean, inv_std, scales, biases = self._affine(z, training)
