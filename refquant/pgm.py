@@ -33,7 +33,12 @@ close to 1), so by default the EM steps are accelerated by SQUAREM (Varadhan & R
 scheme S3), which extrapolates along two successive EM steps and falls back to the plain EM
 steps whenever the extrapolated point does not raise the likelihood; ``accelerate=False`` runs
 plain EM. Both converge to the same maximum (the truncated-normal log-likelihood is concave in
-the natural parameters ``(mu / sigma^2, -1 / (2 sigma^2))``, so the maximum is unique).
+the natural parameters ``(mu / sigma^2, -1 / (2 sigma^2))``, so a maximum is unique). EM stops
+when the fitted piece's mean and variance match the samples' to ``tol`` (these are the
+likelihood equations). A piece whose samples have a tail heavier than a Gaussian's (CV of the
+distances to its finite edge >= 1 for a tail piece) has no maximum: the likelihood rises
+towards the limit ``mu -> -+inf``, ``sigma -> inf`` (an exponential tail); EM then stops at
+``max_iter`` with a :class:`ConvergenceWarning`, holding a valid model close to that limit.
 
 Histograms. ``fit_histogram(counts, bin_edges)`` fits the same model to binned data, so that the
 activations of a whole calibration set can be accumulated into one histogram in bounded memory.
@@ -97,7 +102,7 @@ class DegenerateDataError(ValueError):
 
 
 class ConvergenceWarning(RuntimeWarning):
-    """EM stopped at ``max_iter`` before its steps fell below ``tol``; the numbers are in the message."""
+    """EM stopped at ``max_iter`` before reaching ``tol``; the numbers are in the message."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,8 +113,9 @@ class FitInfo:
       counts for a histogram).
     - ``log_likelihood``: of the data under the fitted model: ``sum_i log p(x_i)`` for samples,
       ``sum_j c_j log P(bin j)`` for a histogram.
-    - ``iterations``: EM steps taken (the largest number over pieces or the mixture's steps).
-    - ``converged``: every EM run stopped because its relative step fell below ``tol``.
+    - ``iterations``: EM steps evaluated (the largest number over pieces; for the mixture, its
+      E-steps), at most ``max_iter``.
+    - ``converged``: every EM run stopped because it reached ``tol`` (not ``max_iter``).
     - ``n_parameters``, ``bic``: ``-2 log_likelihood + n_parameters * log(n_samples)``.
     - ``selection``: for ``breakpoints="auto"``, one row per K tried:
       ``(K, breakpoints, log_likelihood, bic)``; empty otherwise.
@@ -317,13 +323,17 @@ def gaussian_interval_moments(mu, sigma, lo, hi):
 @numba.njit(cache=True)
 def _em_step(piece_lo, piece_hi, mu, var, cell_lo, cell_hi, cell_count, cell_mean, cell_var,
              censored, start, stop):
-    """One EM step for one piece. Returns ``(mu', var', log-likelihood at (mu, var))``.
+    """One EM step for one piece. Returns ``(mu', var', log-likelihood, residual)``, the last two
+    at ``(mu, var)``.
 
     E-step inside the piece: pool the cells' counts, means and variances (Chan, Golub & LeVeque's
     pairwise update), filling censored cells from ``N(mu, var)`` restricted to the cell. E-step
     outside: the truncation update of the module docstring. The log-likelihood is the piece's
     ``sum log(phi((x - mu)/sigma) / (sigma Z))`` for exact cells, ``sum c log(P(cell) / Z)`` for
-    censored ones (its mass term ``n log pi`` is added by the caller).
+    censored ones (its mass term ``n log pi`` is added by the caller). The residual
+    ``|xbar - E| / sigma + |v - V| / sigma^2`` measures how far the truncated Gaussian's mean and
+    variance are from the data's: it is 0 exactly at the maximum likelihood (a truncated Gaussian
+    is an exponential family, whose likelihood equations match these two moments).
     """
     sigma = math.sqrt(var)
     n = 0.0
@@ -360,7 +370,8 @@ def _em_step(piece_lo, piece_hi, mu, var, cell_lo, cell_hi, cell_count, cell_mea
     gap = mean - e_in
     mu_next = mu + z * gap
     var_next = var + z * (variance - v_in) + z * gap * ((mean - mu) + (e_in - mu) - z * gap)
-    return mu_next, var_next, log_likelihood
+    residual = abs(gap) / sigma + abs(variance - v_in) / var
+    return mu_next, var_next, log_likelihood, residual
 
 
 @numba.njit(cache=True)
@@ -369,54 +380,64 @@ def _usable(mu, var):
 
 
 @numba.njit(cache=True)
+def _natural(mu, var):
+    """The natural parameters ``(mu / var, -1 / (2 var))`` of ``N(mu, var)``."""
+    return mu / var, -0.5 / var
+
+
+@numba.njit(cache=True)
 def _em_fit_piece(piece_lo, piece_hi, mu, var, cell_lo, cell_hi, cell_count, cell_mean, cell_var,
                   censored, start, stop, max_steps, tol, accelerate):
     """EM (SQUAREM-accelerated when ``accelerate``) for one piece from ``(mu, var)``.
 
-    Stops when ``(|d mu| + |d sigma|) / sigma <= tol`` between successive iterates, or after
+    Stops when the moment residual of :func:`_em_step` is at most ``tol`` (converged), or after
     ``max_steps`` EM steps. SQUAREM, scheme S3 (Varadhan & Roland 2008, Scand. J. Statist.
-    35:335): from theta, two EM steps give theta1, theta2; with ``r = theta1 - theta`` and
-    ``w = theta2 - 2 theta1 + theta`` and ``a = -|r| / |w|`` (at most -1), the point
-    ``theta - 2 a r + a^2 w`` is taken through one more EM step and accepted only if its
-    likelihood is not below theta1's; otherwise theta2 is kept, so the likelihood never
-    decreases. Returns ``(mu, var, log_likelihood, steps, converged, last_change)``.
+    35:335), applied to the natural parameters ``theta = (mu/var, -1/(2 var))``, in which the
+    log-likelihood is concave and a slowly converging EM path is nearly straight: from theta,
+    two EM steps give theta1, theta2; with ``r = theta1 - theta``, ``w = theta2 - 2 theta1 + theta``
+    and ``a = |r| / |w|``, the point ``theta + 2 a r + a^2 w`` is taken through one more EM step
+    and kept only if its likelihood is not below theta1's; otherwise theta2 is kept, so the
+    likelihood never decreases. Returns ``(mu, var, log_likelihood, steps, converged, residual)``.
     """
-    scale = math.sqrt(var)  # makes (mu, var) dimensionless for the step length |r| / |w|
-    steps = 0
-    converged = False
-    change = np.inf
     args = (cell_lo, cell_hi, cell_count, cell_mean, cell_var, censored, start, stop)
-    while steps < max_steps:
-        mu1, var1, _ = _em_step(piece_lo, piece_hi, mu, var, *args)
-        steps += 1
+    mu1, var1, log_likelihood, residual = _em_step(piece_lo, piece_hi, mu, var, *args)
+    steps = 1
+    # Every pass evaluates the EM map at least once more (at the new point, to test it), so the
+    # extra SQUAREM evaluations are only made while two or more steps remain in the budget.
+    while residual > tol and steps < max_steps and _usable(mu1, var1):
         mu_next, var_next = mu1, var1
-        if accelerate and steps < max_steps and _usable(mu1, var1):
-            mu2, var2, log_likelihood1 = _em_step(piece_lo, piece_hi, mu1, var1, *args)
+        if accelerate and steps < max_steps - 1:
+            mu2, var2, log_likelihood1, _ = _em_step(piece_lo, piece_hi, mu1, var1, *args)
             steps += 1
-            mu_next, var_next = mu2, var2
-            r_mu, r_var = (mu1 - mu) / scale, (var1 - var) / scale ** 2
-            w_mu, w_var = (mu2 - 2 * mu1 + mu) / scale, (var2 - 2 * var1 + var) / scale ** 2
-            r_norm = r_mu * r_mu + r_var * r_var
-            w_norm = w_mu * w_mu + w_var * w_var
-            if w_norm > 0.0 and r_norm > w_norm and _usable(mu2, var2):
-                a = -math.sqrt(r_norm / w_norm)
-                mu_x = mu - 2 * a * (mu1 - mu) + a * a * (mu2 - 2 * mu1 + mu)
-                var_x = var - 2 * a * (var1 - var) + a * a * (var2 - 2 * var1 + var)
-                if steps < max_steps and _usable(mu_x, var_x):
-                    mu3, var3, log_likelihood_x = _em_step(piece_lo, piece_hi, mu_x, var_x, *args)
-                    steps += 1
-                    if log_likelihood_x >= log_likelihood1 and _usable(mu3, var3):
-                        mu_next, var_next = mu3, var3
-        if not _usable(mu_next, var_next):
-            break
-        sigma_next = math.sqrt(var_next)
-        change = (abs(mu_next - mu) + abs(sigma_next - math.sqrt(var))) / sigma_next
+            if _usable(mu2, var2):
+                mu_next, var_next = mu2, var2
+                eta = _natural(mu, var)
+                eta1 = _natural(mu1, var1)
+                eta2 = _natural(mu2, var2)
+                # Scale each coordinate by the current iterate so that |r| / |w| is dimensionless.
+                r0, r1 = (eta1[0] - eta[0]) * math.sqrt(var), (eta1[1] - eta[1]) * var
+                w0 = (eta2[0] - 2 * eta1[0] + eta[0]) * math.sqrt(var)
+                w1 = (eta2[1] - 2 * eta1[1] + eta[1]) * var
+                r_norm = r0 * r0 + r1 * r1
+                w_norm = w0 * w0 + w1 * w1
+                if w_norm > 0.0 and r_norm > w_norm and steps < max_steps - 1:
+                    a = math.sqrt(r_norm / w_norm)
+                    eta_x0 = eta[0] + 2 * a * (eta1[0] - eta[0]) + a * a * (eta2[0] - 2 * eta1[0] + eta[0])
+                    eta_x1 = eta[1] + 2 * a * (eta1[1] - eta[1]) + a * a * (eta2[1] - 2 * eta1[1] + eta[1])
+                    if eta_x1 < 0.0:
+                        var_x = -0.5 / eta_x1
+                        mu_x = eta_x0 * var_x
+                        if _usable(mu_x, var_x):
+                            mu3, var3, log_likelihood_x, _ = _em_step(piece_lo, piece_hi, mu_x, var_x,
+                                                                      *args)
+                            steps += 1
+                            if log_likelihood_x >= log_likelihood1 and _usable(mu3, var3):
+                                mu_next, var_next = mu3, var3
         mu, var = mu_next, var_next
-        if change <= tol:
-            converged = True
-            break
-    _, _, log_likelihood = _em_step(piece_lo, piece_hi, mu, var, *args)
-    return mu, var, log_likelihood, steps, converged, change
+        mu1, var1, log_likelihood, residual = _em_step(piece_lo, piece_hi, mu, var, *args)
+        steps += 1
+    converged = residual <= tol
+    return mu, var, log_likelihood, steps, converged, residual
 
 
 @numba.njit(cache=True)
@@ -429,13 +450,13 @@ def _em_fit_pieces(piece_lo, piece_hi, starts, stops, cell_lo, cell_hi, cell_cou
     log_likelihood = np.empty(n_pieces)
     steps = np.empty(n_pieces, dtype=np.int64)
     converged = np.empty(n_pieces, dtype=np.bool_)
-    change = np.empty(n_pieces)
+    residual = np.empty(n_pieces)
     for p in range(n_pieces):
         (mu[p], var[p], log_likelihood[p], steps[p], converged[p],
-         change[p]) = _em_fit_piece(piece_lo[p], piece_hi[p], mu0[p], var0[p], cell_lo, cell_hi,
+         residual[p]) = _em_fit_piece(piece_lo[p], piece_hi[p], mu0[p], var0[p], cell_lo, cell_hi,
                                     cell_count, cell_mean, cell_var, censored, starts[p],
                                     stops[p], max_steps, tol, accelerate)
-    return mu, var, log_likelihood, steps, converged, change
+    return mu, var, log_likelihood, steps, converged, residual
 
 
 # ----------------------------------------------------------------------------------------------
@@ -697,18 +718,14 @@ def _fit_given_breakpoints(breakpoints, cells, source, options, caller, n_chosen
     count, mean, var, _ = _piece_summaries(breakpoints, cells)
     n = count.sum()
     fitted = count > 0
-    mu, piece_var, log_likelihood, steps, converged, change = _em_fit_pieces(
+    mu, piece_var, log_likelihood, steps, converged, residual = _em_fit_pieces(
         edges[:-1][fitted], edges[1:][fitted], starts[fitted], stops[fitted], cells.lo, cells.hi,
         cells.count, cells.mean, cells.var, cells.censored, mean[fitted], var[fitted],
         options.max_iter, options.tol, options.accelerate)
     if not converged.all():
-        bad = np.flatnonzero(fitted)[~converged]
-        warnings.warn(f"{caller}: EM did not converge for pieces {bad.tolist()} within max_iter="
-                      f"{options.max_iter} steps (last relative steps {change[~converged].tolist()}, "
-                      f"piece log-likelihoods {log_likelihood[~converged].tolist()}); the estimates "
-                      f"are usable but short of the maximum. A piece whose samples decay like an "
-                      f"exponential or slower has no finite maximum (mean -> -inf, std -> inf).",
-                      ConvergenceWarning, stacklevel=3)
+        _warn_not_converged(caller, np.flatnonzero(fitted)[~converged], mu[~converged],
+                            np.sqrt(piece_var[~converged]), np.sqrt(var[fitted][~converged]),
+                            residual[~converged], options)
     overall_mean = np.dot(count, mean) / n
     overall_std = math.sqrt(np.dot(count, var + (mean - overall_mean) ** 2) / n)
     means, stds = _placeholder_parameters(edges, overall_std)
@@ -724,6 +741,20 @@ def _fit_given_breakpoints(breakpoints, cells, source, options, caller, n_chosen
                              bic=-2.0 * total_log_likelihood + n_parameters * math.log(n),
                              merged_breakpoints=merged)
     return model
+
+
+def _warn_not_converged(caller, pieces, means, stds, sample_stds, residuals, options):
+    """The :class:`ConvergenceWarning` for pieces whose EM stopped at ``max_iter``, with the numbers."""
+    details = "; ".join(f"piece {k}: mean {m:.6g}, std {s:.6g} (samples' std {v:.6g}), moment "
+                        f"residual {r:.3g}" for k, m, s, v, r in zip(pieces, means, stds, sample_stds,
+                                                                    residuals))
+    warnings.warn(f"{caller}: EM did not converge for pieces {pieces.tolist()} within max_iter="
+                  f"{options.max_iter} steps (tol={options.tol:g}): {details}. The estimates are "
+                  f"usable but short of the maximum. If the std keeps growing far beyond the "
+                  f"samples' std, the piece's samples have a tail heavier than a Gaussian's: the "
+                  f"likelihood then has no maximum, only a supremum in the limit mean -> +-inf, "
+                  f"std -> inf (an exponential tail), which EM approaches without reaching.",
+                  ConvergenceWarning, stacklevel=4)
 
 
 def _placeholder_parameters(edges, spread):
@@ -781,8 +812,7 @@ def _best_segmentations(edges, count, mean, var, n, max_pieces, options):
     """
     n_cells = count.size
     run_count, run_mean, run_var = _runs_statistics(count, mean, var)
-    search = dataclasses.replace(options, max_iter=min(options.max_iter, _SEARCH_MAX_ITER),
-                                 tol=max(options.tol, _SEARCH_TOL))
+    search = _search_options(options)
     first, last = np.triu_indices(n_cells + 1, k=1)
     first, last = first[first < n_cells], last[first < n_cells]
     usable = (run_count[first, last] >= options.min_piece_samples) & (run_var[first, last] > 0)
@@ -816,26 +846,46 @@ def _best_segmentations(edges, count, mean, var, n, max_pieces, options):
     return results
 
 
-def _chosen_by_bic(fits, caller):
-    """The fit of least BIC among ``fits`` (each with fit_info), with the selection table attached."""
+def _chosen_by_bic(segmentations, refit, options):
+    """Refit each K's best breakpoints with the exact likelihood and pick the least BIC.
+
+    ``segmentations``: ``(K, breakpoints, _)`` rows of :func:`_best_segmentations`;
+    ``refit(breakpoints, n_chosen_breakpoints, options) -> model``. The comparison fits use the
+    search budget (``_SEARCH_MAX_ITER``, ``_SEARCH_TOL``) with their warnings held back; the
+    chosen breakpoints are then fitted with the caller's options, and only that fit warns. The
+    selection table (with the final fit's row) is attached to its ``fit_info``.
+    """
+    search = _search_options(options)
+    trials = []
+    for n_pieces, breakpoints, _ in segmentations:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            trials.append(refit(breakpoints, n_pieces - 1, search))
+    best = min(range(len(trials)), key=lambda t: trials[t].fit_info.bic)
+    chosen = refit(trials[best].breakpoints, trials[best].n_pieces - 1, options)
+    trials[best] = chosen
     selection = tuple((m.n_pieces, tuple(m.breakpoints.tolist()), m.fit_info.log_likelihood,
-                       m.fit_info.bic) for m in fits)
-    chosen = min(fits, key=lambda m: m.fit_info.bic)
+                       m.fit_info.bic) for m in trials)
     chosen.fit_info = dataclasses.replace(chosen.fit_info, selection=selection)
     return chosen
+
+
+def _search_options(options):
+    return dataclasses.replace(options, max_iter=min(options.max_iter, _SEARCH_MAX_ITER),
+                               tol=max(options.tol, _SEARCH_TOL))
 
 
 def _fit_auto_samples(x, max_pieces, options, caller):
     candidates = _candidate_breakpoints(x)
     count, mean, var = _bin_statistics(x, candidates)
     edges = np.concatenate([[-np.inf], candidates, [np.inf]])
-    fits = []
-    for n_pieces, breakpoints, _ in _best_segmentations(edges, count, mean, var, x.size,
-                                                        max_pieces, options):
+
+    def refit(breakpoints, n_chosen, fit_options):
         cells = _merged_cells(edges, count, mean, var, breakpoints)
-        fits.append(_fit_given_breakpoints(breakpoints, cells, "samples", options, caller,
-                                           n_chosen_breakpoints=n_pieces - 1))
-    return _chosen_by_bic(fits, caller)
+        return _fit_given_breakpoints(breakpoints, cells, "samples", fit_options, caller,
+                                      n_chosen_breakpoints=n_chosen)
+    return _chosen_by_bic(_best_segmentations(edges, count, mean, var, x.size, max_pieces, options),
+                          refit, options)
 
 
 def _merged_cells(edges, count, mean, var, breakpoints):
@@ -861,13 +911,14 @@ def _fit_auto_histogram(counts, bin_edges, max_pieces, options, caller):
         mean = np.nan_to_num(np.add.reduceat(counts * centre, first_bin) / count)
         var = np.nan_to_num(np.add.reduceat(counts * (centre - mean[cell]) ** 2, first_bin) / count)
     search_edges = np.concatenate([[-np.inf], candidates, [np.inf]])
-    fits = []
-    for n_pieces, breakpoints, _ in _best_segmentations(search_edges, count, mean, var,
-                                                        counts.sum(), max_pieces, options):
-        fits.append(_fit_given_breakpoints(breakpoints, _histogram_cells(counts, bin_edges),
-                                           "histogram", options, caller,
-                                           n_chosen_breakpoints=n_pieces - 1))
-    return _chosen_by_bic(fits, caller)
+    cells = _histogram_cells(counts, bin_edges)
+
+    def refit(breakpoints, n_chosen, fit_options):
+        return _fit_given_breakpoints(breakpoints, cells, "histogram", fit_options, caller,
+                                      n_chosen_breakpoints=n_chosen)
+    segmentations = _best_segmentations(search_edges, count, mean, var, counts.sum(), max_pieces,
+                                        options)
+    return _chosen_by_bic(segmentations, refit, options)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1060,14 +1111,16 @@ class PiecewiseGaussian:
     # -- fitting -------------------------------------------------------------------------------
 
     @classmethod
-    def fit(cls, x, breakpoints="auto", *, max_pieces=4, max_iter=10000, tol=1e-9,
+    def fit(cls, x, breakpoints="auto", *, max_pieces=4, max_iter=20000, tol=1e-9,
             min_piece_samples=5, accelerate=True):
         """The PGM of maximum likelihood for the samples ``x`` (any shape; flattened).
 
         ``breakpoints``: ``"auto"`` (K in 1..``max_pieces`` and the breakpoints chosen by
         likelihood and BIC, see the module docstring) or a sequence used as is (``[0.0]`` for
-        leaky-ReLU activations, ``[]`` for one Gaussian). ``max_iter``: EM steps per piece;
-        ``tol``: stop when a step moves ``(mu, sigma)`` by less than ``tol * sigma``;
+        leaky-ReLU activations, ``[]`` for one Gaussian). ``max_iter``: EM steps per piece.
+        ``tol``: a piece has converged when its truncated Gaussian's mean and variance match
+        the samples', ``|xbar - E| / sigma + |v - V| / sigma^2 <= tol`` (the likelihood
+        equations, so this is a distance from the maximum, not merely a small step).
         ``accelerate``: SQUAREM (True) or plain EM (False). One pass over ``x`` computes each
         piece's (count, mean, variance); EM then never touches the samples again.
         The result carries :class:`FitInfo` in ``fit_info``; a piece that did not converge
@@ -1086,7 +1139,7 @@ class PiecewiseGaussian:
         return _fit_given_breakpoints(breakpoints, cells, "samples", options, caller)
 
     @classmethod
-    def fit_histogram(cls, counts, bin_edges, breakpoints="auto", *, max_pieces=4, max_iter=10000,
+    def fit_histogram(cls, counts, bin_edges, breakpoints="auto", *, max_pieces=4, max_iter=20000,
                       tol=1e-9, min_piece_samples=5, accelerate=True):
         """The PGM of maximum binned likelihood ``sum_j counts[j] log P(bin j)``.
 
