@@ -14,13 +14,26 @@ convolution of yolov2-tiny-voc and yolov3-tiny, and for the layers of yolov2-voc
 its route/reorg passthrough. Both modes: training (batch statistics, which couple the images of a batch) and
 inference (rolling statistics). Small inputs (64x64 or 96x96, batch 2) keep it fast.
 """
+import numba
 import numpy as np
 import pytest
+from threadpoolctl import threadpool_limits
 
 from refquant import darknet
 
 EPS = 1e-6
 TOLERANCE = 1e-4
+
+
+@pytest.fixture(autouse=True)
+def single_thread():
+    """One BLAS and one Numba thread: these many tiny float64 passes only lose time to thread
+    hand-offs on a shared 2-core machine (the parallel kernels are exercised by the other tests)."""
+    threads = numba.get_num_threads()
+    numba.set_num_threads(1)
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
+    numba.set_num_threads(threads)
 
 
 def randomize_batchnorm(net, rng):

@@ -184,11 +184,12 @@ class ConvolutionalLayer:
             self.params.update(scales=np.ones(m, dtype), rolling_mean=np.zeros(m, dtype),
                                rolling_variance=np.ones(m, dtype))
         shape = (m, channels, self.size, self.size)
-        self.params["weights"] = (scale * rng.standard_normal(shape)).astype(dtype)
+        # drawn in float32 whatever the dtype, so a seed gives the same network in float32 and float64
+        self.params["weights"] = (np.float32(scale) * rng.standard_normal(shape, dtype=np.float32)).astype(dtype)
         self.zero_grads()
 
     def zero_grads(self):
-        """Set every trainable gradient to zero (backward adds to them, as Darknet's updates do)."""
+        """Set every trainable gradient to zero."""
         trainable = ("biases", "weights", "scales") if self.batch_normalize else ("biases", "weights")
         self.grads = {k: np.zeros_like(self.params[k]) for k in trainable}
 
@@ -248,8 +249,9 @@ class ConvolutionalLayer:
         return y.reshape(n_batch, self.filters, out_h, out_w)
 
     def backward(self, dout):
-        """dL/dy (N, filters, OH, OW) -> dL/dx (N, C, H, W); adds dL/dparams to self.grads."""
+        """dL/dy (N, filters, OH, OW) -> dL/dx (N, C, H, W); sets self.grads to dL/dparams."""
         input_shape, cols, xhat, inv_std, y, batch_mode = self._cache
+        self.zero_grads()
         n_batch = input_shape[0]
         dy = np.ascontiguousarray(dout, dtype=y.dtype).reshape(y.shape)
         dz = np.empty_like(y)

@@ -158,8 +158,6 @@ class Network:
                 if hasattr(layer, "zero_grads"):
                     layer.zero_grads()
                 continue
-            if hasattr(layer, "zero_grads"):
-                layer.zero_grads()
             grads = layer.backward(deltas[index])
             if not getattr(layer, "multi_input", False):
                 grads = [grads]
@@ -192,14 +190,14 @@ class Network:
         """
         input_shape = self.input_shape if input_shape is None else tuple(input_shape)
         shapes = self.output_shapes(input_shape)
-        lines = ["layer     filters    size              input                output           params"]
+        lines = ["layer     filters    size              input                output                            params"]
         total_flops = 0
         for index, layer in enumerate(self.layers):
             in_shape = input_shape if self.inputs[index][0] == NETWORK_INPUT else shapes[self.inputs[index][0]]
             line, flops = describe_layer(layer, self.inputs[index], in_shape, shapes[index])
             total_flops += flops
             count = int(sum(p.size for p in layer.params.values()))
-            lines.append(f"{index:5d} {line:<74s}{count:>10d}")
+            lines.append(f"{index:5d} {line:<78s}{count:>10d}")
         lines.append(f"total: {len(self.layers)} layers, {self.parameter_count()} parameters, "
                      f"{total_flops / 1e9:.3f} BFLOPs at {input_shape[2]} x {input_shape[1]} x {input_shape[0]}")
         return "\n".join(lines)
@@ -226,11 +224,11 @@ def describe_layer(layer, inputs, in_shape, out_shape):
     elif kind == "upsample":
         text = f"upsample           {layer.stride:2d}x  {_whc(in_shape)}   ->  {_whc(out_shape)}"
     elif kind == "route":
-        text = "route  " + " ".join(str(j) for j in inputs) + f"{'':<10s}->  {_whc(out_shape)}"
+        text = f"{'route  ' + ' '.join(str(j) for j in inputs):<43s}->  {_whc(out_shape)}"
     elif kind == "shortcut":
         text = f"res  {inputs[1]:3d}                {_whc(in_shape)}   ->  {_whc(out_shape)}"
     elif kind == "region":
-        text = f"detection (region){'':<29s}->  {_whc(out_shape)}"
+        text = f"{'detection (region)':<43s}->  {_whc(out_shape)}"
     else:
-        text = f"{kind:<10s}{'':<37s}->  {_whc(out_shape)}"
+        text = f"{kind:<43s}->  {_whc(out_shape)}"
     return text, flops
