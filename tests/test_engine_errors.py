@@ -146,3 +146,25 @@ def test_input_that_does_not_fit(tmp_path):
     unpadded = darknet.load(cfg(tmp_path, NET + "[conv]\nfilters=2\nsize=3\n"))
     with pytest.raises(NetworkShapeError, match=r"layer 0 \[conv\w*\]: input 2x2 is smaller than the 3x3 kernel"):
         unpadded.forward(np.zeros((1, 3, 2, 2), np.float32))
+
+
+def test_backward_needs_a_forward(tmp_path):
+    """backward before any forward, or after clear_caches, is a RuntimeError; a forward after
+    clear_caches gives the same output as before."""
+    net = darknet.load(cfg(tmp_path, NET + "[conv]\nfilters=2\nsize=3\npad=1\n"))
+    x = np.random.default_rng(0).random((1, 3, 8, 8), dtype=np.float32)
+    with pytest.raises(RuntimeError, match="backward needs a forward pass first"):
+        net.backward(np.ones((1, 2, 8, 8), np.float32))
+    y = net.forward(x)
+    net.clear_caches()
+    with pytest.raises(RuntimeError, match="backward needs a forward pass first"):
+        net.backward(np.ones_like(y))
+    assert np.array_equal(net.forward(x), y)
+    assert net.backward(np.ones_like(y)).shape == x.shape
+
+
+def test_maxpool_padding_that_leaves_windows_outside(tmp_path):
+    """A [maxpool] padding so large that whole windows fall outside the image is refused."""
+    path = cfg(tmp_path, NET + "[maxpool]\nsize=2\nstride=1\npadding=6\n")
+    with pytest.raises(CfgError, match=r":5: layer 0 \[maxpool\]: padding 6 is so large"):
+        darknet.load(path)

@@ -62,6 +62,7 @@ class Network:
                 layer.build(in_shapes[0], dtype=self.dtype, rng=rng)
             shapes.append(self._layer_output_shape(index, in_shapes))
         self.training = False
+        self._has_forward = False  # backward needs the caches of a forward pass
         self._consumers = self._count_consumers()
 
     # ------------------------------------------------------------ shapes
@@ -129,6 +130,7 @@ class Network:
         """
         x = self._check_input(x)
         self.training = bool(training)
+        self._has_forward = False
         outputs = []
         for index, layer in enumerate(self.layers):
             sources = [x if j == NETWORK_INPUT else outputs[j] for j in self.inputs[index]]
@@ -136,6 +138,7 @@ class Network:
                 outputs.append(layer.forward(sources, training=training))
             else:
                 outputs.append(layer.forward(sources[0], training=training))
+        self._has_forward = True
         return outputs if return_all else outputs[-1]
 
     def backward(self, dout, return_all=False):
@@ -145,6 +148,9 @@ class Network:
         with several heads (yolov3-tiny). Uses the mode (training/inference) of the last
         forward. With ``return_all``, returns (dx, [dL/d output of every layer]).
         """
+        if not self._has_forward:
+            raise RuntimeError(f"{self.name}: backward needs a forward pass first (none since the last "
+                               f"clear_caches or failed forward)")
         deltas = [None] * len(self.layers)
         if isinstance(dout, dict):
             for index, grad in dout.items():
@@ -171,6 +177,17 @@ class Network:
         if input_delta is None:
             raise ValueError(f"{self.name}: backward reached no path to the input from the given gradients")
         return (input_delta, deltas) if return_all else input_delta
+
+    def clear_caches(self):
+        """Drop what the last forward kept for backward (inputs, columns, outputs) to free memory,
+        e.g. before copying a network; the next forward recreates them."""
+        self._has_forward = False
+        for layer in self.layers:
+            for name in ("_cache", "_y", "_input_shape", "_channels", "input", "output"):
+                if name in vars(layer):
+                    vars(layer)[name] = None
+            if "_workspace" in vars(layer):
+                layer._workspace = {}
 
     # ------------------------------------------------------------ description
 
