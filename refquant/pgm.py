@@ -464,51 +464,72 @@ def _em_fit_pieces(piece_lo, piece_hi, starts, stops, cell_lo, cell_hi, cell_cou
 # ----------------------------------------------------------------------------------------------
 
 @numba.njit(cache=True)
-def _bin_of(value, inner_edges):
-    """Index k with ``inner_edges[k-1] <= value < inner_edges[k]`` (binary search)."""
-    lo = 0
-    hi = inner_edges.size
-    while lo < hi:
-        middle = (lo + hi) // 2
-        if value < inner_edges[middle]:
-            hi = middle
-        else:
-            lo = middle + 1
-    return lo
+def _bin_lookup_table(inner_edges, n_cells):
+    """``table[c]`` = number of edges ``<= lo + c * width`` on a uniform grid of ``n_cells`` over
+    ``[lo, hi] = [inner_edges[0], inner_edges[-1]]``: the bin at each grid cell's left end."""
+    lo = inner_edges[0]
+    width = (inner_edges[-1] - lo) / n_cells
+    table = np.empty(n_cells, dtype=np.int64)
+    k = 0
+    for c in range(n_cells):
+        while k < inner_edges.size and inner_edges[k] <= lo + c * width:
+            k += 1
+        table[c] = k
+    return table
 
 
 @numba.njit(cache=True)
 def _bin_statistics(x, inner_edges):
     """Count, mean and variance of the values of ``x`` in each bin ``[e_(k-1), e_k)``.
 
-    ``x``: 1-D finite values; ``inner_edges``: (B-1,) increasing (outer edges are -inf, +inf).
-    Two passes (sums, then squares about each bin's mean) so that the variance does not cancel.
-    A bin whose values are all equal gets variance exactly 0, whatever the rounding of its mean.
+    ``x``: 1-D finite values; ``inner_edges``: (B-1,) strictly increasing (outer edges -inf, +inf).
+    One pass. A value's bin is the number of edges it reaches: counted directly for up to 4 edges,
+    else looked up on a uniform grid over the inner edges and corrected by a comparison or two (a
+    binary search would mispredict a branch at every level). Sums are taken
+    about each bin's first value (the shifted-data algorithm; Chan, Golub & LeVeque 1983), so
+    the variance does not cancel, and a bin whose values are all equal gets exactly 0.
     Returns ``(count, mean, variance)``, each (B,).
     """
-    n_bins = inner_edges.size + 1
+    n_edges = inner_edges.size
+    n_bins = n_edges + 1
     count = np.zeros(n_bins)
-    total = np.zeros(n_bins)
-    smallest = np.full(n_bins, np.inf)
-    largest = np.full(n_bins, -np.inf)
-    for value in x:
-        k = _bin_of(value, inner_edges)
-        count[k] += 1.0
-        total[k] += value
-        smallest[k] = min(smallest[k], value)
-        largest[k] = max(largest[k], value)
-    mean = np.zeros(n_bins)
-    for k in range(n_bins):
-        if count[k] > 0.0:
-            mean[k] = total[k] / count[k]
+    reference = np.zeros(n_bins)
+    shifted = np.zeros(n_bins)
     squares = np.zeros(n_bins)
+    n_cells = 64 * n_bins
+    if n_edges > 4:
+        table = _bin_lookup_table(inner_edges, n_cells)
+        lo = inner_edges[0]
+        hi = inner_edges[-1]
+        scale = n_cells / (hi - lo)
     for value in x:
-        k = _bin_of(value, inner_edges)
-        squares[k] += (value - mean[k]) ** 2
+        if n_edges <= 4:  # few edges (given breakpoints): count them, without a branch
+            k = 0
+            for edge in inner_edges:
+                k += value >= edge
+        elif value < inner_edges[0]:
+            k = 0
+        elif value >= inner_edges[-1]:
+            k = n_edges
+        else:
+            k = table[min(int((value - lo) * scale), n_cells - 1)]
+            while k > 0 and value < inner_edges[k - 1]:  # the grid point may round past an edge
+                k -= 1
+            while value >= inner_edges[k]:
+                k += 1
+        if count[k] == 0.0:
+            reference[k] = value
+        d = value - reference[k]
+        count[k] += 1.0
+        shifted[k] += d
+        squares[k] += d * d
+    mean = np.zeros(n_bins)
     variance = np.zeros(n_bins)
     for k in range(n_bins):
-        if count[k] > 0.0 and largest[k] > smallest[k]:
-            variance[k] = squares[k] / count[k]
+        if count[k] > 0.0:
+            offset = shifted[k] / count[k]
+            mean[k] = reference[k] + offset
+            variance[k] = max(squares[k] / count[k] - offset * offset, 0.0)
     return count, mean, variance
 
 
