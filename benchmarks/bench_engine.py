@@ -10,7 +10,8 @@ parameters) for refquant and torch, with the ratios refquant / peer and each one
 memory. refquant runs with N threads for both OpenBLAS and Numba.
 
 Each framework runs in its own subprocess so that the peak resident memory (ru_maxrss)
-is its own; times are the median of --repeats runs after two warm-up runs. Before timing,
+is its own; times are the best of --repeats runs after two warm-up runs (the least
+disturbed by other processes on a shared machine). Before timing,
 the script checks that torch and refquant compute the same outputs (the ratio compares
 equal work).
 """
@@ -34,7 +35,7 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def median_time(function, repeats):
+def best_time(function, repeats):
     import time
 
     for _ in range(2):
@@ -44,8 +45,7 @@ def median_time(function, repeats):
         start = time.perf_counter()
         function()
         times.append(time.perf_counter() - start)
-    times.sort()
-    return times[len(times) // 2]
+    return min(times)
 
 
 def peak_rss_mib():
@@ -73,7 +73,7 @@ def run_refquant(args):
     numba.set_num_threads(args.threads)
     net = darknet.load(CFG, args.weights)
     x, dout = inputs(args)
-    result = {"inference": median_time(lambda: net.forward(x), args.repeats)}
+    result = {"inference": best_time(lambda: net.forward(x), args.repeats)}
     result["output"] = net.forward(x).ravel()[:2000].tolist()  # before training moves the rolling statistics
     tracemalloc.start()
     net.forward(x)
@@ -84,7 +84,7 @@ def run_refquant(args):
         net.forward(x, training=True)
         net.backward(dout)
 
-    result["training"] = median_time(step, max(3, args.repeats // 2))
+    result["training"] = best_time(step, max(3, args.repeats // 2))
     result["rss"] = peak_rss_mib()
     tracemalloc.start()
     step()
@@ -167,7 +167,7 @@ def run_torch(args):
     xt, doutt = torch.from_numpy(x), torch.from_numpy(dout)
     model.eval()
     with torch.no_grad():
-        result = {"inference": median_time(lambda: model(xt), args.repeats)}
+        result = {"inference": best_time(lambda: model(xt), args.repeats)}
         output = model(xt).numpy().ravel()[:2000].tolist()
     model.train()
     xg = xt.clone().requires_grad_(True)
@@ -177,7 +177,7 @@ def run_torch(args):
         xg.grad = None
         model(xg).backward(doutt)
 
-    result["training"] = median_time(step, max(3, args.repeats // 2))
+    result["training"] = best_time(step, max(3, args.repeats // 2))
     result["rss"] = peak_rss_mib()
     result["output"] = output
     return result
@@ -195,7 +195,7 @@ def run_opencv(args):
         net.setInput(x)
         return net.forward()
 
-    return {"inference": median_time(forward, args.repeats), "rss": peak_rss_mib()}
+    return {"inference": best_time(forward, args.repeats), "rss": peak_rss_mib()}
 
 
 def child(args):

@@ -60,8 +60,12 @@ def _im2col(x, size, stride, padding, out_h, out_w, pad_value, cols):
             for ox in range(first):
                 cols[n, r, base + ox] = pad_value
             start = first * stride + kx - padding
-            for ox in range(first, last):
-                cols[n, r, base + ox] = x[n, c, iy, start + (ox - first) * stride]
+            if stride == 1:  # contiguous copy, vectorised
+                for ox in range(first, last):
+                    cols[n, r, base + ox] = x[n, c, iy, start + ox - first]
+            else:
+                for ox in range(first, last):
+                    cols[n, r, base + ox] = x[n, c, iy, start + (ox - first) * stride]
             for ox in range(last, out_w):
                 cols[n, r, base + ox] = pad_value
 
@@ -106,8 +110,12 @@ def _col2im(cols, size, stride, padding, out_h, out_w, dx):
                     if iy < 0 or iy >= height:
                         continue
                     base = oy * out_w
-                    for ox in range(first, last):
-                        dx[n, c, iy, start + (ox - first) * stride] += cols[n, r, base + ox]
+                    if stride == 1:  # contiguous, vectorised
+                        for ox in range(first, last):
+                            dx[n, c, iy, start + ox - first] += cols[n, r, base + ox]
+                    else:
+                        for ox in range(first, last):
+                            dx[n, c, iy, start + (ox - first) * stride] += cols[n, r, base + ox]
 
 
 def col2im(cols, input_shape, size, stride, padding):

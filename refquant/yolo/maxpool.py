@@ -47,9 +47,9 @@ def _maxpool(x, size, stride, offset, out, indexes):
                 for row in range(row_lo, row_hi):
                     for col in range(col_lo, col_hi):
                         value = x[n, c, row, col]
-                        if value > best:
-                            best = value
-                            best_index = row * width + col
+                        greater = value > best  # selects, not branches: random data mispredicts
+                        best_index = row * width + col if greater else best_index
+                        best = value if greater else best
                 out[n, c, i, j] = best
                 indexes[n, c, i, j] = best_index
 
