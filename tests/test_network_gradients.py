@@ -131,3 +131,18 @@ def test_yolov3_tiny_gradients(training):
 def test_yolov2_voc_gradients(training):
     """yolov2-voc: first conv, the passthrough (route -9, 1x1 conv, reorg, route -1,-4) and the head."""
     check_network("yolov2-voc", 64, [0, 16, 24, 26, 29, 30], training)
+
+
+def test_skipping_the_input_gradient_leaves_parameter_gradients_unchanged():
+    """backward(input_gradient=False) (Darknet's training) gives the same parameter gradients."""
+    rng = np.random.default_rng(4)
+    net = darknet.load("refquant/cfg/yolov2-tiny-voc.cfg", dtype=np.float64, seed=4)
+    x = rng.uniform(0, 1, (2, 3, 64, 64))
+    dout = rng.normal(size=(2, 125, 2, 2))
+    net.forward(x, training=True)
+    net.backward(dout)
+    full = {(i, n): g.copy() for i, layer in enumerate(net.layers) for n, g in layer.grads.items()}
+    net.forward(x, training=True)
+    assert net.backward(dout, input_gradient=False) is None
+    for (i, n), g in full.items():
+        assert np.array_equal(net.layers[i].grads[n], g)

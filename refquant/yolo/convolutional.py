@@ -256,8 +256,12 @@ class ConvolutionalLayer:
         self._cache = (x.shape, cols, z, inv_std, y, training and self.batch_normalize)
         return y.reshape(n_batch, self.filters, out_h, out_w)
 
-    def backward(self, dout):
-        """dL/dy (N, filters, OH, OW) -> dL/dx (N, C, H, W); sets self.grads to dL/dparams."""
+    def backward(self, dout, input_gradient=True):
+        """dL/dy (N, filters, OH, OW) -> dL/dx (N, C, H, W); sets self.grads to dL/dparams.
+
+        input_gradient=False skips dL/dx (returns None), as Darknet does for the first layer
+        (``if(net.delta)`` in ``backward_convolutional_layer``): training never needs it.
+        """
         input_shape, cols, xhat, inv_std, y, batch_mode = self._cache
         self.zero_grads()
         n_batch = input_shape[0]
@@ -271,6 +275,8 @@ class ConvolutionalLayer:
         dweights = self.grads["weights"].reshape(self.filters, -1)
         for n in range(n_batch):
             dweights += dz[n] @ cols[n].T
+        if not input_gradient:
+            return None
         matrix_t = weights.reshape(self.filters, -1).T
         dcols = np.empty_like(cols)
         for n in range(n_batch):

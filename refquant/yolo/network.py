@@ -141,12 +141,14 @@ class Network:
         self._has_forward = True
         return outputs if return_all else outputs[-1]
 
-    def backward(self, dout, return_all=False):
+    def backward(self, dout, return_all=False, input_gradient=True):
         """dL/d(output) -> dL/dx (N, C, H, W), filling every layer's ``grads``.
 
         ``dout``: an array for the last layer, or a dict {layer index: array} for networks
         with several heads (yolov3-tiny). Uses the mode (training/inference) of the last
         forward. With ``return_all``, returns (dx, [dL/d output of every layer]).
+        ``input_gradient=False`` skips dL/dx where a convolution reads the input (returns
+        None then), as Darknet's training does; the parameter gradients are unchanged.
         """
         if not self._has_forward:
             raise RuntimeError(f"{self.name}: backward needs a forward pass first (none since the last "
@@ -164,6 +166,9 @@ class Network:
                 if hasattr(layer, "zero_grads"):
                     layer.zero_grads()
                 continue
+            if not input_gradient and self.inputs[index] == [NETWORK_INPUT] and layer.type == "convolutional":
+                layer.backward(deltas[index], input_gradient=False)
+                continue
             grads = layer.backward(deltas[index])
             if not getattr(layer, "multi_input", False):
                 grads = [grads]
@@ -174,7 +179,7 @@ class Network:
                     deltas[j] = grad
                 else:
                     deltas[j] = deltas[j] + grad
-        if input_delta is None:
+        if input_delta is None and input_gradient:
             raise ValueError(f"{self.name}: backward reached no path to the input from the given gradients")
         return (input_delta, deltas) if return_all else input_delta
 
