@@ -161,6 +161,12 @@ def test_backward_needs_a_forward(tmp_path):
         net.backward(np.ones_like(y))
     assert np.array_equal(net.forward(x), y)
     assert net.backward(np.ones_like(y)).shape == x.shape
+    twin = net.copy()  # no caches copied; the original can still run backward
+    with pytest.raises(RuntimeError, match="backward needs a forward pass first"):
+        twin.backward(np.ones_like(y))
+    assert net.backward(np.ones_like(y)).shape == x.shape
+    twin.layers[0].params["weights"] += 1
+    assert np.array_equal(net.forward(x), y) and not np.array_equal(twin.forward(x), y)
 
 
 def test_maxpool_padding_that_leaves_windows_outside(tmp_path):

@@ -8,6 +8,8 @@ they read. Backward runs the layers in reverse and adds every input gradient to
 the gradient of the layer that produced that input, as Darknet's ``net.delta``
 accumulation does.
 """
+import copy
+
 import numpy as np
 
 NETWORK_INPUT = -1
@@ -183,16 +185,33 @@ class Network:
             raise ValueError(f"{self.name}: backward reached no path to the input from the given gradients")
         return (input_delta, deltas) if return_all else input_delta
 
+    _CACHE_ATTRIBUTES = ("_cache", "_y", "_input_shape", "_channels", "input", "output", "_workspace")
+    """Layer attributes that only hold what a forward pass keeps for backward (or scratch space)."""
+
     def clear_caches(self):
-        """Drop what the last forward kept for backward (inputs, columns, outputs) to free memory,
-        e.g. before copying a network; the next forward recreates them."""
+        """Drop what the last forward kept for backward (inputs, columns, outputs) to free memory;
+        the next forward recreates them."""
         self._has_forward = False
         for layer in self.layers:
-            for name in ("_cache", "_y", "_input_shape", "_channels", "input", "output"):
+            for name in self._CACHE_ATTRIBUTES:
                 if name in vars(layer):
-                    vars(layer)[name] = None
-            if "_workspace" in vars(layer):
-                layer._workspace = {}
+                    vars(layer)[name] = {} if name == "_workspace" else None
+
+    def copy(self):
+        """An independent deep copy of the network (parameters, hyperparameters, wiring), without
+        the forward caches, which can be large; this network keeps its own."""
+        stashed, has_forward = {}, self._has_forward
+        for index, layer in enumerate(self.layers):
+            for name in self._CACHE_ATTRIBUTES:
+                if name in vars(layer):
+                    stashed[(index, name)] = vars(layer)[name]
+        try:
+            self.clear_caches()
+            return copy.deepcopy(self)
+        finally:
+            for (index, name), value in stashed.items():
+                vars(self.layers[index])[name] = value
+            self._has_forward = has_forward
 
     # ------------------------------------------------------------ description
 
