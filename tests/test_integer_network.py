@@ -1,0 +1,364 @@
+"""Tests of refquant.integer_network: the integer network against its float64 simulation (code for
+code), each layer against a direct real-valued computation in torch, the float network (SQNR),
+the accumulator check, model size and operation counts. Each docstring names its truth."""
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from refquant import darknet, qat
+from refquant.integer_network import (IntegerNetwork, cost_totals, layer_costs, layer_sqnr, saturation_rates,
+                                      sqnr_db)
+from refquant.intervals import UniformQuantizer
+from refquant.pgm import ConvergenceWarning
+
+CFG_DIR = "refquant/cfg"
+
+TINY_CFG = """
+[net]
+width=32
+height=32
+channels=3
+
+[convolutional]
+batch_normalize=1
+filters=8
+size=3
+stride=1
+pad=1
+activation=leaky
+
+[maxpool]
+size=2
+stride=2
+
+[convolutional]
+batch_normalize=1
+filters=16
+size=3
+stride=1
+pad=1
+activation=leaky
+
+[maxpool]
+size=2
+stride=2
+
+[convolutional]
+batch_normalize=1
+filters=32
+size=3
+stride=1
+pad=1
+activation=leaky
+
+[route]
+layers=-3
+
+[convolutional]
+batch_normalize=1
+filters=4
+size=1
+stride=1
+pad=1
+activation=leaky
+
+[reorg]
+stride=2
+
+[route]
+layers=-1,-4
+
+[convolutional]
+batch_normalize=1
+filters=32
+size=3
+stride=1
+pad=1
+activation=leaky
+
+[convolutional]
+filters=16
+size=1
+stride=1
+pad=1
+activation=linear
+
+[region]
+anchors=1,1,2,2
+classes=3
+num=2
+softmax=1
+"""
+
+
+def randomize_batchnorm(net, seed=0):
+    """Random batch-norm scales, means, variances and biases (a fresh network has trivial ones)."""
+    rng = np.random.default_rng(seed)
+    for layer in net.layers:
+        if layer.type == "convolutional":
+            m = layer.filters
+            layer.params["biases"][:] = rng.normal(0.0, 0.2, m)
+            if layer.batch_normalize:
+                layer.params["scales"][:] = rng.uniform(0.5, 1.5, m)
+                layer.params["rolling_mean"][:] = rng.normal(0.0, 0.3, m)
+                layer.params["rolling_variance"][:] = rng.uniform(0.5, 2.0, m)
+    return net
+
+
+def plan_of(statistics, *args, **kwargs):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return qat.quantization_plan(statistics, *args, **kwargs)
+
+
+def pow2_plan(plan, net):
+    """The plan with every step rounded up to a power of two (zero points kept): hand-made fixed point."""
+    def snapped(q):
+        return UniformQuantizer(2.0 ** math.ceil(math.log2(q.step)), q.zero_point, q.qmin, q.qmax)
+    return qat.QuantizationPlan.for_network(net, {i: snapped(q) for i, q in plan.weights.items()},
+                                            {i: snapped(q) for i, q in plan.activations.items()},
+                                            method="minmax-pow2", options=plan.options)
+
+
+@pytest.fixture(scope="module")
+def tiny_voc():
+    """yolov2-tiny-voc (float32, random weights and batch norm), 2 images at 64x64, its statistics."""
+    net = randomize_batchnorm(darknet.load(f"{CFG_DIR}/yolov2-tiny-voc.cfg", seed=1), 1)
+    images = np.random.default_rng(2).random((2, 3, 64, 64)).astype(np.float32)
+    statistics = qat.calibration_statistics(net, images, batch_size=2, baseline_samples=4096, progress=False)
+    return net, images, statistics
+
+
+@pytest.fixture(scope="module")
+def voc():
+    """yolov2-voc (route and reorg), float32, random weights and batch norm, one image at 64x64."""
+    net = randomize_batchnorm(darknet.load(f"{CFG_DIR}/yolov2-voc.cfg", seed=2), 2)
+    images = np.random.default_rng(3).random((1, 3, 64, 64)).astype(np.float32)
+    statistics = qat.calibration_statistics(net, images, batch_size=1, baseline_samples=4096, progress=False)
+    return net, images, statistics
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny") / "tiny.cfg"
+    path.write_text(TINY_CFG)
+    net = randomize_batchnorm(darknet.load(path, seed=3), 3)
+    images = np.random.default_rng(4).random((3, 3, 32, 32)).astype(np.float32)
+    statistics = qat.calibration_statistics(net, images, baseline_samples=4096, progress=False)
+    return net, images, statistics
+
+
+def assert_code_for_code(integer_network, images):
+    """Every layer of the integer network equals the float64 simulation's (codes, then the head)."""
+    integer = integer_network.run(images)
+    simulated = integer_network.simulation().run(images)
+    for index, (a, b) in enumerate(zip(integer, simulated)):
+        layer = integer_network.layers[index]
+        if layer.type != "region":
+            assert a.dtype.kind in "iu" and b.dtype == np.float64, index
+        assert a.shape == b.shape, index
+        mismatched = int(np.count_nonzero(a != b))
+        assert mismatched == 0, f"layer {index} [{layer.type}]: {mismatched} of {a.size} codes differ"
+    return integer
+
+
+# ------------------------------------------------------------------------------------------------
+# Integer network = simulation, code for code
+# ------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("bits, method, pow2", [(8, "pgm", False), (4, "pgm", False), (4, "pgm", True),
+                                                (8, "minmax", False)])
+def test_tiny_yolo_integer_equals_simulation(tiny_voc, bits, method, pow2):
+    """Truth: the float64 simulation (SimulatedNetwork: im2col + GEMM in float64, round_half_even of
+    acc * multiplier * 2**-shift), an arithmetic independent of the integer path (Numba int32
+    conv2d, requantization by integer multiply and rounding right shift). yolov2-tiny-voc, random
+    weights, 2 images at 64x64: every layer's codes and the region output are identical. With
+    power-of-two steps every layer after the first requantizes by a shift alone (multiplier 1)."""
+    net, images, statistics = tiny_voc
+    plan = plan_of(statistics, bits, bits, method, pow2_step=pow2)
+    integer_network = IntegerNetwork(statistics.net, plan)  # statistics.net: net folded once
+    assert_code_for_code(integer_network, images)
+    if pow2:
+        convs = [f for f in integer_network.fixed if isinstance(f, qat.FixedPointConvolution)]
+        assert convs[0].multiplier != 1  # the input step is 1/255
+        assert all(f.multiplier == 1 for f in convs[1:])
+
+
+@pytest.mark.parametrize("bits, pow2", [(8, False), (4, False), (4, True)])
+def test_yolo_voc_integer_equals_simulation(voc, bits, pow2):
+    """Truth: the float64 simulation, as above. yolov2-voc (a single-input route, reorg, and a
+    two-input route whose inputs are requantized to its grid: min-max gives it the grid of its wider
+    input, so the other one is rescaled), random weights, 64x64, min-max plans at 4 and 8 bits and a
+    power-of-two plan (min-max steps rounded up to powers of two)."""
+    net, images, statistics = voc
+    plan = plan_of(statistics, bits, bits, "minmax")
+    if pow2:
+        plan = pow2_plan(plan, net)
+    integer_network = IntegerNetwork(statistics.net, plan)  # statistics.net: net folded once
+    route = integer_network.fixed[28]
+    assert isinstance(route, qat.FixedPointRoute) and any(r is not None for r in route.rescalings)
+    assert integer_network.fixed[25] is None and integer_network.grids[25] is integer_network.grids[16]
+    assert_code_for_code(integer_network, images)
+
+
+@pytest.mark.parametrize("method", ["kl", "aciq"])
+def test_tiny_network_integer_equals_simulation_at_3_bits(tiny, method):
+    """Truth: the float64 simulation. The tiny passthrough network at 3-bit weights and activations
+    (first and last at 8), for TensorRT's KL (signed, narrow-range activation codes, int8 input
+    to the next convolution) and ACIQ plans, 3 images."""
+    net, images, statistics = tiny
+    plan = plan_of(statistics, 3, 3, method)
+    integer_network = IntegerNetwork.build(net, plan)
+    assert isinstance(integer_network.fixed[8], qat.FixedPointRoute)
+    assert_code_for_code(integer_network, images)
+
+
+# ------------------------------------------------------------------------------------------------
+# Each layer against its real-valued definition
+# ------------------------------------------------------------------------------------------------
+
+def test_each_layer_matches_its_real_valued_definition_in_torch(tiny_voc):
+    """Truth: the quantized layer written with real numbers and computed by torch (float64
+    conv2d): given the integer network's input codes of a convolution, x = s_in (codes - z_in),
+    w = s_w * weight codes, b = s_in s_w * bias codes, the output codes are
+    Q_out(f(conv(x, w) + b)) with Q_out the plan's quantizer. No multiplier, shift or integer
+    kernel is involved. Within one code everywhere (the 22-bit multipliers move values by 2**-22
+    relative, which matters only next to a rounding tie), equal for 99.9 % of the values."""
+    net, images, statistics = tiny_voc
+    plan = plan_of(statistics, 4, 4, "pgm")
+    integer_network = IntegerNetwork(statistics.net, plan)
+    outputs = integer_network.run(images)
+    differing = 0
+    total = 0
+    for conv in integer_network.fixed:
+        if not isinstance(conv, qat.FixedPointConvolution):
+            continue
+        j = integer_network.inputs[conv.index][0]
+        codes = integer_network.plan.input.quantize(images) if j == -1 else outputs[j]
+        x = torch.from_numpy(conv.input_grid.dequantize(np.asarray(codes).astype(np.int64)))
+        w = torch.from_numpy(conv.weight_codes.astype(np.float64) * conv.weight_grid.step)
+        b = torch.from_numpy(conv.bias.astype(np.float64) * conv.input_grid.step * conv.weight_grid.step)
+        z = torch.nn.functional.conv2d(x, w, b, stride=conv.stride, padding=conv.padding)
+        if conv.activation == "leaky":
+            z = torch.nn.functional.leaky_relu(z, 0.1)
+        expected = conv.output_grid.quantize(z.numpy())
+        got = outputs[conv.index].astype(np.int64)
+        assert np.abs(got - expected).max() <= 1, conv.index
+        differing += int(np.count_nonzero(got != expected))
+        total += got.size
+    assert differing <= 1e-3 * total
+
+
+# ------------------------------------------------------------------------------------------------
+# Against the float network
+# ------------------------------------------------------------------------------------------------
+
+def test_8_bit_network_is_close_to_the_float_network(tiny_voc):
+    """Truth: the float network itself (inference mode, batch norm unfolded). At 8 bits every
+    layer's dequantized output has an SQNR of at least 20 dB against the float output (25 dB on
+    average); at 4 bits (first and last layers 8) the SQNR is lower on average by more than 10 dB.
+    A sanity check of the whole pipeline, random weights on random images."""
+    net, images, statistics = tiny_voc
+    sqnr8 = layer_sqnr(net, IntegerNetwork.build(net, plan_of(statistics, 8, 8, "pgm")), images)
+    sqnr4 = layer_sqnr(net, IntegerNetwork.build(net, plan_of(statistics, 4, 4, "pgm")), images)
+    assert [index for index, _, _ in sqnr8] == list(range(len(net.layers)))
+    values8 = np.array([db for _, _, db in sqnr8])
+    values4 = np.array([db for _, _, db in sqnr4])
+    assert values8.min() >= 20.0 and values8.mean() >= 25.0, values8
+    assert values8.mean() - values4.mean() > 10.0
+
+
+def test_sqnr_and_saturation_rates(tiny):
+    """Truth: the definitions computed by hand with numpy: 10 log10(sum x^2 / sum (x - y)^2) for a
+    hand-picked pair; codes at qmin/qmax counted with numpy for every quantized layer."""
+    assert sqnr_db([3.0, 4.0], [3.0, 4.0]) == math.inf
+    assert sqnr_db([3.0, 4.0], [3.0, 3.0]) == pytest.approx(10 * math.log10(25.0))
+    net, images, statistics = tiny
+    plan = plan_of(statistics, 3, 3, "pgm")
+    integer_network = IntegerNetwork.build(net, plan)
+    outputs = integer_network.run(images)
+    rates = saturation_rates(integer_network, outputs)
+    assert [r[0] for r in rates] == sorted(plan.activations)
+    for index, kind, low, high in rates:
+        grid = plan.activations[index]
+        assert kind == net.layers[index].type
+        assert low == np.count_nonzero(outputs[index] == grid.qmin) / outputs[index].size
+        assert high == np.count_nonzero(outputs[index] == grid.qmax) / outputs[index].size
+
+
+# ------------------------------------------------------------------------------------------------
+# Checks before computing, the evaluation interface
+# ------------------------------------------------------------------------------------------------
+
+def test_accumulator_overflow_and_bias_overflow_are_refused_at_build(tmp_path):
+    """Truth: the int32 bound, by hand: 8000 channels x 3 x 3 = 72000 products of 8-bit input codes
+    (0..255) and int8 weights (-128..127) reach 72000 * 32640 > 2**31 - 1, so building must fail
+    before anything runs, naming the layer; so must a bias that exceeds int32 at scale s_in s_w."""
+    cfg = tmp_path / "wide.cfg"
+    cfg.write_text("[net]\nwidth=8\nheight=8\nchannels=8000\n\n[convolutional]\nfilters=1\nsize=3\npad=1\n"
+                   "activation=linear\n")
+    net = darknet.load(cfg)
+    plan = qat.QuantizationPlan.for_network(net, {0: UniformQuantizer(0.01, 0, -128, 127)},
+                                            {0: UniformQuantizer(0.1, 128, 0, 255)})
+    with pytest.raises(ValueError, match=r"layer 0 \[convolutional\]: int32 accumulator could overflow"):
+        IntegerNetwork.build(net, plan)
+    narrow = tmp_path / "narrow.cfg"
+    narrow.write_text("[net]\nwidth=8\nheight=8\nchannels=3\n\n[convolutional]\nfilters=2\nsize=3\npad=1\n"
+                      "activation=leaky\n")
+    net = darknet.load(narrow)
+    net.layers[0].params["biases"][:] = 1e6
+    plan = qat.QuantizationPlan.for_network(net, {0: UniformQuantizer(1e-4, 0, -128, 127)},
+                                            {0: UniformQuantizer(0.1, 10, 0, 255)})
+    with pytest.raises(ValueError, match=r"layer 0 \[convolutional\]: .*exceed int32"):
+        IntegerNetwork.build(net, plan)
+
+
+def test_forward_is_the_head_output_and_checks_its_input(tiny):
+    """Truth: the documented interface (what refquant.evaluate calls): forward(x) is run(x)[-1],
+    with the float network's layers, input_shape and name; training mode, integer images and a
+    wrong channel count are refused by name."""
+    net, images, statistics = tiny
+    integer_network = IntegerNetwork.build(net, plan_of(statistics, 4, 4, "minmax"))
+    head = integer_network.forward(images)
+    np.testing.assert_array_equal(head, integer_network.run(images)[-1])
+    assert head.shape == net.forward(images).shape and head.dtype == np.float64
+    assert integer_network.layers[-1].type == "region" and integer_network.input_shape == net.input_shape
+    with pytest.raises(ValueError, match="no training mode"):
+        integer_network.forward(images, training=True)
+    with pytest.raises(TypeError, match="float numpy array"):
+        integer_network.run((images * 255).astype(np.uint8))
+    with pytest.raises(ValueError, match="channels"):
+        integer_network.run(images[:, :2])
+
+
+# ------------------------------------------------------------------------------------------------
+# Model size and operation counts
+# ------------------------------------------------------------------------------------------------
+
+def test_layer_costs_by_hand(tiny):
+    """Truth: hand-computed counts for the tiny network at 32x32, 4-bit weights and activations,
+    first and last convolutions 8-bit (macs = M * C*k*k * OH*OW; bops = macs * weight bits * bits of
+    the INPUT codes; bytes = ceil(weights * bits / 8) + 4 * biases; float = 4 bytes per stored value)."""
+    net, _, statistics = tiny
+    costs = layer_costs(net, plan_of(statistics, 4, 4, "minmax"))
+    by_hand = [
+        # index, weights, biases, w bits, a bits, macs, bops, bytes, float bytes
+        (0, 216, 8, 8, 8, 8 * 27 * 32 * 32, 221184 * 64, 216 + 32, 4 * (216 + 4 * 8)),
+        (2, 1152, 16, 4, 8, 16 * 72 * 16 * 16, 294912 * 32, 576 + 64, 4 * (1152 + 4 * 16)),
+        (4, 4608, 32, 4, 4, 32 * 144 * 8 * 8, 294912 * 16, 2304 + 128, 4 * (4608 + 4 * 32)),
+        (6, 64, 4, 4, 4, 4 * 16 * 16 * 16, 16384 * 16, 32 + 16, 4 * (64 + 4 * 4)),
+        (9, 13824, 32, 4, 4, 32 * 432 * 8 * 8, 884736 * 16, 6912 + 128, 4 * (13824 + 4 * 32)),
+        (10, 512, 16, 8, 4, 16 * 32 * 8 * 8, 32768 * 32, 512 + 64, 4 * (512 + 16)),
+    ]
+    keys = ("index", "weights", "biases", "weight_bits", "activation_bits", "macs", "bops", "bytes", "float_bytes")
+    assert [tuple(c[k] for k in keys) for c in costs] == by_hand
+    assert all(c["float_bops"] == c["macs"] * 1024 for c in costs)
+    totals = cost_totals(costs)
+    assert totals["bytes"] == sum(row[7] for row in by_hand)
+    assert totals["macs"] == sum(row[5] for row in by_hand)
+    assert 4 * net.parameter_count() == totals["float_bytes"]
+    # at another input size only the spatial factor changes
+    assert layer_costs(net, plan_of(statistics, 4, 4, "minmax"), (3, 64, 64))[0]["macs"] == 4 * 221184
