@@ -48,7 +48,7 @@ binned likelihood ``sum_j c_j log P(bin j)`` (no midpoint or Sheppard approximat
 bin edges may be infinite, to hold the overflow. Breakpoints must be bin edges.
 
 Choosing the breakpoints (``breakpoints="auto"``). Candidate breakpoints are the data's
-quantiles at :data:`CANDIDATE_LEVELS` (from a fixed 131072-value subsample when there are more
+quantiles at :data:`CANDIDATE_LEVELS` (from a fixed 65536-value subsample when there are more
 samples; bin edges nearest those quantiles for a histogram) plus 0 when the data straddle it
 (the kink of a leaky ReLU). Every run of consecutive candidate cells is fitted as a piece; dynamic
 programming then finds, for each K = 1..``max_pieces``, the breakpoints of maximum likelihood,
@@ -92,8 +92,8 @@ _LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
 #: where the pieces of a weight distribution end.
 CANDIDATE_LEVELS = (0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5,
                     0.6, 0.7, 0.8, 0.85, 0.9, 0.925, 0.95, 0.965, 0.98, 0.99, 0.995)
-_QUANTILE_SUBSAMPLE = 131072
-_SEARCH_MAX_ITER = 300
+_QUANTILE_SUBSAMPLE = 65536
+_SEARCH_MAX_ITER = 150
 _SEARCH_TOL = 1e-6
 
 
@@ -646,10 +646,11 @@ def _sample_cells(count, mean, var, edges):
     return _Cells(edges[:-1], edges[1:], count, mean, var, np.zeros(count.size, dtype=bool))
 
 
-def _histogram_cells(counts, bin_edges, censored=True):
-    """One cell per bin: censored (positions unknown), or exact with every value at the centre."""
+def _histogram_cells(counts, bin_edges):
+    """One censored cell per bin: its count and interval are known, positions inside it are not
+    (``mean`` holds the centre, used only to start EM)."""
     return _Cells(bin_edges[:-1], bin_edges[1:], counts, _bin_centres(bin_edges),
-                  np.zeros(counts.size), np.full(counts.size, censored))
+                  np.zeros(counts.size), np.ones(counts.size, dtype=bool))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -796,7 +797,7 @@ def _placeholder_parameters(edges, spread):
 def _candidate_breakpoints(values, cumulative_fraction=None):
     """Candidate breakpoints: quantiles at CANDIDATE_LEVELS, plus 0 when the values straddle it.
 
-    ``values``: samples (then ``cumulative_fraction`` is None; a fixed subsample of 131072 values
+    ``values``: samples (then ``cumulative_fraction`` is None; a fixed subsample of 65536 values
     is used when there are more), or the inner bin edges of a histogram with the fraction of
     counts below each (then the edge nearest each quantile level is taken).
     """
@@ -839,7 +840,7 @@ def _best_segmentations(edges, count, mean, var, n, max_pieces, options):
     usable = (run_count[first, last] >= options.min_piece_samples) & (run_var[first, last] > 0)
     first, last = first[usable], last[usable]
     runs = np.arange(first.size)
-    mu, var_fit, log_likelihood, *_ = _em_fit_pieces(
+    _, _, log_likelihood, *_ = _em_fit_pieces(
         edges[first], edges[last], runs, runs + 1, edges[first], edges[last],
         run_count[first, last], run_mean[first, last], run_var[first, last],
         np.zeros(first.size, dtype=bool), run_mean[first, last], run_var[first, last],
