@@ -50,12 +50,15 @@ bin edges may be infinite, to hold the overflow. Breakpoints must be bin edges.
 Choosing the breakpoints (``breakpoints="auto"``). Candidate breakpoints are the data's
 quantiles at :data:`CANDIDATE_LEVELS` (from a fixed 65536-value subsample when there are more
 samples; bin edges nearest those quantiles for a histogram) plus 0 when the data straddle it
-(the kink of a leaky ReLU). Every run of consecutive candidate cells is fitted as a piece; dynamic
-programming then finds, for each K = 1..``max_pieces``, the breakpoints of maximum likelihood,
-and K is chosen by the Bayesian information criterion ``BIC = -2 log L + p log n`` with
-``p = 4K - 2`` free parameters (K - 1 masses, K means, K stds, K - 1 breakpoints). A histogram's
-search scores pieces with each bin's samples at its centre; the best breakpoints for each K are
-then refitted with the exact binned likelihood, on which K is chosen.
+(the kink of a leaky ReLU). Every run of consecutive candidate cells is fitted as a piece (at
+most 150 EM steps each: a piece that needs more fits its samples badly); dynamic programming
+then finds, for each K = 1..``max_pieces``, the breakpoints of maximum likelihood, and K is
+chosen by the Bayesian information criterion ``BIC = -2 log L + p log n`` with ``p = 4K - 2``
+free parameters (K - 1 masses, K means, K stds, K - 1 breakpoints), each K's log-likelihood
+coming from a refit of its breakpoints on the exact likelihood. The chosen breakpoints are
+finally fitted with the caller's ``max_iter`` and ``tol``; ``fit_info.selection`` keeps the table.
+A histogram's search scores pieces with each bin's samples at its centre (the refits and the
+final fit use the exact binned likelihood).
 
 Degenerate input (each a documented outcome, never a silent one):
 
