@@ -19,13 +19,17 @@ so far, ``seen``, as a 64-bit integer when ``major*10 + minor >= 2`` (and major,
 minor < 1000) and as a 32-bit one otherwise; then, for every convolutional layer
 in order, float32 biases (filters), and when ``batch_normalize=1`` scales,
 rolling mean, rolling variance (filters each), then the weights
-(filters x channels x size x size). Nothing else: the file must be exactly that long.
+(filters x channels x size x size); for every connected layer, biases, weights
+(outputs x inputs, or inputs x outputs when major or minor exceeds 1000), then the
+batch-norm vectors. Nothing else: the file must be exactly that long.
 """
 import os
 
 import numpy as np
 
+from refquant.yolo.connected import ConnectedLayer
 from refquant.yolo.convolutional import ConvolutionalLayer
+from refquant.yolo.detection import DetectionLayer
 from refquant.yolo.maxpool import MaxpoolLayer
 from refquant.yolo.network import Network
 from refquant.yolo.region import RegionLayer
@@ -49,6 +53,8 @@ LAYER_TYPES = {
     "shortcut": ShortcutLayer,
     "region": RegionLayer,
     "yolo": YoloLayer,
+    "connected": ConnectedLayer, "conn": ConnectedLayer,
+    "detection": DetectionLayer,
 }
 """cfg section name -> layer class (Darknet's ``string_to_layer_type`` spellings)."""
 
@@ -253,9 +259,20 @@ def weights_layout(net):
                 names += ["scales", "rolling_mean", "rolling_variance"]
             names.append("weights")
             layout += [(index, name, layer.params[name].shape) for name in names]
+        elif isinstance(layer, ConnectedLayer):
+            # load_connected_weights: biases, weights, then the batch-norm vectors
+            names = ["biases", "weights"]
+            if layer.batch_normalize:
+                names += ["scales", "rolling_mean", "rolling_variance"]
+            layout += [(index, name, layer.params[name].shape) for name in names]
         elif layer.params:
             raise CfgError(f"layer {index} [{layer.type}] has parameters but no Darknet weights layout")
     return layout
+
+
+def _stored_transposed(layer, name, major, minor):
+    """Connected weights stored (K, outputs) when major or minor > 1000 (``load_weights_upto``)."""
+    return isinstance(layer, ConnectedLayer) and name == "weights" and (major > 1000 or minor > 1000)
 
 
 def _float_count(layout):
@@ -282,9 +299,9 @@ def read_weights(path, net):
     count = _float_count(layout)
     expected = start + 4 * count
     if len(data) != expected:
-        convs = len({index for index, _, _ in layout})
+        layers = len({index for index, _, _ in layout})
         raise CfgError(f"{path}: the file has {len(data)} bytes but {net.name} needs {expected} bytes "
-                       f"({start}-byte header + {count} float32 for {convs} convolutional layers); "
+                       f"({start}-byte header + {count} float32 for {layers} layers with weights); "
                        f"the file is {'too short' if len(data) < expected else 'too long'}")
     seen_dtype = np.dtype("<u8") if start == 20 else np.dtype("<i4")
     seen = int(np.frombuffer(data, seen_dtype, 1, offset=12)[0])
@@ -292,7 +309,10 @@ def read_weights(path, net):
     arrays, offset = {}, 0
     for index, name, shape in layout:
         size = int(np.prod(shape))
-        arrays[(index, name)] = values[offset:offset + size].reshape(shape)
+        if _stored_transposed(net.layers[index], name, major, minor):
+            arrays[(index, name)] = values[offset:offset + size].reshape(shape[::-1]).T
+        else:
+            arrays[(index, name)] = values[offset:offset + size].reshape(shape)
         offset += size
     return (major, minor, revision, seen), arrays
 
@@ -326,6 +346,9 @@ def save_weights(net, path):
     chunks = [np.array([major, minor, revision], HEADER_DTYPE).tobytes(),
               np.array([net.seen], seen_dtype).tobytes()]
     for index, name, _ in weights_layout(net):
-        chunks.append(np.ascontiguousarray(net.layers[index].params[name], dtype=FLOAT_DTYPE).tobytes())
+        values = net.layers[index].params[name]
+        if _stored_transposed(net.layers[index], name, major, minor):
+            values = values.T
+        chunks.append(np.ascontiguousarray(values, dtype=FLOAT_DTYPE).tobytes())
     with open(os.fspath(path), "wb") as f:
         f.write(b"".join(chunks))

@@ -124,7 +124,29 @@ def test_old_header_has_a_32_bit_seen(tmp_path):
     assert (tmp_path / "o2.weights").read_bytes() == data
 
 
-@pytest.mark.parametrize("cfg", ["yolov2-tiny-voc", "yolov2-voc", "yolov3-tiny", "yolov2-tiny"])
+def test_connected_weights_layout_and_transposed_header(tmp_path):
+    """load_connected_weights: biases, weights (outputs x inputs), then scales, rolling mean,
+    rolling variance; with major or minor > 1000 the weights are stored inputs x outputs."""
+    cfg = write(tmp_path, "fc.cfg", "[net]\nwidth=1\nheight=1\nchannels=3\n"
+                "[connected]\noutput=2\nbatch_normalize=1\nactivation=linear\n")
+    weights = [[1, 2, 3], [4, 5, 6]]
+    body = [10, 20] + [w for row in weights for w in row] + [7, 8, 0.5, 0.25, 2, 4]
+    (tmp_path / "a.weights").write_bytes(struct.pack("<iiiQ", 0, 2, 0, 9) + struct.pack(f"<{len(body)}f", *body))
+    net = darknet.load(cfg, str(tmp_path / "a.weights"))
+    p = net.layers[0].params
+    assert p["biases"].tolist() == [10, 20] and p["weights"].tolist() == weights
+    assert p["scales"].tolist() == [7, 8] and p["rolling_mean"].tolist() == [0.5, 0.25]
+    assert p["rolling_variance"].tolist() == [2, 4]
+    transposed = [10, 20] + [w for column in zip(*weights) for w in column] + body[8:]
+    data = struct.pack("<iiii", 0, 1001, 0, 9) + struct.pack(f"<{len(transposed)}f", *transposed)  # 32-bit seen: minor >= 1000
+    (tmp_path / "t.weights").write_bytes(data)
+    net = darknet.load(cfg, str(tmp_path / "t.weights"))
+    assert net.layers[0].params["weights"].tolist() == weights and net.seen == 9
+    darknet.save_weights(net, tmp_path / "t2.weights")
+    assert (tmp_path / "t2.weights").read_bytes() == data
+
+
+@pytest.mark.parametrize("cfg", ["yolov2-tiny-voc", "yolov2-voc", "yolov3-tiny", "yolov2-tiny", "yolov1-tiny"])
 def test_round_trip_is_byte_identical(cfg, tmp_path):
     """save(load(file)) == file, byte for byte, also through a float64 network."""
     rng = np.random.default_rng(0)

@@ -32,12 +32,7 @@ def test_unknown_section_names_file_line_and_type(tmp_path):
     with pytest.raises(CfgError) as e:
         darknet.load(path)
     assert f"{path}:9:" in message(e) and "[lstm]" in message(e) and "layer 1" in message(e)
-
-
-def test_yolov1_tiny_is_refused_at_its_first_unsupported_section():
-    """yolov1-tiny.cfg's [connected] (line 112) is not supported: the error says where."""
-    with pytest.raises(CfgError, match=r"yolov1-tiny\.cfg:112: unsupported layer type \[connected\] \(layer 14\)"):
-        darknet.load("refquant/cfg/yolov1-tiny.cfg")
+    assert "refquant supports" in message(e) and "convolutional" in message(e)
 
 
 def test_unknown_key_names_file_line_and_key(tmp_path):

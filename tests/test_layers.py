@@ -13,7 +13,9 @@ import torch
 import torch.nn.functional as F
 
 from refquant.yolo import activations
+from refquant.yolo.connected import ConnectedLayer
 from refquant.yolo.convolutional import ConvolutionalLayer, col2im, im2col
+from refquant.yolo.detection import DetectionLayer
 from refquant.yolo.maxpool import MaxpoolLayer, maxpool_forward
 from refquant.yolo.reorg import ReorgLayer, reorg_forward
 from refquant.yolo.route import RouteLayer
@@ -330,3 +332,57 @@ def test_shortcut_matches_torch():
     da, db = layer.backward(dout)
     assert_close(da, at.grad)
     assert_close(db, bt.grad)
+
+
+# ---------------------------------------------------------------- connected, detection (YOLOv1)
+
+@pytest.mark.parametrize("batch_normalize", [0, 1])
+@pytest.mark.parametrize("training", [True, False], ids=["batch-stats", "rolling-stats"])
+def test_connected_matches_torch(batch_normalize, training):
+    """[connected]: f(BN(x W^T)) or f(x W^T + b) on the flattened (C, H, W) input, with torch
+    autograd for dL/dx, dL/dweights, dL/dbiases, dL/dscales (batch statistics over the batch)."""
+    rng = np.random.default_rng(13)
+    layer = ConnectedLayer(output=5, activation="leaky", batch_normalize=batch_normalize)
+    layer.build((2, 3, 2), dtype=np.float64, rng=rng)
+    p = layer.params
+    p["biases"][...] = rng.normal(size=5)
+    if batch_normalize:
+        p["scales"][...] = rng.uniform(0.5, 1.5, 5)
+        p["rolling_mean"][...] = rng.normal(size=5)
+        p["rolling_variance"][...] = rng.uniform(0.5, 2, 5)
+    pt = {k: t64(v, grad=k in ("weights", "biases", "scales")) for k, v in p.items()}
+    x = rng.normal(size=(4, 2, 3, 2))
+    xt = t64(x, grad=True)
+    z = xt.reshape(4, -1) @ pt["weights"].T
+    if batch_normalize:
+        mean, var = (z.mean(0), z.var(0, unbiased=True)) if training else (pt["rolling_mean"], pt["rolling_variance"])
+        a = (z - mean) / torch.sqrt(var + 1e-5) * pt["scales"] + pt["biases"]
+    else:
+        a = z + pt["biases"]
+    yt = F.leaky_relu(a, 0.1).reshape(4, 5, 1, 1)
+    y = layer.forward(x, training=training)
+    assert_close(y, yt)
+    dout = rng.normal(size=y.shape)
+    yt.backward(t64(dout))
+    assert_close(layer.backward(dout), xt.grad)
+    for name, grad in layer.grads.items():
+        assert_close(grad, pt[name].grad)
+
+
+def test_detection_softmax_matches_torch():
+    """[detection] softmax=1: softmax over the classes of each cell (the first side*side*classes
+    entries), the rest copied; backward equals torch autograd. softmax=0 is the identity."""
+    rng = np.random.default_rng(14)
+    layer = DetectionLayer(classes=3, coords=4, num=2, side=2, softmax=1)
+    x = rng.normal(size=(2, 2 * 2 * (5 * 2 + 3), 1, 1))
+    xt = t64(x, grad=True)
+    flat = xt.reshape(2, -1)
+    classes = torch.softmax(flat[:, :12].reshape(2, 4, 3), dim=2).reshape(2, 12)
+    yt = torch.cat([classes, flat[:, 12:]], dim=1).reshape(x.shape)
+    y = layer.forward(x)
+    assert_close(y, yt)
+    dout = rng.normal(size=x.shape)
+    yt.backward(t64(dout))
+    assert_close(layer.backward(dout), xt.grad)
+    plain = DetectionLayer(classes=3, coords=4, num=2, side=2)
+    assert np.array_equal(plain.forward(x), x) and np.array_equal(plain.backward(dout), dout)

@@ -83,7 +83,8 @@ def unit_directions(shapes, rng):
 
 def check_network(cfg, size, layers_to_probe, training, seed=0):
     rng = np.random.default_rng(seed)
-    net = darknet.load(f"refquant/cfg/{cfg}.cfg", dtype=np.float64, seed=seed)
+    cfg = cfg if cfg.endswith(".cfg") else f"refquant/cfg/{cfg}.cfg"
+    net = darknet.load(cfg, dtype=np.float64, seed=seed)
     randomize_batchnorm(net, rng)
     x = rng.uniform(0, 1, (2, 3, size, size))
     shapes = net.output_shapes(x.shape[1:])
@@ -131,6 +132,20 @@ def test_yolov3_tiny_gradients(training):
 def test_yolov2_voc_gradients(training):
     """yolov2-voc: first conv, the passthrough (route -9, 1x1 conv, reorg, route -1,-4) and the head."""
     check_network("yolov2-voc", 64, [0, 16, 24, 26, 29, 30], training)
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["training", "inference"])
+def test_yolov1_style_gradients(training, tmp_path):
+    """A small YOLOv1-style network (conv, maxpool, connected with batch norm, connected,
+    [detection] with softmax): every layer with parameters."""
+    cfg = tmp_path / "v1.cfg"
+    cfg.write_text("[net]\nwidth=16\nheight=16\nchannels=3\n"
+                   "[convolutional]\nbatch_normalize=1\nfilters=4\nsize=3\npad=1\nactivation=leaky\n"
+                   "[maxpool]\nsize=2\nstride=2\n"
+                   "[connected]\noutput=20\nbatch_normalize=1\nactivation=leaky\n"
+                   "[connected]\noutput=" + str(2 * 2 * (5 * 2 + 3)) + "\nactivation=linear\n"
+                   "[detection]\nclasses=3\ncoords=4\nnum=2\nside=2\nsoftmax=1\n")
+    check_network(str(cfg), 16, [0, 2, 3], training)
 
 
 def test_skipping_the_input_gradient_leaves_parameter_gradients_unchanged():

@@ -268,6 +268,9 @@ def describe_layer(layer, inputs, in_shape, out_shape):
         text = f"{'route  ' + ' '.join(str(j) for j in inputs):<43s}->  {_whc(out_shape)}"
     elif kind == "shortcut":
         text = f"res  {inputs[1]:3d}                {_whc(in_shape)}   ->  {_whc(out_shape)}"
+    elif kind == "connected":
+        flops = 2 * int(np.prod(in_shape)) * layer.outputs
+        text = f"{'connected':<24s}{int(np.prod(in_shape)):8d}  ->  {layer.outputs:4d}"
     elif kind == "region":
         text = f"{'detection (region)':<43s}->  {_whc(out_shape)}"
     else:
