@@ -13,8 +13,8 @@ This docstring is the specification; every function below implements one paragra
        weights' = weights * factor_m          (every weight of output channel m)
        biases'  = biases_m - rolling_mean_m * factor_m
 
-   so that ``f(weights' * x + biases')`` equals the inference-mode ``f(BN(weights * x))``.
-   Everything quantized below is the folded network.
+   so that ``f(weights' * x + biases')`` equals the inference-mode ``f(BN(weights * x))``; the
+   results are stored in the network's dtype. Everything quantized below is the folded network.
 
 2. The quantization plan (:class:`QuantizationPlan`, JSON, never pickle). One
    :class:`~refquant.intervals.UniformQuantizer` for
@@ -24,7 +24,8 @@ This docstring is the specification; every function below implements one paragra
      saturated;
    - the weights of every convolution: signed codes, zero point 0, one step per tensor;
    - the output of every convolution (after its activation): affine codes with an integer zero
-     point inside the codes (0 is exactly representable: zero padding stays exact);
+     point inside the codes (0 is exactly representable: zero padding stays exact), unsigned
+     ``0 .. 2**b - 1`` except for the ``"kl"`` method (signed, narrow range, zero point 0);
    - the output of every route with two or more inputs: its own grid, to which each input is
      requantized. A route with a single input is a copy and keeps its input's grid, as do
      maxpool, reorg and upsample (max and permutations of codes stay on the grid);
@@ -41,8 +42,10 @@ This docstring is the specification; every function below implements one paragra
    the width starts as the smallest one giving at most ``max_bins`` bins over the first batch and
    doubles (merging pairs of bins) whenever a later batch widens the range past ``max_bins``
    bins. Memory is bounded by ``max_bins`` counts per layer, the range adapts, nothing
-   overflows; the exact minimum, maximum, count, sum and sum of squares are kept beside.
-   Weights are read from the folded tensors themselves. Methods, per tensor:
+   overflows; the exact minimum, maximum, count, sum and sum of squares are kept beside (a tqdm
+   bar counts the images). Weights are read from the folded tensors themselves. The statistics
+   (:class:`CalibrationStatistics`, with its PGM fits cached) serve every method and width, so
+   one pass over the images gives all the plans of a comparison. Methods, per tensor:
 
    - ``"pgm"``: a :class:`~refquant.pgm.PiecewiseGaussian` fitted by EM, then
      :func:`~refquant.intervals.optimal_quantizer` (``symmetric=True`` for weights,
@@ -100,7 +103,6 @@ This docstring is the specification; every function below implements one paragra
    current weights and the pre-quantization activations of a batch of images.
 """
 import contextlib
-import copy
 import dataclasses
 import json
 import math
@@ -170,7 +172,7 @@ def fold_batchnorm(net):
     """
     if not isinstance(net, Network):
         raise TypeError(f"fold_batchnorm: expected a refquant Network, got {type(net).__name__}")
-    folded = _copy_network(net)
+    folded = net.copy()
     for layer in folded.layers:
         if layer.type != "convolutional" or not layer.batch_normalize:
             continue
@@ -183,21 +185,6 @@ def fold_batchnorm(net):
         layer.params = {"biases": biases.astype(net.dtype), "weights": weights.astype(net.dtype)}
         layer.zero_grads()
     return folded
-
-
-def _copy_network(net):
-    """A deep copy of the network without the layers' forward caches (which can be large)."""
-    caches = {}
-    for index, layer in enumerate(net.layers):
-        for name in ("_cache", "input", "output", "_input_shape", "_channels"):
-            if name in vars(layer):
-                caches[(index, name)] = vars(layer)[name]
-                vars(layer)[name] = None
-    try:
-        return copy.deepcopy(net)
-    finally:
-        for (index, name), value in caches.items():
-            vars(net.layers[index])[name] = value
 
 
 def is_folded(net):
@@ -924,19 +911,21 @@ def run_codes(net, fixed, input_codes, convolution, route, grids, input_grid):
     return outputs
 
 
-def simulated_convolution(conv, codes):
+def simulated_convolution(conv, codes, weight_codes=None):
     """The simulation's convolution (point 4): float64 codes in, float64 codes out (integer-valued).
 
     acc = W (codes - z_in) + bias by im2col and GEMM in float64 (exact: integers below 2**53),
     code = clip(round_half_even(acc * multiplier * 2.0**-shift) + z_out, qmin, qmax),
-    the negative pair where acc < 0.
+    the negative pair where acc < 0. ``weight_codes``: the (M, K) float64 weight codes if the
+    caller keeps them (default: converted from ``conv.weight_codes`` here).
     """
     x = codes - float(conv.input_grid.zero_point)
     n_batch = x.shape[0]
     cols = im2col(x, conv.size, conv.stride, conv.padding)
     out_h = (x.shape[2] + 2 * conv.padding - conv.size) // conv.stride + 1
     out_w = (x.shape[3] + 2 * conv.padding - conv.size) // conv.stride + 1
-    weight_codes = conv.weight_codes.reshape(conv.weight_codes.shape[0], -1).astype(np.float64)
+    if weight_codes is None:
+        weight_codes = conv.weight_codes.reshape(conv.weight_codes.shape[0], -1).astype(np.float64)
     acc = np.matmul(weight_codes, cols) + conv.bias.astype(np.float64)[:, None]
     positive = multiplier_value(conv.multiplier, conv.shift)
     negative = multiplier_value(conv.negative_multiplier, conv.negative_shift)
@@ -978,6 +967,7 @@ class SimulatedNetwork:
         self.inputs = folded.inputs
         self.input_shape = folded.input_shape
         self.name = f"{folded.name} (simulated {plan.method})"
+        self._weight_codes = {}  # float64 (M, K) weight codes, made on first use
 
     @classmethod
     def build(cls, net, plan):
@@ -991,8 +981,14 @@ class SimulatedNetwork:
     def run(self, images):
         """images (N, C, H, W) float -> list of every layer's output: float64 codes; the head's float output."""
         codes = self.input_codes(images).astype(np.float64)
-        return run_codes(self.net, self.fixed, codes, simulated_convolution, simulated_route, self.grids,
+        return run_codes(self.net, self.fixed, codes, self._convolution, simulated_route, self.grids,
                          self.plan.input)
+
+    def _convolution(self, conv, codes):
+        if conv.index not in self._weight_codes:
+            self._weight_codes[conv.index] = conv.weight_codes.reshape(conv.weight_codes.shape[0], -1).astype(
+                np.float64)
+        return simulated_convolution(conv, codes, self._weight_codes[conv.index])
 
     def forward(self, images, training=False):
         """The last layer's output (the region head's activations) for ``images``; inference only."""
@@ -1078,11 +1074,13 @@ class FakeQuantConvolution:
         self._unquantized = y
         return self.output_grid.fake(y).astype(y.dtype)
 
-    def backward(self, dout):
-        """Straight-through rule on the output and the weights; identity through the bias rounding."""
+    def backward(self, dout, input_gradient=True):
+        """Straight-through rule on the output and the weights; identity through the bias rounding.
+
+        Sets the wrapped layer's grads; returns dL/dx (None with ``input_gradient=False``)."""
         dy = self.output_grid.fake_backward(self._unquantized, dout)
         with self._swapped(self._weights_used):
-            dx = self.layer.backward(dy)
+            dx = self.layer.backward(dy, input_gradient=input_gradient)
         grads = self.layer.grads
         grads["weights"][...] = self.weight_grid.fake_backward(self.layer.params["weights"], grads["weights"])
         return dx
@@ -1167,14 +1165,16 @@ class FakeQuantNetwork(Network):
         self._input = x
         return super().forward(self.plan.input.fake(x).astype(self.dtype), training, return_all)
 
-    def backward(self, dout, return_all=False):
+    def backward(self, dout, return_all=False, input_gradient=True):
         """dL/d(output) -> dL/dx (straight-through rule of the input grid too); fills the grads.
 
-        As ``Network.backward`` (``return_all`` gives (dx, every layer's dL/d output)).
+        As ``Network.backward``: ``return_all`` gives (dx, every layer's dL/d output);
+        ``input_gradient=False`` skips dL/dx at the first convolution (training does not need it).
         """
-        result = super().backward(dout, return_all)
+        result = super().backward(dout, return_all, input_gradient)
         dx = result[0] if return_all else result
-        dx = self.plan.input.fake_backward(self._input, dx)
+        if dx is not None:
+            dx = self.plan.input.fake_backward(self._input, dx)
         return (dx, result[1]) if return_all else dx
 
     def unquantized_outputs(self, x):

@@ -204,13 +204,26 @@ def test_yolo_voc_integer_equals_simulation(voc, bits, pow2):
     assert_code_for_code(integer_network, images)
 
 
-@pytest.mark.parametrize("method", ["kl", "aciq"])
+def signed_plan(plan, net):
+    """The plan with every activation grid made symmetric and signed (narrow range, zero point 0,
+    as TensorRT's int8): the next convolution then reads int8 codes instead of shifted uint8."""
+    def signed(q):
+        bound = 2 ** (q.num_levels.bit_length() - 2) - 1
+        return UniformQuantizer(max(-q.lo, q.hi) / bound, 0, -bound, bound)
+    return qat.QuantizationPlan.for_network(net, plan.weights, {i: signed(q) for i, q in plan.activations.items()},
+                                            method="signed", options=plan.options)
+
+
+@pytest.mark.parametrize("method", ["aciq", "signed"])
 def test_tiny_network_integer_equals_simulation_at_3_bits(tiny, method):
     """Truth: the float64 simulation. The tiny passthrough network at 3-bit weights and activations
-    (first and last at 8), for TensorRT's KL (signed, narrow-range activation codes, int8 input
-    to the next convolution) and ACIQ plans, 3 images."""
+    (first and last at 8), 3 images, for an ACIQ plan and for signed symmetric activation grids
+    (TensorRT's form, the one the "kl" method gives: int8 codes into the next convolution)."""
     net, images, statistics = tiny
-    plan = plan_of(statistics, 3, 3, method)
+    plan = plan_of(statistics, 3, 3, "aciq" if method == "aciq" else "minmax")
+    if method == "signed":
+        plan = signed_plan(plan, net)
+        assert all(q.qmin < 0 for q in plan.activations.values())
     integer_network = IntegerNetwork.build(net, plan)
     assert isinstance(integer_network.fixed[8], qat.FixedPointRoute)
     assert_code_for_code(integer_network, images)
@@ -277,7 +290,7 @@ def test_sqnr_and_saturation_rates(tiny):
     assert sqnr_db([3.0, 4.0], [3.0, 4.0]) == math.inf
     assert sqnr_db([3.0, 4.0], [3.0, 3.0]) == pytest.approx(10 * math.log10(25.0))
     net, images, statistics = tiny
-    plan = plan_of(statistics, 3, 3, "pgm")
+    plan = plan_of(statistics, 3, 3, "aciq")
     integer_network = IntegerNetwork.build(net, plan)
     outputs = integer_network.run(images)
     rates = saturation_rates(integer_network, outputs)
@@ -287,6 +300,7 @@ def test_sqnr_and_saturation_rates(tiny):
         assert kind == net.layers[index].type
         assert low == np.count_nonzero(outputs[index] == grid.qmin) / outputs[index].size
         assert high == np.count_nonzero(outputs[index] == grid.qmax) / outputs[index].size
+    assert any(high > 0 for _, _, _, high in rates)  # ACIQ clips at 3 bits
 
 
 # ------------------------------------------------------------------------------------------------

@@ -508,8 +508,9 @@ def test_fake_quant_forward_lies_on_the_grids_and_tracks_the_simulation(tiny):
 def test_fake_quant_network_trains_the_folded_network(tiny):
     """Truth: refquant.train's own update (sgd_update over train.trainable) applied to the
     fake-quantized network moves the folded network's weights (the arrays are shared), the
-    weights' gradient is zero outside the weight interval (the straight-through rule), and
-    FakeQuantNetwork refuses a network that still has batch norm."""
+    weights' gradient is zero outside the weight interval (the straight-through rule) and the same
+    without the input gradient (Darknet's training skips it), and FakeQuantNetwork refuses a
+    network that still has batch norm."""
     net, images, statistics = tiny
     plan = quiet_plan(statistics, 4, 4, "minmax")
     folded = qat.fold_batchnorm(net)
@@ -517,6 +518,9 @@ def test_fake_quant_network_trains_the_folded_network(tiny):
     y = network.forward(images[:2], training=True)
     network.backward(np.ones_like(y))
     gradients = {(i, name): network.layers[i].grads[name].copy() for i, name, _ in trainable(network)}
+    assert network.backward(np.ones_like(y), input_gradient=False) is None  # as train.py calls it
+    for (i, name), gradient in gradients.items():
+        np.testing.assert_array_equal(network.layers[i].grads[name], gradient)
     assert {key[0] for key in gradients} == set(qat.conv_indices(net))
     weights = folded.layers[2].params["weights"]
     outside = ~plan.weights[2].straight_through_mask(weights)
