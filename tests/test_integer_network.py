@@ -376,3 +376,35 @@ def test_layer_costs_by_hand(tiny):
     assert 4 * net.parameter_count() == totals["float_bytes"]
     # at another input size only the spatial factor changes
     assert layer_costs(net, plan_of(statistics, 4, 4, "minmax"), (3, 64, 64))[0]["macs"] == 4 * 221184
+
+
+# ------------------------------------------------------------------------------------------------
+# Evaluation: integer mAP = simulated mAP
+# ------------------------------------------------------------------------------------------------
+
+def test_evaluate_scores_integer_and_simulated_networks_identically(tmp_path):
+    """Truth: refquant.evaluate (letterbox, region decoding, NMS, the VOC devkit's AP) run on the
+    integer network and on its float64 simulation as on any float network: the same detections,
+    hence the same AP and mAP, on 6 generated shapes images (the tiny network with 7 classes and
+    random weights; the mAP itself is meaningless, the equality is the point). The float network
+    finds about as many detections (within 20 %), a sanity check of the 8-bit network."""
+    from refquant.data.shapes import SHAPE_NAMES, shapes_dataset
+    from refquant.data.voc import load_voc, read_names
+    from refquant.evaluate import evaluate
+    root = shapes_dataset(tmp_path / "shapes", size=64, train=0, val=0, test=6, progress=False)
+    names = read_names(root / "shapes.names")
+    assert tuple(names) == SHAPE_NAMES
+    cfg = tmp_path / "tiny7.cfg"
+    cfg.write_text(TINY_CFG.replace("filters=16\nsize=1", "filters=24\nsize=1").replace("classes=3", "classes=7"))
+    net = randomize_batchnorm(darknet.load(cfg, seed=5), 5)
+    records = load_voc(root, "test", names)
+    calibration = np.random.default_rng(6).random((4, 3, 32, 32)).astype(np.float32)
+    plan = plan_of(qat.calibration_statistics(net, calibration, progress=False, baseline_samples=4096),
+                   8, 8, "minmax")
+    integer_network = IntegerNetwork.build(net, plan)
+    results = [evaluate(model, records, names, batch_size=4, progress=False)
+               for model in (integer_network, integer_network.simulation(), net)]
+    (ap_int, found_int), (ap_sim, found_sim), (_, found_float) = results
+    assert found_int == found_sim and len(found_int) > 0
+    assert ap_int == pytest.approx(ap_sim, nan_ok=True) and ap_int["mAP"] == ap_sim["mAP"]
+    assert abs(len(found_int) - len(found_float)) <= 0.2 * len(found_float)
