@@ -169,3 +169,10 @@ def test_maxpool_padding_that_leaves_windows_outside(tmp_path):
     path = cfg(tmp_path, NET + "[maxpool]\nsize=2\nstride=1\npadding=6\n")
     with pytest.raises(CfgError, match=r":5: layer 0 \[maxpool\]: padding 6 is so large"):
         darknet.load(path)
+
+
+def test_training_batch_norm_needs_two_values_per_channel():
+    """Batch statistics of a single value (batch 1 at a 1x1 output) are refused, not NaN."""
+    tiny = darknet.load("refquant/cfg/yolov2-tiny-voc.cfg")
+    with pytest.raises(ValueError, match="needs at least 2 values per channel"):
+        tiny.forward(np.zeros((1, 3, 32, 32), np.float32), training=True)

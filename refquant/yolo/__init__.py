@@ -8,6 +8,8 @@
     shortcut.py       [shortcut]       residual sum
     region.py         [region]         YOLOv2 head and its loss
     yolo_head.py      [yolo]           YOLOv3 head
+    connected.py      [connected]      fully connected (YOLOv1)
+    detection.py      [detection]      YOLOv1 head (activations only)
     network.py        Network          forward, backward, summary
     plots.py          activation maps, per-layer statistics, the layer table
 

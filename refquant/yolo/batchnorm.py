@@ -65,14 +65,21 @@ def rolling_update(rolling, batch):
     return rolling
 
 
-@numba.njit(cache=True, parallel=True)
 def batch_statistics(z):
     """Per-channel mean and unbiased variance of ``z`` (N, C, S), accumulated in float64.
 
     mean = sum(z) / m, variance = sum((z - mean)**2) / (m - 1), m = N*S
-    (``mean_cpu``, ``variance_cpu`` in Darknet's ``src/blas.c``). Needs m > 1.
+    (``mean_cpu``, ``variance_cpu`` in Darknet's ``src/blas.c``). ValueError unless m > 1.
     Returns two (C,) arrays of z's dtype.
     """
+    if z.shape[0] * z.shape[2] < 2:
+        raise ValueError(f"batch normalisation in training mode needs at least 2 values per channel "
+                         f"(batch x height x width), got {z.shape[0] * z.shape[2]}")
+    return _batch_statistics(z)
+
+
+@numba.njit(cache=True, parallel=True)
+def _batch_statistics(z):
     n_batch, channels, spatial = z.shape
     m = n_batch * spatial
     mean = np.empty(channels, dtype=z.dtype)
