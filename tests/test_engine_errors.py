@@ -51,6 +51,9 @@ def test_missing_required_key_names_section_line_and_key(tmp_path):
     path = cfg(tmp_path, "[net]\nwidth=32\nchannels=3\n", "nohw.cfg")
     with pytest.raises(CfgError, match=r"nohw\.cfg:1: \[net\] is missing the required key 'height'"):
         darknet.load(path)
+    path = cfg(tmp_path, "[net]\nwidth=0\nheight=8\nchannels=3\n[conv]\nfilters=1\nsize=1\n", "w0.cfg")
+    with pytest.raises(CfgError, match=r"w0\.cfg:2: \[net\] width=0: expected a positive integer"):
+        darknet.load(path)
 
 
 @pytest.mark.parametrize("line, key, kind", [
