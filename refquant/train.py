@@ -326,9 +326,14 @@ def _restore(net, updates, snapshot):
 
 # ---------------------------------------------------------------- the run
 
-def file_digest(path):
-    """sha256 of a file, hex (identifies the cfg a checkpoint belongs to)."""
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+def layers_digest(cfg):
+    """sha256 of a cfg's layer sections (everything after ``[net]``, as read by
+    :func:`refquant.darknet.read_cfg`): the network a checkpoint belongs to, whatever the
+    ``[net]`` training options, which are compared one by one."""
+    sections = darknet.read_cfg(cfg)[1:]
+    text = json.dumps([[section["name"], sorted((key, value) for key, (value, _) in section["options"].items())]
+                       for section in sections])
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def train(cfg, data, names, out_dir, split="train", weights=None, seed=0, overrides=None, checkpoint_every=100,
@@ -339,8 +344,9 @@ def train(cfg, data, names, out_dir, split="train", weights=None, seed=0, overri
     optional Darknet weights to start from (else the seeded initialisation of
     :func:`refquant.darknet.load`); ``overrides``: {option: value} over the cfg (see
     :func:`training_options`); ``name``: file stem of the outputs (default: the cfg's).
-    ``resume``: continue from ``<out_dir>/<name>.checkpoint.json`` (the cfg, data, seed and
-    options must be those it was written with; only ``max_batches`` may differ).
+    ``resume``: continue from ``<out_dir>/<name>.checkpoint.json`` (the network, data, seed and
+    options must be those it was written with; the learning-rate schedule, ``max_batches``
+    included, may change only after the checkpoint, see :func:`_check_same_run`).
     ``on_update(iteration, loss)``: called after each update (tests use it to interrupt).
 
     On KeyboardInterrupt the iteration under way is rolled back, a checkpoint of the last
@@ -364,7 +370,7 @@ def train(cfg, data, names, out_dir, split="train", weights=None, seed=0, overri
     records = load_voc(data, split, class_names)
     if not records:
         raise ValueError(f"{data}: split {split!r} has no images")
-    identity = {"cfg": str(cfg), "cfg_sha256": file_digest(cfg), "data": str(data), "split": split,
+    identity = {"cfg": str(cfg), "layers_sha256": layers_digest(cfg), "data": str(data), "split": split,
                 "seed": int(seed), "initial_weights": None if weights is None else str(weights),
                 "options": options}
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -402,7 +408,8 @@ def train(cfg, data, names, out_dir, split="train", weights=None, seed=0, overri
                 save_checkpoint(out_dir, name, net, updates, state())
                 bar.write(f"{name}: update {iteration}/{options['max_batches']} avg loss {average:.4f} "
                           f"lr {learning_rate(options, iteration):.3g} seen {net.seen} "
-                          f"time {seconds:.0f} s ({options['batch'] * iteration / max(seconds, 1e-9):.1f} img/s)")
+                          f"time {seconds:.0f} s ({options['batch'] * iteration / max(seconds, 1e-9):.1f} img/s)"
+                          + _region_stats(head))
             if on_update is not None:
                 on_update(iteration, loss)
     except KeyboardInterrupt:
@@ -416,20 +423,42 @@ def train(cfg, data, names, out_dir, split="train", weights=None, seed=0, overri
     return {"iteration": iteration, "seen": int(net.seen), "weights": final, "loss": losses, "seconds": seconds}
 
 
+def _region_stats(head):
+    """Darknet's region printout of the last mini-batch: avg IoU, class, obj, no obj, recall."""
+    stats = getattr(head, "stats", None)
+    if not stats:
+        return ""
+    return (f"; region avg IoU {stats['avg_iou']:.3f} class {stats['class']:.3f} obj {stats['obj']:.3f} "
+            f"no obj {stats['no_obj']:.4f} recall {stats['recall']:.3f}")
+
+
+SCHEDULE_KEYS = ("learning_rate", "policy", "burn_in", "power", "max_batches", "step", "scale", "steps", "scales",
+                 "gamma")
+"""Options that only shape the learning-rate schedule (and its length)."""
+
+
 def _check_same_run(state, identity, pointer):
-    """Resume only the run the checkpoint belongs to (only max_batches may change)."""
-    for key in ("cfg_sha256", "data", "split", "seed", "initial_weights"):
+    """Resume only the run the checkpoint belongs to.
+
+    Same network layers, data, split, seed, initial weights, and the same options except the
+    schedule (:data:`SCHEDULE_KEYS`); the schedule may change only if every update already done
+    would have had exactly the same learning rate under it (so a longer run, or a learning-rate
+    step placed after the checkpoint, still gives the result of one uninterrupted run).
+    """
+    for key in ("layers_sha256", "data", "split", "seed", "initial_weights"):
         if state.get(key) != identity[key]:
             raise ValueError(f"{pointer}: the checkpoint was written with {key}={state.get(key)!r}, "
                              f"this run has {identity[key]!r}; resume needs the same run")
-    saved = dict(state.get("options", {}))
-    current = dict(identity["options"])
-    saved.pop("max_batches", None)
-    current.pop("max_batches", None)
-    if saved != current:
-        changed = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+    saved, current = dict(state.get("options", {})), dict(identity["options"])
+    changed = sorted(k for k in set(saved) | set(current) if k not in SCHEDULE_KEYS and saved.get(k) != current.get(k))
+    if changed:
         raise ValueError(f"{pointer}: training options {', '.join(changed)} differ from the checkpoint's; "
-                         "resume needs the same options (only max_batches may change)")
+                         "resume needs the same options (only the learning-rate schedule may change)")
+    for k in range(1, int(state["iteration"]) + 1):
+        if learning_rate(saved, k) != learning_rate(current, k):
+            raise ValueError(f"{pointer}: the new learning-rate schedule gives update {k} the rate "
+                             f"{learning_rate(current, k):g} where the checkpointed run used "
+                             f"{learning_rate(saved, k):g}; only updates after {state['iteration']} may change")
 
 
 # ---------------------------------------------------------------- anchors

@@ -281,15 +281,23 @@ def test_interrupt_and_resume_is_bit_identical(tiny, tmp_path, monkeypatch):
 
 
 def test_resume_refuses_another_run(tiny, tmp_path):
-    """A checkpoint resumes only its own run: another seed or another batch is refused, naming it."""
-    train.train(tiny["cfg"], tiny["data"], tiny["names"], tmp_path, seed=1, overrides={"max_batches": 1},
+    """A checkpoint resumes only its own run: another seed or another batch is refused, naming it; a
+    learning-rate schedule may change only after the checkpoint (here after update 2 of burn_in=3:
+    a step at update 3 is accepted, a different base rate, which changes updates 1-2, is refused)."""
+    train.train(tiny["cfg"], tiny["data"], tiny["names"], tmp_path, seed=1, overrides={"max_batches": 2},
                 progress=False)
     with pytest.raises(ValueError, match="seed=1"):
         train.train(tiny["cfg"], tiny["data"], tiny["names"], tmp_path, seed=9, resume=True,
-                    overrides={"max_batches": 2}, progress=False)
+                    overrides={"max_batches": 3}, progress=False)
     with pytest.raises(ValueError, match="batch"):
         train.train(tiny["cfg"], tiny["data"], tiny["names"], tmp_path, seed=1, resume=True,
-                    overrides={"max_batches": 2, "batch": 2}, progress=False)
+                    overrides={"max_batches": 3, "batch": 2}, progress=False)
+    with pytest.raises(ValueError, match="update 1 the rate"):
+        train.train(tiny["cfg"], tiny["data"], tiny["names"], tmp_path, seed=1, resume=True,
+                    overrides={"max_batches": 3, "learning_rate": 0.02}, progress=False)
+    result = train.train(tiny["cfg"], tiny["data"], tiny["names"], tmp_path, seed=1, resume=True,
+                         overrides={"max_batches": 3, "steps": [3], "scales": [0.5]}, progress=False)
+    assert result["iteration"] == 3
 
 
 def test_atomic_write_leaves_no_partial_file(tmp_path):
