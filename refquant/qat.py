@@ -1122,9 +1122,10 @@ class FakeQuantNetwork(Network):
     ``FakeQuantNetwork(folded, plan)``: ``folded`` from :func:`fold_batchnorm` (float32 for
     training). It is a :class:`~refquant.yolo.network.Network` whose convolutions and multi-input
     routes are wrapped (:class:`FakeQuantConvolution`, :class:`FakeQuantRoute`); the wrappers share
-    ``params`` and ``grads`` with ``folded``'s layers, so ``forward(x, training)``, the head's
-    ``loss``, ``backward(dout)`` and an optimiser over ``refquant.train.trainable(self)`` train
-    ``folded`` in place (save ``folded``). The input passes through ``plan.input``.
+    ``params`` and ``grads`` with ``folded``'s layers (and ``seen`` with ``folded``), so
+    ``forward(x, training)``, the head's ``loss``, ``backward(dout)`` and an optimiser over
+    ``refquant.train.trainable(self)`` -- e.g. ``refquant.train.train_iteration(self, ...)`` as it
+    is -- train ``folded`` in place (save ``folded``). The input passes through ``plan.input``.
     :meth:`refit` re-optimises the plan; :meth:`set_plan` installs another.
     """
 
@@ -1139,13 +1140,23 @@ class FakeQuantNetwork(Network):
                 wrapped.append(FakeQuantRoute(layer))
             else:
                 wrapped.append(layer)
+        self.folded = folded
+        seen = folded.seen
         super().__init__(wrapped, folded.input_shape, dtype=folded.dtype,
                          hyperparameters=folded.hyperparameters, name=f"{folded.name} (fake-quantized)")
-        self.folded = folded
-        self.seen = folded.seen
+        self.seen = seen  # Network.__init__ set it to 0 (through the property, i.e. in folded)
         self.weights_header = folded.weights_header
         self.plan = None
         self.set_plan(plan)
+
+    @property
+    def seen(self):
+        """Images seen in training: the folded network's count (saved with its weights)."""
+        return self.folded.seen
+
+    @seen.setter
+    def seen(self, value):
+        self.folded.seen = value
 
     def set_plan(self, plan):
         """Install ``plan``'s grids in every wrapper (checked against the network)."""

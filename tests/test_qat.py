@@ -548,3 +548,28 @@ def test_refit_follows_the_weights(tiny):
     assert network.plan is refitted and refitted.options == plan.options and refitted.method == "pgm"
     assert refitted.weights[4].step / plan.weights[4].step == pytest.approx(2.0, rel=0.01)
     assert refitted.weights[2].step == plan.weights[2].step
+
+
+def test_train_iteration_runs_on_the_fake_quant_network(tmp_path):
+    """Truth: refquant.train.train_iteration (Darknet's train_network: augmentation, region loss,
+    backward, SGD update), called unchanged on a FakeQuantNetwork over 4 generated shapes images:
+    a finite loss, the folded network's weights moved, its ``seen`` counts the images."""
+    from refquant import train
+    from refquant.data.shapes import shapes_dataset
+    from refquant.data.voc import load_voc, read_names
+    root = shapes_dataset(tmp_path / "shapes", size=64, train=4, val=0, test=0, progress=False)
+    names = read_names(root / "shapes.names")
+    cfg = tmp_path / "tiny7.cfg"
+    cfg.write_text(TINY_CFG.replace("filters=16\nsize=1", "filters=24\nsize=1") + REGION.replace("classes=3", "classes=7"))
+    net = randomize_batchnorm(darknet.load(cfg, seed=5), 5)
+    calibration = np.random.default_rng(0).random((2, 3, 32, 32)).astype(np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        plan = qat.calibrate(net, calibration, 4, 4, method="minmax", progress=False)
+    network = qat.FakeQuantNetwork(qat.fold_batchnorm(net), plan)
+    options = train.training_options(network, {"batch": 2, "subdivisions": 1, "max_batches": 1})
+    before = network.folded.layers[2].params["weights"].copy()
+    loss = train.train_iteration(network, load_voc(root, "train", names), options, train.zero_updates(network), 1, 0)
+    assert math.isfinite(loss) and loss > 0
+    assert not np.array_equal(network.folded.layers[2].params["weights"], before)
+    assert network.folded.seen == network.seen == 2
