@@ -6,7 +6,8 @@ convolution int8 weight codes, an int32 bias at the accumulator's scale and the 
 pairs of ``refquant.qat.fixed_point_layers`` (the specification of every number is in
 ``refquant.qat``'s docstring, point 4). Running it (:meth:`IntegerNetwork.run`):
 
-- input: ``codes = clip(round_half_even(x * 255), 0, 255)`` as uint8 (the plan's input grid);
+- input: ``codes = clip(round_half_even(x * 255), 0, 255)`` as uint8 (the plan's input grid,
+  ``plan.input.quantize``);
 - convolution: ``acc = refquant.intconv.conv2d(codes - z_in, weight_codes, bias=bias)`` in
   int32, after the accumulator range check (raised before computing), then
   ``code = clip(rounding_right_shift(acc * multiplier, shift) + z_out, qmin, qmax)`` with the
@@ -28,7 +29,7 @@ import math
 
 import numpy as np
 
-from refquant.intconv import conv2d, requantize_leaky, route_codes
+from refquant.intconv import code_dtype, conv2d, requantize_leaky, route_codes
 from refquant.qat import (SimulatedNetwork, conv_indices, fixed_point_layers, fold_batchnorm,
                           output_grids, quantize_input, quantizer_bits, run_codes)
 from refquant.yolo.network import NETWORK_INPUT
@@ -99,7 +100,8 @@ class IntegerNetwork:
 
     def run(self, images):
         """images (N, C, H, W) float in [0, 1] -> list of every layer's output (codes; the head's float64)."""
-        codes = quantize_input(self.net, self.plan, images).astype(np.uint8)
+        grid = self.plan.input
+        codes = quantize_input(self.net, self.plan, images).astype(code_dtype(grid.qmin, grid.qmax))
         return run_codes(self.net, self.fixed, codes, integer_convolution, integer_route, self.grids,
                          self.plan.input)
 

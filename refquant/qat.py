@@ -97,10 +97,11 @@ This docstring is the specification; every function below implements one paragra
    their ``Q``. Backward: the straight-through rule (``UniformQuantizer.fake_backward``: the
    gradient passes where the value lies in the closed interval ``[lo, hi]``, 0 outside) for
    weights and activations, identity for the bias rounding. Its values equal the simulation's
-   up to float32 rounding and the 2**-22 of the multipliers (codes can differ by one next to
-   rounding ties); training uses it, inference numbers come from the simulation or the integer
-   network. :meth:`FakeQuantNetwork.refit` refits the PGMs and re-optimises the plan from the
-   current weights and the pre-quantization activations of a batch of images.
+   up to float32 rounding and the 2**-22 of the multipliers (a code can differ by one next to a
+   rounding tie, and such a difference travels on to the next layers); training uses it,
+   inference numbers come from the simulation or the integer network.
+   :meth:`FakeQuantNetwork.refit` refits the PGMs and re-optimises the plan from the current
+   weights and the pre-quantization activations of a batch of images.
 """
 import contextlib
 import dataclasses
@@ -517,6 +518,7 @@ class ActivationHistogram:
         self.bin_width *= 2.0
 
     def mean(self):
+        """The exact mean of every value added."""
         return self.sum / self.count
 
     def sample(self, n, rng=0):

@@ -294,7 +294,8 @@ def test_pgm_plan_beats_minmax_at_4_bits_on_the_data(tiny):
         w = statistics.weights(index)
         if w.size < 200:
             continue
-        assert intervals.empirical_mse(w, pgm.weights[index]) <= 1.01 * intervals.empirical_mse(w, minmax.weights[index])
+        ours, theirs = (intervals.empirical_mse(w, plan.weights[index]) for plan in (pgm, minmax))
+        assert ours <= 1.01 * theirs, index
     assert better >= 4
     assert pgm.densities[("activations", 0)].breakpoints.tolist() == [0.0]
     assert pgm.densities[("activations", 8)].breakpoints.tolist() == [0.0]
@@ -560,7 +561,8 @@ def test_train_iteration_runs_on_the_fake_quant_network(tmp_path):
     root = shapes_dataset(tmp_path / "shapes", size=64, train=4, val=0, test=0, progress=False)
     names = read_names(root / "shapes.names")
     cfg = tmp_path / "tiny7.cfg"
-    cfg.write_text(TINY_CFG.replace("filters=16\nsize=1", "filters=24\nsize=1") + REGION.replace("classes=3", "classes=7"))
+    cfg.write_text(TINY_CFG.replace("filters=16\nsize=1", "filters=24\nsize=1")
+                   + REGION.replace("classes=3", "classes=7"))
     net = randomize_batchnorm(darknet.load(cfg, seed=5), 5)
     calibration = np.random.default_rng(0).random((2, 3, 32, 32)).astype(np.float32)
     with warnings.catch_warnings():
