@@ -713,10 +713,10 @@ def quantization_plan(statistics, weight_bits, activation_bits, method="pgm",
             for kind in ("weights", "activations"):
                 if (kind, index) in statistics.densities:
                     densities[(kind, index)] = statistics.densities[(kind, index)]
-    if statistics.fit_warnings:
-        warnings.warn(f"PGM fits short of EM convergence (usable estimates) for "
-                      f"{sorted(statistics.fit_warnings)}; details in statistics.fit_warnings",
-                      ConvergenceWarning, stacklevel=2)
+    short = sorted(key for key in statistics.fit_warnings if key in densities)
+    if short:
+        warnings.warn(f"PGM fits short of EM convergence (usable estimates) for {short}; "
+                      f"details in statistics.fit_warnings", ConvergenceWarning, stacklevel=2)
     options = {"weight_bits": int(weight_bits), "activation_bits": int(activation_bits),
                "first_bits": first_bits, "last_bits": last_bits, "pow2_step": bool(pow2_step)}
     return QuantizationPlan.for_network(net, weights, activations, method=method, options=options,
