@@ -263,18 +263,23 @@ class ConvolutionalLayer:
         (``if(net.delta)`` in ``backward_convolutional_layer``): training never needs it.
         """
         input_shape, cols, xhat, inv_std, y, batch_mode = self._cache
-        self.zero_grads()
         n_batch = input_shape[0]
-        dy = np.ascontiguousarray(dout, dtype=y.dtype).reshape(y.shape)
+        dtype = y.dtype
+        dy = np.ascontiguousarray(dout, dtype=dtype).reshape(y.shape)
         dz = np.empty_like(y)
-        scales = self.params["scales"] if self.batch_normalize else np.ones(self.filters, y.dtype)
-        dscales = self.grads["scales"] if self.batch_normalize else np.zeros(self.filters, y.dtype)
+        scales = self.params["scales"] if self.batch_normalize else np.ones(self.filters, dtype)
+        dscales = np.zeros(self.filters, dtype)
+        dbiases = np.zeros(self.filters, dtype)
         batchnorm.backward_scale_normalize(dy, y, xhat, self._code, scales, inv_std, batch_mode,
-                                           dz, dscales, self.grads["biases"])
+                                           dz, dscales, dbiases)
         weights = self.params["weights"]
-        dweights = self.grads["weights"].reshape(self.filters, -1)
-        for n in range(n_batch):
+        # dL/dweights = sum over images of dz (M, S) @ cols^T (S, K), written in place
+        dweights = np.matmul(dz[0], cols[0].T)
+        for n in range(1, n_batch):
             dweights += dz[n] @ cols[n].T
+        self.grads = {"biases": dbiases, "weights": dweights.reshape(weights.shape)}
+        if self.batch_normalize:
+            self.grads["scales"] = dscales
         if not input_gradient:
             return None
         matrix_t = weights.reshape(self.filters, -1).T
