@@ -11,7 +11,8 @@ memory. refquant runs with N threads for both OpenBLAS and Numba.
 
 Each framework runs in its own subprocess so that the peak resident memory (ru_maxrss)
 is its own; times are the best of --repeats runs after two warm-up runs (the least
-disturbed by other processes on a shared machine). Before timing,
+disturbed by other processes on a shared machine), both wall-clock and process CPU time
+(all threads; it includes the time idle threads spend spinning). Before timing,
 the script checks that torch and refquant compute the same outputs (the ratio compares
 equal work).
 """
@@ -36,16 +37,18 @@ def parse_args(argv=None):
 
 
 def best_time(function, repeats):
+    """(best wall-clock seconds, best process CPU seconds) over ``repeats`` runs after 2 warm-ups."""
     import time
 
     for _ in range(2):
         function()
-    times = []
+    walls, cpus = [], []
     for _ in range(repeats):
-        start = time.perf_counter()
+        wall, cpu = time.perf_counter(), time.process_time()
         function()
-        times.append(time.perf_counter() - start)
-    return min(times)
+        walls.append(time.perf_counter() - wall)
+        cpus.append(time.process_time() - cpu)
+    return min(walls), min(cpus)
 
 
 def peak_rss_mib():
@@ -238,12 +241,14 @@ def main(argv=None):
     r, t, o = results["refquant"], results["torch"], results["opencv"]
     print(f"yolov2-tiny-voc, input {args.batch} x 3 x {args.size} x {args.size}, {args.threads} threads "
           f"(refquant vs torch outputs agree to {agreement:.1e} relative)")
-    print(f"{'':24s}{'refquant':>12s}{'torch':>12s}{'opencv':>12s}{'refquant/torch':>16s}{'refquant/opencv':>17s}")
-    print(f"{'inference (ms)':24s}{1e3 * r['inference']:12.1f}{1e3 * t['inference']:12.1f}{1e3 * o['inference']:12.1f}"
-          f"{r['inference'] / t['inference']:16.2f}{r['inference'] / o['inference']:17.2f}")
-    print(f"{'training step (ms)':24s}{1e3 * r['training']:12.1f}{1e3 * t['training']:12.1f}{'-':>12s}"
-          f"{r['training'] / t['training']:16.2f}{'-':>17s}")
-    print(f"{'peak RSS (MiB)':24s}{r['rss']:12.0f}{t['rss']:12.0f}{o['rss']:12.0f}")
+    print(f"{'':26s}{'refquant':>10s}{'torch':>10s}{'opencv':>10s}{'refquant/torch':>16s}{'refquant/opencv':>17s}")
+    for label, key, index in (("inference, wall (ms)", "inference", 0), ("inference, CPU (ms)", "inference", 1),
+                              ("training step, wall (ms)", "training", 0), ("training step, CPU (ms)", "training", 1)):
+        ours, torch_value = r[key][index], t[key][index]
+        opencv = f"{1e3 * o[key][index]:10.1f}" if key in o else f"{'-':>10s}"
+        versus_opencv = f"{ours / o[key][index]:17.2f}" if key in o else f"{'-':>17s}"
+        print(f"{label:26s}{1e3 * ours:10.1f}{1e3 * torch_value:10.1f}{opencv}{ours / torch_value:16.2f}{versus_opencv}")
+    print(f"{'peak RSS (MiB)':26s}{r['rss']:10.0f}{t['rss']:10.0f}{o['rss']:10.0f}")
     print(f"refquant numpy allocations (tracemalloc peak): inference {r['traced_inference']:.0f} MiB, "
           f"training step {r['traced_training']:.0f} MiB")
 
