@@ -7,7 +7,8 @@ refquant, of PyTorch eager (the same network built from torch.nn layers with the
 weights, torch.set_num_threads(N)) and of OpenCV's Darknet importer (cv2.setNumThreads(N)),
 then one training step (forward with batch statistics + backward to the input and all
 parameters) for refquant and torch, with the ratios refquant / peer and each one's peak
-memory. refquant runs with N threads for both OpenBLAS and Numba.
+memory. refquant runs with N threads for both OpenBLAS and Numba (set NUMBA_THREADING_LAYER
+to choose Numba's thread pool; the run prints the one used).
 
 Each framework runs in its own subprocess so that the peak resident memory (ru_maxrss)
 is its own; times are the best of --repeats runs after two warm-up runs (the least
@@ -89,6 +90,7 @@ def run_refquant(args):
 
     result["training"] = best_time(step, max(3, args.repeats // 2))
     result["rss"] = peak_rss_mib()
+    result["threading_layer"] = numba.threading_layer()
     tracemalloc.start()
     step()
     result["traced_training"] = tracemalloc.get_traced_memory()[1] / 2**20
@@ -240,7 +242,8 @@ def main(argv=None):
     agreement = np.max(np.abs(ours - theirs)) / np.max(np.abs(theirs))
     r, t, o = results["refquant"], results["torch"], results["opencv"]
     print(f"yolov2-tiny-voc, input {args.batch} x 3 x {args.size} x {args.size}, {args.threads} threads "
-          f"(refquant vs torch outputs agree to {agreement:.1e} relative)")
+          f"(Numba threading layer {r['threading_layer']}; refquant vs torch outputs agree to "
+          f"{agreement:.1e} relative)")
     print(f"{'':26s}{'refquant':>10s}{'torch':>10s}{'opencv':>10s}{'refquant/torch':>16s}{'refquant/opencv':>17s}")
     for label, key, index in (("inference, wall (ms)", "inference", 0), ("inference, CPU (ms)", "inference", 1),
                               ("training step, wall (ms)", "training", 0), ("training step, CPU (ms)", "training", 1)):
