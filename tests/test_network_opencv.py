@@ -27,7 +27,6 @@ import numpy as np
 import pytest
 
 from refquant import darknet
-from refquant.darknet import LAYER_TYPES  # noqa: F401  (documents the supported types)
 
 CFG_DIR = "refquant/cfg"
 
