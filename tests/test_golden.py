@@ -1,0 +1,309 @@
+"""Tests of refquant.golden: export then check, tampering, missing files, the manifest schema,
+determinism, and spot checks of the vectors against independent truths (each docstring names it).
+
+One export (module fixture) serves every test; tampering happens on copies.
+"""
+import fractions
+import hashlib
+import importlib
+import json
+import math
+import shutil
+
+import numpy as np
+import pytest
+from scipy import integrate, stats
+
+from refquant import cli, golden
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """A directory written by ``refquant golden export`` (through the command line)."""
+    directory = tmp_path_factory.mktemp("golden") / "vectors"
+    assert cli.main(["golden", "export", str(directory), "--no-progress"]) == 0
+    return directory
+
+
+def copy_of(exported, tmp_path):
+    target = tmp_path / "copy"
+    shutil.copytree(exported, target)
+    return target
+
+
+def rewrite_sha(directory, file_name):
+    """Make the manifest agree with a modified file, so that only the recomputation can catch it."""
+    path = directory / golden.MANIFEST
+    manifest = json.loads(path.read_text())
+    manifest["files"][file_name]["sha256"] = hashlib.sha256((directory / file_name).read_bytes()).hexdigest()
+    path.write_text(json.dumps(manifest))
+
+
+# ---------------------------------------------------------------------------------------------
+# export, check, tampering
+# ---------------------------------------------------------------------------------------------
+
+def test_export_then_check_passes(exported, capsys):
+    """Truth: an untouched export recomputes identically: check() finds nothing, and the command
+    line says so with exit status 0."""
+    assert golden.check(exported) == []
+    assert cli.main(["golden", "check", str(exported), "--no-progress", "--vector", "rounding"]) == 0
+    assert "matches" in capsys.readouterr().out
+
+
+def test_tampered_value_is_located(exported, tmp_path):
+    """Truth: a value changed by hand. One accumulator of the integer convolution is raised by 1 and
+    the manifest's sha256 updated to match, so only the recomputation can notice: the mismatch must
+    name the vector, the array, the index changed and both values."""
+    directory = copy_of(exported, tmp_path)
+    path = directory / "integer_convolution.npz"
+    with np.load(path, allow_pickle=False) as stored:
+        arrays = {name: stored[name] for name in stored.files}
+    original = int(arrays["uint8_3x3/acc"][0, 1, 2, 3])
+    arrays["uint8_3x3/acc"][0, 1, 2, 3] += 1
+    golden.write_npz(path, arrays)
+    rewrite_sha(directory, "integer_convolution.npz")
+    mismatches = golden.check(directory, vectors=["integer_convolution"])
+    assert len(mismatches) == 1, [str(m) for m in mismatches]
+    found = mismatches[0]
+    assert (found.vector, found.array, found.index) == ("integer_convolution", "uint8_3x3/acc", (0, 1, 2, 3))
+    assert (found.expected, found.got) == (original + 1, original)
+    text = str(found)
+    assert "integer_convolution: uint8_3x3/acc[0, 1, 2, 3]" in text and "1 of" in text
+
+
+def test_tampered_input_and_float_tolerance(exported, tmp_path):
+    """Truth: a hand edit of a float output, once inside its stated tolerance (no mismatch) and once
+    outside (mismatch at that index): the tolerances of the manifest are the ones applied."""
+    directory = copy_of(exported, tmp_path)
+    path = directory / "pgm_fits.npz"
+    with np.load(path, allow_pickle=False) as stored:
+        arrays = {name: stored[name] for name in stored.files}
+    means = arrays["leaky/means"]
+    means[1] *= 1 + 1e-8                     # within rtol 1e-6
+    golden.write_npz(path, arrays)
+    rewrite_sha(directory, "pgm_fits.npz")
+    assert golden.check(directory, vectors=["pgm_fits"]) == []
+    means[1] *= 1 + 1e-4                     # outside it
+    golden.write_npz(path, arrays)
+    rewrite_sha(directory, "pgm_fits.npz")
+    mismatches = golden.check(directory, vectors=["pgm_fits"])
+    assert [(m.array, m.index) for m in mismatches] == [("leaky/means", (1,))]
+    assert "rtol 1e-06" in mismatches[0].detail
+
+
+def test_tampered_bytes_fail_the_hash(exported, tmp_path, capsys):
+    """Truth: one byte of an archive flipped by hand. The sha256 of the manifest no longer matches:
+    check names the file, and the command line exits with status 1."""
+    directory = copy_of(exported, tmp_path)
+    path = directory / "rounding.npz"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+    mismatches = golden.check(directory, vectors=["rounding"])
+    hashes = [m for m in mismatches if m.vector == "rounding.npz"]
+    assert len(hashes) == 1 and "sha256" in hashes[0].detail
+    assert cli.main(["golden", "check", str(directory), "--no-progress", "--vector", "rounding"]) == 1
+    assert "MISMATCH rounding.npz" in capsys.readouterr().out
+
+
+def test_missing_file_fails_clearly(exported, tmp_path):
+    """Truth: a file deleted by hand is reported as missing, by path, and nothing raises."""
+    directory = copy_of(exported, tmp_path)
+    (directory / "layers.npz").unlink()
+    mismatches = golden.check(directory, vectors=["layers"])
+    assert [m.vector for m in mismatches] == ["layers.npz"]
+    assert "missing file" in mismatches[0].detail and str(directory / "layers.npz") in mismatches[0].detail
+    (directory / golden.MANIFEST).unlink()
+    [only] = golden.check(directory)
+    assert "manifest.json: missing" in only.detail
+
+
+# ---------------------------------------------------------------------------------------------
+# the manifest and the files
+# ---------------------------------------------------------------------------------------------
+
+def resolve(dotted):
+    """The object a dotted name ``refquant.module.attribute...`` names (ImportError/AttributeError if none)."""
+    parts = dotted.split(".")
+    for cut in range(len(parts), 0, -1):
+        try:
+            target = importlib.import_module(".".join(parts[:cut]))
+        except ModuleNotFoundError:
+            continue
+        for attribute in parts[cut:]:
+            target = getattr(target, attribute)
+        return target
+    raise ImportError(dotted)
+
+
+def test_manifest_schema(exported):
+    """Truth: the manifest format documented in refquant.golden's docstring. Every file is listed
+    with its sha256; every array of every archive is listed with its role, shape, dtype and a
+    tolerance with a reason (exact for integers); archives load without pickle; definitions name
+    real refquant functions."""
+    manifest = json.loads((exported / golden.MANIFEST).read_text())
+    assert manifest["format"] == golden.FORMAT and manifest["format_version"] == golden.FORMAT_VERSION
+    assert manifest["refquant_version"] and manifest["numpy_version"] == np.__version__
+    on_disk = {p.name for p in exported.iterdir()} - {golden.MANIFEST}
+    assert set(manifest["files"]) == on_disk
+    for name, entry in manifest["files"].items():
+        assert entry["sha256"] == hashlib.sha256((exported / name).read_bytes()).hexdigest()
+    assert set(manifest["vectors"]) == set(golden.VECTORS)
+    for name, vector in manifest["vectors"].items():
+        assert set(vector) == {"file", "description", "definitions", "seeds", "parameters", "arrays"}
+        assert vector["file"] in manifest["files"] and vector["description"]
+        for dotted in vector["definitions"]:
+            assert callable(resolve(dotted)), dotted
+        with np.load(exported / vector["file"], allow_pickle=False) as stored:
+            assert set(stored.files) == set(vector["arrays"])
+            roles = set()
+            for array_name, entry in vector["arrays"].items():
+                value = stored[array_name]
+                roles.add(entry["role"])
+                assert entry["role"] in ("input", "output")
+                assert entry["shape"] == list(value.shape) and entry["dtype"] == value.dtype.str
+                assert value.dtype.kind != "O"
+                tolerance = entry["tolerance"]
+                assert set(tolerance) == {"rtol", "atol", "why"} and tolerance["why"]
+                assert tolerance["rtol"] >= 0 and tolerance["atol"] >= 0
+                if value.dtype.kind in "biuU":
+                    assert tolerance["rtol"] == tolerance["atol"] == 0, (name, array_name)
+        assert roles == {"input", "output"}, name
+
+
+def test_load_gives_inputs_outputs_tolerances(exported):
+    """Truth: the manifest. golden.load splits a vector by role and carries its tolerances."""
+    inputs, outputs, tolerances = golden.load(exported, "rounding")
+    assert set(inputs) == {"round_half_even/x", "rounding_right_shift/value", "rounding_right_shift/shift"}
+    assert set(outputs) == {"round_half_even/y", "rounding_right_shift/result"}
+    assert tolerances["round_half_even/y"] == golden.EXACT
+    with pytest.raises(ValueError, match="no vector 'nonsense'"):
+        golden.load(exported, "nonsense")
+
+
+def test_two_exports_are_byte_identical(exported, tmp_path):
+    """Truth: a second export, in a fresh cache, of the same refquant on the same machine: every
+    array and every file (hence every sha256) is identical."""
+    again = tmp_path / "again"
+    golden.export(again, progress=False)
+    for path in exported.iterdir():
+        assert path.read_bytes() == (again / path.name).read_bytes(), path.name
+
+
+# ---------------------------------------------------------------------------------------------
+# spot checks against independent truths
+# ---------------------------------------------------------------------------------------------
+
+def vector(exported, name):
+    with np.load(exported / f"{name}.npz", allow_pickle=False) as stored:
+        return {key: stored[key] for key in stored.files}
+
+
+def correlate_int64(x, w, bias, stride, pad):
+    """Integer correlation by numpy int64 einsum over explicitly padded windows."""
+    n, c, h, width = x.shape
+    o, _, kh, kw = w.shape
+    padded = np.zeros((n, c, h + 2 * pad, width + 2 * pad), np.int64)
+    padded[:, :, pad:pad + h, pad:pad + width] = x
+    out_h, out_w = (h + 2 * pad - kh) // stride + 1, (width + 2 * pad - kw) // stride + 1
+    windows = np.stack([np.stack([padded[:, :, i * stride:i * stride + kh, j * stride:j * stride + kw]
+                                  for j in range(out_w)], axis=-1) for i in range(out_h)], axis=-2)
+    return np.einsum("ncklyx,ockl->noyx", windows, w.astype(np.int64)) + bias.astype(np.int64)[None, :, None, None]
+
+
+def requantize_fraction(acc, multiplier, shift, zero_point, qmin, qmax):
+    """clip(round_half_even(acc * multiplier / 2**shift) + zero_point) with exact rationals
+    (Python's round of a Fraction rounds half to even)."""
+    scale = fractions.Fraction(multiplier, 2**shift)
+    return min(max(round(int(acc) * scale) + zero_point, qmin), qmax)
+
+
+def test_integer_convolution_against_int64_einsum_and_fractions(exported):
+    """Truth: numpy int64 einsum over padded windows for the accumulators; exact rational arithmetic
+    (fractions.Fraction) for the requantized codes of the linear, leaky and relu rules; and the
+    definition of a 22-bit multiplier (2**21 <= m < 2**22 unless the shift is capped at 62,
+    |m 2**-shift / M - 1| <= 2**-22)."""
+    v = vector(exported, "integer_convolution")
+    for case in golden.CONV_CASES:
+        acc = correlate_int64(v[f"{case}/x"], v[f"{case}/w"], v[f"{case}/bias"], int(v[f"{case}/stride"]),
+                              int(v[f"{case}/pad"]))
+        np.testing.assert_array_equal(v[f"{case}/acc"], acc)
+        m, s, nm, ns = (int(t) for t in v[f"{case}/requantization"])
+        real = float(v[f"{case}/real_multiplier"])
+        assert abs(m * 2.0**-s / real - 1) <= 2.0**-22 and abs(nm * 2.0**-ns / (0.1 * real) - 1) <= 2.0**-22
+        z, lo, hi = int(v[f"{case}/zero_point"]), int(v[f"{case}/qmin"]), int(v[f"{case}/qmax"])
+        flat = acc.ravel()
+        linear = [requantize_fraction(a, m, s, z, lo, hi) for a in flat]
+        leaky = [requantize_fraction(a, m, s, z, lo, hi) if a >= 0 else requantize_fraction(a, nm, ns, z, lo, hi)
+                 for a in flat]
+        relu = [requantize_fraction(a, m, s, z, lo, hi) if a >= 0 else min(max(z, lo), hi) for a in flat]
+        for rule, expected in (("linear", linear), ("leaky", leaky), ("relu", relu)):
+            np.testing.assert_array_equal(v[f"{case}/codes_{rule}"].ravel(), expected, err_msg=f"{case} {rule}")
+    for real, m, s in zip(v["multipliers/real"], v["multipliers/multiplier"], v["multipliers/shift"]):
+        assert abs(int(m) * 2.0**-int(s) / real - 1) <= 2.0**-22 or s == 62
+        assert 2**21 <= m < 2**22 or s == 62
+    ties = [requantize_fraction(a, 1, 2, 8, 0, 15) for a in v["ties/acc"]]
+    np.testing.assert_array_equal(v["ties/codes"], ties)
+
+
+def test_rounding_against_exact_rationals(exported):
+    """Truth: Python's round() of exact Fractions (half to even) for rounding_right_shift, and of
+    the exact binary value of each float for round_half_even."""
+    v = vector(exported, "rounding")
+    expected = [round(fractions.Fraction(int(a), 2**int(s))) for a, s in
+                zip(v["rounding_right_shift/value"], v["rounding_right_shift/shift"])]
+    assert v["rounding_right_shift/result"].tolist() == expected
+    for x, y in zip(v["round_half_even/x"], v["round_half_even/y"]):
+        if math.isfinite(x):
+            assert y == round(fractions.Fraction(float(x))), x
+        else:
+            assert y == x
+
+
+def test_hand_worked_average_precision(exported):
+    """Truth: the VOC devkit's rule worked by hand on the hand case (see HAND_CASE). Label 0, in
+    score order: TP, a difficult match (ignored), FP, a duplicate (FP), TP of IoU 0.81; two
+    non-difficult objects. Precision 1, 1, 1/2, 1/3, 1/2 at recall 1/2, 1/2, 1/2, 1/2, 1: area AP
+    = 1/2 * 1 + 1/2 * 1/2 = 0.75; 11-point AP = (6 * 1 + 5 * 1/2) / 11. Label 1: IoU exactly 0.5
+    counts (>=): AP 1. Label 2: only a difficult object: no AP, left out of the mean."""
+    v = vector(exported, "detection_ap")
+    assert v["hand/ap_area"][0] == pytest.approx(0.75, abs=1e-15)
+    assert v["hand/ap_eleven_point"][0] == pytest.approx(8.5 / 11, abs=1e-15)
+    assert v["hand/ap_area"][1] == pytest.approx(1.0, abs=1e-15)
+    assert v["hand/ap_eleven_point"][1] == pytest.approx(1.0, abs=1e-15)
+    assert np.isnan(v["hand/ap_area"][2]) and np.isnan(v["hand/ap_eleven_point"][2])
+    assert float(v["hand/map_area"]) == pytest.approx(0.875, abs=1e-15)
+    assert float(v["hand/map_eleven_point"]) == pytest.approx((8.5 / 11 + 1) / 2, abs=1e-15)
+    np.testing.assert_allclose(v["hand/precision/0"], [1, 1, 1 / 2, 1 / 3, 1 / 2], rtol=1e-15)
+    np.testing.assert_allclose(v["hand/recall/0"], [1 / 2, 1 / 2, 1 / 2, 1 / 2, 1], rtol=1e-15)
+
+
+def test_optimal_free_gaussian_quantizers_are_max_table(exported):
+    """Truth: Max (1960), "Quantizing for minimum distortion", Table: optimum uniform step for
+    N(0, 1) with 2, 4, 8, 16 levels: 1.596, 0.9957, 0.5860, 0.3352; the levels centred on the mean
+    (zero point (levels - 1) / 2)."""
+    v = vector(exported, "optimal_quantizers")
+    rows = [i for i, (d, m) in enumerate(zip(v["cases/density"], v["cases/mode"])) if d == "normal" and m == "free"]
+    assert [int(v["cases/bits"][i]) for i in rows] == [1, 2, 3, 4]
+    for i, published, decimals in zip(rows, (1.596, 0.9957, 0.5860, 0.3352), (3, 4, 4, 4)):
+        assert round(float(v["cases/step"][i]), decimals) == published
+        levels = 2 ** int(v["cases/bits"][i])
+        assert float(v["cases/zero_point"][i]) == pytest.approx((levels - 1) / 2, abs=1e-6)
+
+
+def test_expected_error_against_numerical_integration(exported):
+    """Truth: scipy.integrate.quad of (x - Q(x))^2 p(x) over each cell, with p the scipy.stats
+    density of the same (single-piece) normal, for the 'normal' density's quantizers."""
+    v = vector(exported, "expected_error")
+    dist = stats.norm(float(v["normal/means"][0]), float(v["normal/stds"][0]))
+    for k, (step, zero_point, qmin, qmax) in enumerate(zip(v["normal/quantizer_step"], v["normal/quantizer_zero_point"],
+                                                           v["normal/quantizer_qmin"], v["normal/quantizer_qmax"])):
+        levels = step * (np.arange(qmin, qmax + 1) - zero_point)
+        edges = np.concatenate([[levels[0]], (levels[1:] + levels[:-1]) / 2, [levels[-1]]])
+        granular = sum(integrate.quad(lambda x, c=c: (x - c) ** 2 * dist.pdf(x), a, b, epsabs=1e-14, epsrel=1e-12)[0]
+                       for a, b, c in zip(edges[:-1], edges[1:], levels))
+        clipping = (integrate.quad(lambda x: (x - levels[0]) ** 2 * dist.pdf(x), -np.inf, levels[0], epsabs=1e-15)[0]
+                    + integrate.quad(lambda x: (x - levels[-1]) ** 2 * dist.pdf(x), levels[-1], np.inf, epsabs=1e-15)[0])
+        assert v["normal/granular"][k] == pytest.approx(granular, rel=1e-8)
+        assert v["normal/clipping"][k] == pytest.approx(clipping, rel=1e-6, abs=1e-14)
