@@ -20,6 +20,9 @@ Contents, in reading order:
 4. The baselines a user will compare with, all returning a :class:`UniformQuantizer` from samples:
    min-max and percentile (PyTorch's observer rule), ACIQ (Banner et al.), brute-force MSE search
    over the samples, and TensorRT's KL-divergence calibration.
+5. The same baselines on a histogram (:class:`HistogramDensity`, the piecewise-uniform density of
+   binned data, as calibration accumulates activations): percentiles from its CDF, ACIQ from its
+   moments, the MSE search and the KL calibration scored on the binned data.
 
 A density ``dist`` is anything with ``partial_moments(lo, hi) -> (m0, m1, m2)``
 (``m_j = integral_lo^hi x**j p(x) dx``, broadcasting, infinite ends allowed), ``mean()``, ``var()``
@@ -745,9 +748,19 @@ def aciq_quantizer(samples, bits, prior="gaussian", symmetric=False):
     sample's sigma (Gaussian) or ``b = mean |x - mean|`` (Laplace), as Banner et al. estimate them;
     ``symmetric`` centres the interval on 0 instead (weights)."""
     x = _samples(samples, "aciq_quantizer")
-    center = 0.0 if symmetric else float(np.mean(x))
     spread = float(np.std(x)) if prior == "gaussian" else float(np.mean(np.abs(x - np.mean(x))))
-    alpha = aciq_clipping(bits, prior) * spread
+    return aciq_quantizer_from_spread(float(np.mean(x)), spread, bits, prior, symmetric)
+
+
+def aciq_quantizer_from_spread(mean, spread, bits, prior="gaussian", symmetric=False):
+    """ACIQ's rule given the estimates: the interval ``center +- aciq_clipping(bits, prior) * spread``
+    (``center`` = ``mean``, or 0 when ``symmetric``; ``spread`` = sigma for the Gaussian prior, the
+    Laplace scale b for the Laplace prior), turned into codes by :func:`quantizer_from_interval`."""
+    if not (math.isfinite(mean) and math.isfinite(spread) and spread >= 0.0):
+        raise ValueError(f"aciq_quantizer_from_spread: need a finite mean and spread >= 0, got mean={mean!r}, "
+                         f"spread={spread!r}")
+    center = 0.0 if symmetric else float(mean)
+    alpha = aciq_clipping(bits, prior) * float(spread)
     return quantizer_from_interval(center - alpha, center + alpha, bits, symmetric)
 
 
@@ -761,21 +774,37 @@ def mse_search_quantizer(samples, bits, symmetric=False, num_candidates=24, prog
     shown by a tqdm bar (``progress=None``: on a terminal only; True/False force it).
     """
     x = _samples(samples, "mse_search_quantizer")
+    return _mse_search(lambda quantizer: empirical_mse(x, quantizer), float(x.min()), float(x.max()), bits,
+                       symmetric, num_candidates, progress, "mse_search_quantizer")
+
+
+def mse_search_intervals(minimum, maximum, symmetric=False, num_candidates=24):
+    """The candidate intervals of the MSE search, in the order they are tried.
+
+    Affine: ``[f_i low, f_j high]`` for the fractions ``f = 0, 1/C, ..., 1`` with
+    ``low = min(minimum, 0)``, ``high = max(maximum, 0)``, every pair of nonzero width;
+    symmetric: ``[-f a, f a]``, ``f = 1/C, ..., 1``, ``a = max(|minimum|, |maximum|)``.
+    """
     fractions = np.arange(1, num_candidates + 1) / num_candidates
     if symmetric:
-        a = float(np.max(np.abs(x)))
-        intervals = [(-f * a, f * a) for f in fractions]
-    else:
-        low, high = min(float(x.min()), 0.0), max(float(x.max()), 0.0)
-        fractions = np.concatenate([[0.0], fractions])
-        intervals = [(fl * low, fh * high) for fl in fractions for fh in fractions if fl * low < fh * high]
+        a = max(abs(minimum), abs(maximum))
+        return [(-f * a, f * a) for f in fractions]
+    low, high = min(minimum, 0.0), max(maximum, 0.0)
+    fractions = np.concatenate([[0.0], fractions])
+    return [(fl * low, fh * high) for fl in fractions for fh in fractions if fl * low < fh * high]
+
+
+def _mse_search(error_of, minimum, maximum, bits, symmetric, num_candidates, progress, caller):
+    """The candidate of :func:`mse_search_intervals` with the least ``error_of(quantizer)``
+    (the first of equals)."""
+    intervals = mse_search_intervals(minimum, maximum, symmetric, num_candidates)
     if not intervals:
-        raise ValueError("mse_search_quantizer: all samples are 0")
+        raise ValueError(f"{caller}: all values are 0")
     best, best_error = None, np.inf
     for lo, hi in tqdm(intervals, desc="MSE search", disable=None if progress is None else not progress,
                        leave=False):
         quantizer = quantizer_from_interval(lo, hi, bits, symmetric)
-        error = empirical_mse(x, quantizer)
+        error = error_of(quantizer)
         if error < best_error:
             best, best_error = quantizer, error
     return best
@@ -893,3 +922,204 @@ def method_errors(samples, bits, dist=None, symmetric=False, num_candidates=24):
     if dist is not None:
         quantizers["optimal (density)"] = optimal_quantizer(dist, bits, symmetric=symmetric)
     return {name: empirical_mse(samples, quantizer) for name, quantizer in quantizers.items()}
+
+
+# ================================================================================================
+# 5. The baselines on a histogram
+# ================================================================================================
+#
+# Calibration accumulates each layer's activations in a histogram (bounded memory), so the
+# baselines need entry points that read the histogram itself rather than samples drawn from it.
+# The histogram is read as a density: bin j's count spread uniformly over [e_j, e_(j+1)) (the
+# model of scipy.stats.rv_histogram). Every baseline then has an exact counterpart: percentiles
+# from its CDF, ACIQ's spreads from its moments, the MSE search and the KL calibration scored on
+# it. A percentile read from it lies in the bin of the data's own (the inverted-CDF definition),
+# so within one bin width of it; given the exact extremes and moments (a calibration histogram
+# keeps them beside its counts), min-max and Gaussian ACIQ are the sample rules exactly.
+
+
+class HistogramDensity:
+    """The piecewise-uniform density of a histogram: ``counts`` (B,) on ``edges`` (B+1,).
+
+    ``p(x) = (c_j / n) / (e_(j+1) - e_j)`` on bin ``[e_j, e_(j+1))``, 0 outside ``[e_0, e_B]``
+    (``n = sum c``); the same density as ``scipy.stats.rv_histogram((counts, edges))``. It is a
+    density in the sense of this module (``partial_moments``, ``cdf``, ``ppf``, ``mean``,
+    ``var``), so :func:`expected_mse` and :func:`optimal_quantizer` accept it too.
+
+    ``counts``: finite, >= 0 (any real numbers: weights work), not all 0; ``edges``: finite,
+    strictly increasing. Partial moments come from prefix sums of the bins' moments, the part of a
+    bin from the uniform's moments on a sub-interval ``[l, u]``: count ``c (u - l) / w``, mean
+    ``(l + u) / 2``, second moment ``(l^2 + l u + u^2) / 3`` (no difference of cubes). The sums are
+    kept in counts, so integer counts read back exactly at the edges (:meth:`counts_between`).
+    """
+
+    def __init__(self, counts, edges):
+        counts = np.asarray(counts, dtype=np.float64)
+        edges = np.asarray(edges, dtype=np.float64)
+        if counts.ndim != 1 or counts.size == 0 or edges.shape != (counts.size + 1,):
+            raise ValueError(f"HistogramDensity: need counts (B,) with B >= 1 and edges (B+1,), got shapes "
+                             f"{counts.shape} and {edges.shape}")
+        if not (np.isfinite(counts).all() and np.isfinite(edges).all()):
+            raise ValueError("HistogramDensity: counts and edges must be finite")
+        if np.any(counts < 0) or counts.sum() <= 0:
+            raise ValueError("HistogramDensity: counts must be >= 0 and not all 0")
+        if np.any(np.diff(edges) <= 0):
+            j = int(np.argmax(np.diff(edges) <= 0))
+            raise ValueError(f"HistogramDensity: edges must increase strictly, got edges[{j}] = {edges[j]!r} "
+                             f">= edges[{j + 1}] = {edges[j + 1]!r}")
+        self.counts, self.edges = counts, edges
+        self.total = float(counts.sum())
+        self.mass = counts / self.total
+        self.widths = np.diff(edges)
+        centres = 0.5 * (edges[:-1] + edges[1:])
+        second = (edges[:-1] ** 2 + edges[:-1] * edges[1:] + edges[1:] ** 2) / 3.0
+        self._cumulative = [np.concatenate([[0.0], np.cumsum(counts * moment)])
+                            for moment in (np.ones_like(centres), centres, second)]
+        self._mean = float(np.sum(self.mass * centres))
+        self._var = float(np.sum(self.mass * ((centres - self._mean) ** 2 + self.widths ** 2 / 12.0)))
+        nonzero = np.flatnonzero(counts)
+        self.support = float(edges[nonzero[0]]), float(edges[nonzero[-1] + 1])
+
+    def _sums_below(self, x):
+        """``n * integral_-inf^x t**j p(t) dt`` for j = 0, 1, 2 (three arrays shaped like x)."""
+        x = np.clip(np.asarray(x, dtype=np.float64), self.edges[0], self.edges[-1])
+        j = np.clip(np.searchsorted(self.edges, x, side="right") - 1, 0, self.counts.size - 1)
+        left = self.edges[j]
+        part = self.counts[j] * ((x - left) / self.widths[j])
+        n0, n1, n2 = (c[j] for c in self._cumulative)
+        return n0 + part, n1 + part * 0.5 * (left + x), n2 + part * (left * left + left * x + x * x) / 3.0
+
+    def partial_moments(self, lo, hi):
+        """``(m0, m1, m2)``, ``m_j = integral_lo^hi x**j p(x) dx`` (broadcasting; ends may be infinite)."""
+        lo_sums, hi_sums = self._sums_below(lo), self._sums_below(hi)
+        return tuple((h - l) / self.total for h, l in zip(hi_sums, lo_sums))
+
+    def cdf(self, x):
+        """``P(X <= x)`` (float64 array like x)."""
+        return self._sums_below(x)[0] / self.total
+
+    def counts_between(self, points):
+        """The counts between consecutive ``points`` (increasing): (len(points) - 1,) float64. At bin
+        edges these are sums of whole bins, exact for integer counts."""
+        return np.diff(self._sums_below(points)[0])
+
+    def ppf(self, q):
+        """The smallest x with ``cdf(x) >= q`` (the inverse of the piecewise-linear CDF), q in [0, 1];
+        ``ppf(0)`` is the left end of the support (the first non-empty bin's left edge)."""
+        q = np.asarray(q, dtype=np.float64)
+        if np.any((q < 0) | (q > 1)) or np.isnan(q).any():
+            raise ValueError("HistogramDensity.ppf: q must be in [0, 1]")
+        cumulative = self._cumulative[0] / self.total
+        j = np.clip(np.searchsorted(cumulative[1:], q, side="left"), 0, self.counts.size - 1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            fraction = np.clip((q - cumulative[j]) / self.mass[j], 0.0, 1.0)
+        x = self.edges[j] + np.where(self.mass[j] > 0, fraction, 0.0) * self.widths[j]
+        return np.clip(x, *self.support)
+
+    def mean(self):
+        return self._mean
+
+    def var(self):
+        return self._var
+
+    def std(self):
+        return math.sqrt(self._var)
+
+    def absolute_deviation(self, center):
+        """``E|X - center|``: from the partial moments on each side of ``center``."""
+        below = self.partial_moments(-np.inf, center)
+        above = self.partial_moments(center, np.inf)
+        return float((center * below[0] - below[1]) + (above[1] - center * above[0]))
+
+    def folded(self):
+        """The density of ``|X|``: piecewise uniform on the edges ``|e_j|`` (and 0), since both
+        ``p(a)`` and ``p(-a)`` are uniform between consecutive ones."""
+        edges = np.unique(np.abs(np.concatenate([self.edges, [0.0] if self.edges[0] < 0 < self.edges[-1] else []])))
+        positive = self.counts_between(edges)
+        negative = -self.counts_between(-edges)
+        return HistogramDensity(np.maximum(positive + negative, 0.0), edges)
+
+
+def _histogram_density(density, caller):
+    if not isinstance(density, HistogramDensity):
+        raise TypeError(f"{caller}: expected a HistogramDensity, got {type(density).__name__}")
+    return density
+
+
+def _extremes(density, extremes, caller):
+    """``(minimum, maximum)``: the given exact extremes, else the density's support."""
+    if extremes is None:
+        return density.support
+    minimum, maximum = (float(v) for v in extremes)
+    if not (math.isfinite(minimum) and math.isfinite(maximum) and minimum <= maximum):
+        raise ValueError(f"{caller}: extremes must be finite with minimum <= maximum, got {extremes!r}")
+    return minimum, maximum
+
+
+def minmax_quantizer_histogram(density, bits, symmetric=False, extremes=None):
+    """Min-max on a histogram: the interval ``extremes`` (the data's exact minimum and maximum,
+    which a calibration histogram keeps beside its counts), else the support of the non-empty bins."""
+    density = _histogram_density(density, "minmax_quantizer_histogram")
+    return minmax_quantizer(np.array(_extremes(density, extremes, "minmax_quantizer_histogram")), bits, symmetric)
+
+
+def percentile_quantizer_histogram(density, bits, percentile=99.99, symmetric=False):
+    """:func:`percentile_quantizer` on a histogram: the percentiles read from its CDF (linear inside
+    a bin); symmetric: ``a`` = the ``p`` percentile of ``|x|`` (:meth:`HistogramDensity.folded`)."""
+    density = _histogram_density(density, "percentile_quantizer_histogram")
+    if not 50.0 < percentile <= 100.0:
+        raise ValueError(f"percentile_quantizer_histogram: percentile must be in (50, 100], got {percentile}")
+    if symmetric:
+        a = float(density.folded().ppf(percentile / 100.0))
+        return quantizer_from_interval(-a, a, bits, symmetric=True)
+    lo, hi = density.ppf([1.0 - percentile / 100.0, percentile / 100.0])
+    return quantizer_from_interval(lo, hi, bits)
+
+
+def aciq_quantizer_histogram(density, bits, prior="gaussian", symmetric=False, mean=None, std=None):
+    """:func:`aciq_quantizer` on a histogram: ACIQ's spread from the histogram's moments.
+
+    ``mean``, ``std``: the data's exact mean and standard deviation when known (a calibration
+    histogram keeps the exact sum and sum of squares), else the density's (its variance includes
+    the ``w^2 / 12`` of each bin). Laplace: ``b = E|X - mean|`` under the density
+    (:meth:`HistogramDensity.absolute_deviation`).
+    """
+    density = _histogram_density(density, "aciq_quantizer_histogram")
+    mean = density.mean() if mean is None else float(mean)
+    if prior == "gaussian":
+        spread = density.std() if std is None else float(std)
+    elif prior == "laplace":
+        spread = density.absolute_deviation(mean)
+    else:
+        raise ValueError(f"aciq_quantizer_histogram: prior must be 'gaussian' or 'laplace', got {prior!r}")
+    return aciq_quantizer_from_spread(mean, spread, bits, prior, symmetric)
+
+
+def mse_search_quantizer_histogram(density, bits, symmetric=False, num_candidates=24, extremes=None,
+                                   progress=None):
+    """:func:`mse_search_quantizer` on a histogram: the same candidate intervals
+    (:func:`mse_search_intervals`, from ``extremes`` or the support), each scored by
+    :func:`expected_mse` under the histogram's density (the mean squared error of the binned data,
+    values spread uniformly inside their bin) instead of the samples' empirical error."""
+    density = _histogram_density(density, "mse_search_quantizer_histogram")
+    minimum, maximum = _extremes(density, extremes, "mse_search_quantizer_histogram")
+    return _mse_search(lambda quantizer: expected_mse(density, quantizer), minimum, maximum, bits, symmetric,
+                       num_candidates, progress, "mse_search_quantizer_histogram")
+
+
+def kl_quantizer_histogram(density, bits=8, num_bins=2048, extremes=None):
+    """:func:`kl_quantizer` on a histogram: the histogram of ``|x|`` (:meth:`HistogramDensity.folded`)
+    re-binned into ``num_bins`` equal bins over ``[0, max |x|]`` (``max |x|`` from ``extremes`` or
+    the support), then TensorRT's threshold search :func:`kl_threshold` and its symmetric
+    narrow-range codes. A histogram whose bins already are those ``num_bins`` bins gives exactly
+    :func:`kl_quantizer`'s counts."""
+    density = _histogram_density(density, "kl_quantizer_histogram")
+    if bits < 2:
+        raise ValueError(f"kl_quantizer_histogram: needs bits >= 2 (narrow signed codes), got {bits}")
+    minimum, maximum = _extremes(density, extremes, "kl_quantizer_histogram")
+    amax = max(abs(minimum), abs(maximum))
+    if amax == 0.0:
+        raise ValueError("kl_quantizer_histogram: all values are 0")
+    counts = density.folded().counts_between(np.linspace(0.0, amax, num_bins + 1))  # np.histogram's edges
+    threshold, _ = kl_threshold(np.maximum(counts, 0.0), amax / num_bins, 2**(bits - 1))
+    return signed_quantizer(bits, threshold / (2**(bits - 1) - 1), narrow_range=True)

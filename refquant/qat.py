@@ -57,11 +57,13 @@ This docstring is the specification; every function below implements one paragra
      ``"percentile"`` (99.99), ``"aciq"`` (Laplace prior) and ``"aciq-gauss"`` (Gaussian prior),
      ``"mse"`` (brute-force search), ``"kl"`` (TensorRT's entropy calibration, which gives
      symmetric narrow-range signed codes for activations too). Weights pass the whole tensor
-     (``symmetric=True``). Activations pass a sample drawn from the histogram: ``baseline_samples``
-     values (a seeded draw of bins by their counts, uniform within the bin, clipped to the exact
-     extremes) plus the exact minimum and maximum, so that min-max is exact and the others see
-     the distribution to within one bin width and the sampling noise of ``baseline_samples``
-     draws. (A histogram entry point in ``refquant.intervals`` would remove that noise.)
+     (``symmetric=True``). Activations use the histogram entry points of ``refquant.intervals``
+     on :meth:`ActivationHistogram.density` (the histogram read as a piecewise-uniform density,
+     its end bins trimmed to the exact extremes), with the exact statistics where a method reads
+     them: min-max on the exact minimum and maximum (so it is exact), percentiles from the CDF,
+     ACIQ with the exact mean and standard deviation (Laplace: ``E|x - mean|`` under the
+     density), the MSE search and the KL calibration on the binned data (candidates and ``max |x|``
+     from the exact extremes). Nothing is sampled: a plan is a function of the histograms.
 
 4. Fixed-point parameters and the exact float64 simulation (:func:`fixed_point_layers`,
    :class:`SimulatedNetwork`). For a convolution with input grid ``(s_in, z_in)``, weight grid
@@ -521,6 +523,27 @@ class ActivationHistogram:
         """The exact mean of every value added."""
         return self.sum / self.count
 
+    def std(self):
+        """The exact (population) standard deviation of every value added, from the sums."""
+        mean = self.mean()
+        return math.sqrt(max(self.sum_squares / self.count - mean * mean, 0.0))
+
+    def density(self):
+        """The histogram as a :class:`refquant.intervals.HistogramDensity` (uniform inside each bin).
+
+        The first bin's left edge becomes the exact minimum and the last bin's right edge the
+        exact maximum, unless that would empty the bin (a maximum lying exactly on the last
+        bin's left edge), where the bin keeps its width: the density never reaches past the
+        data by more than that one bin.
+        """
+        if self.count == 0:
+            raise ValueError("ActivationHistogram.density: the histogram is empty")
+        edges = self.edges
+        edges[0] = self.min
+        if self.max > edges[-2]:
+            edges[-1] = self.max
+        return intervals.HistogramDensity(self.counts, edges)
+
     def sample(self, n, rng=0):
         """``n`` values drawn from the histogram (bins by count, uniform inside, clipped to the
         exact extremes), followed by the exact minimum and maximum: (n + 2,) float64."""
@@ -751,7 +774,26 @@ def _activation_quantizer(statistics, index, bits, method, pow2_step):
     if method == "pgm":
         return intervals.optimal_quantizer(statistics.density("activations", index), bits,
                                            zero_representable=True, pow2_step=pow2_step)
-    return _baseline(method, statistics.sample(index), bits, symmetric=False)
+    return _histogram_baseline(method, statistics.histograms[index], bits)
+
+
+def _histogram_baseline(method, histogram, bits):
+    """The intervals module's histogram entry point for ``method`` on an ActivationHistogram
+    (affine codes; ``"kl"`` symmetric narrow-range), with its exact statistics (point 3)."""
+    density = histogram.density()
+    extremes = (histogram.min, histogram.max)
+    if method == "minmax":
+        return intervals.minmax_quantizer_histogram(density, bits, extremes=extremes)
+    if method == "percentile":
+        return intervals.percentile_quantizer_histogram(density, bits, PERCENTILE)
+    if method in ("aciq", "aciq-gauss"):
+        prior = "laplace" if method == "aciq" else "gaussian"
+        return intervals.aciq_quantizer_histogram(density, bits, prior, mean=histogram.mean(), std=histogram.std())
+    if method == "mse":
+        return intervals.mse_search_quantizer_histogram(density, bits, extremes=extremes, progress=False)
+    if method == "kl":
+        return intervals.kl_quantizer_histogram(density, bits, extremes=extremes)
+    raise ValueError(f"unknown method {method!r}")
 
 
 def calibrate(net, images, weight_bits, activation_bits, method="pgm", first_bits=DEFAULT_BITS_FIRST_LAST,
