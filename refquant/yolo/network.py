@@ -127,8 +127,10 @@ class Network:
     def forward(self, x, training=False, return_all=False):
         """x (N, C, H, W) float -> the last layer's output, or every layer's with ``return_all``.
 
-        Any H, W that the layers accept (every multiple of the network's stride does).
-        training=True normalises with batch statistics and updates the rolling averages.
+        Any H, W that the layers accept (every multiple of the network's stride does); x is
+        converted to the network's dtype. training=True normalises with batch statistics and
+        updates the rolling averages (Darknet's training forward). The shapes of all layers are
+        checked before anything is computed (NetworkShapeError naming the layer).
         """
         x = self._check_input(x)
         self.training = bool(training)
