@@ -223,10 +223,12 @@ _FIT = ("a maximum-likelihood estimate: refquant stops at a moment residual of 1
         "or SQUAREM to 1e-13 agree with it to 1e-9 (means in units of the piece's std); 1e-6 leaves room for "
         "another stopping rule")
 PGM_TOLERANCES = {
-    "samples": Tolerance(1e-12, 1e-15, "drawn by inverting the cdf (scipy's ndtri_exp): a few ulps across scipy versions"),
+    "samples": Tolerance(1e-12, 1e-15, "drawn by inverting the cdf (scipy's ndtri_exp): a few ulps across "
+                                       "scipy versions"),
     "bin_edges": DRAWN,
     "given_breakpoints": DRAWN,
-    "breakpoints": Tolerance(1e-12, 0.0, "given, or quantiles of the samples (numpy.quantile, linear): float rounding only"),
+    "breakpoints": Tolerance(1e-12, 0.0, "given, or quantiles of the samples (numpy.quantile, linear): float "
+                                         "rounding only"),
     "weights": Tolerance(1e-12, 0.0, "pi_k = n_k / n, exact counts"),
     "means": Tolerance(1e-6, 1e-8, _FIT),
     "stds": Tolerance(1e-6, 0.0, _FIT),
@@ -296,9 +298,10 @@ def _error_inputs():
     return arrays
 
 
-def _quantizers_from(prefix, arrays):
-    return [intervals.UniformQuantizer(float(s), float(z), int(lo), int(hi)) for s, z, lo, hi in zip(
-        arrays[f"{prefix}_step"], arrays[f"{prefix}_zero_point"], arrays[f"{prefix}_qmin"], arrays[f"{prefix}_qmax"])]
+def _quantizers_from(arrays, prefix):
+    """UniformQuantizers from the arrays ``<prefix>step``, ``zero_point``, ``qmin``, ``qmax``."""
+    columns = [arrays[prefix + key] for key in ("step", "zero_point", "qmin", "qmax")]
+    return [intervals.UniformQuantizer(float(s), float(z), int(lo), int(hi)) for s, z, lo, hi in zip(*columns)]
 
 
 def _error_outputs(inputs):
@@ -311,7 +314,7 @@ def _error_outputs(inputs):
         out[f"{name}/var"] = np.array(model.var())
         out[f"{name}/m0"], out[f"{name}/m1"], out[f"{name}/m2"] = model.partial_moments(inputs[f"{name}/lo"],
                                                                                         inputs[f"{name}/hi"])
-        split = [intervals.expected_mse(model, q, split=True) for q in _quantizers_from(f"{name}/quantizer", inputs)]
+        split = [intervals.expected_mse(model, q, split=True) for q in _quantizers_from(inputs, f"{name}/quantizer_")]
         out[f"{name}/granular"] = np.array([s[0] for s in split])
         out[f"{name}/clipping"] = np.array([s[1] for s in split])
     return out
@@ -427,18 +430,13 @@ def _fake_inputs():
 
 def _fake_outputs(inputs):
     out = {}
-    quantizers = _quantizers_from("quantizers", _renamed(inputs, "quantizers/", "quantizers_"))
-    for index, quantizer in enumerate(quantizers):
+    for index, quantizer in enumerate(_quantizers_from(inputs, "quantizers/")):
         x = inputs[f"q{index}/x"]
         out[f"q{index}/codes"] = quantizer.quantize(x)
         out[f"q{index}/fake"] = quantizer.fake(x)
         out[f"q{index}/straight_through"] = quantizer.straight_through_mask(x)
         out[f"q{index}/fake32"] = quantizer.fake(inputs[f"q{index}/x32"])
     return out
-
-
-def _renamed(arrays, old, new):
-    return {key.replace(old, new, 1): value for key, value in arrays.items() if key.startswith(old)}
 
 
 FAKE_TOLERANCES = {
@@ -528,7 +526,8 @@ def _conv_outputs(inputs):
                                                  _scalar(inputs["ties/qmax"]))
     out["bias/quantized"] = intconv.quantize_bias(inputs["bias/values"], _scalar(inputs["bias/step_x"]),
                                                   inputs["bias/step_w"])
-    multiplier, shift = intconv.quantize_multiplier(_scalar(inputs["rescale/step_in"]) / _scalar(inputs["rescale/step_out"]))
+    real = _scalar(inputs["rescale/step_in"]) / _scalar(inputs["rescale/step_out"])
+    multiplier, shift = intconv.quantize_multiplier(real)
     out["rescale/requantization"] = np.array([multiplier, shift], dtype=np.int64)
     out["rescale/rescaled"] = intconv.rescale_codes(inputs["rescale/codes"], _scalar(inputs["rescale/zero_point"]),
                                                  multiplier, shift, _scalar(inputs["rescale/out_zero_point"]), 0, 255)
@@ -1130,8 +1129,9 @@ VECTORS = {vector.name: vector for vector in [
             "refquant.yolo.upsample.upsample_forward", "refquant.yolo.batchnorm.batch_statistics",
             "refquant.yolo.batchnorm.normalize", "refquant.yolo.batchnorm.rolling_update",
             "refquant.qat.fold_batchnorm", "refquant.train.sgd_update"),
-           {"random": 5}, {"maxpool": {k: {"size": s, "stride": t, "padding": s - 1} for k, (s, t) in MAXPOOL_CASES.items()},
-                           "fold_cfg": _FOLD_CFG, "sgd_hyperparameters": ["learning_rate", "momentum", "decay"]},
+           {"random": 5},
+           {"maxpool": {k: {"size": s, "stride": t, "padding": s - 1} for k, (s, t) in MAXPOOL_CASES.items()},
+            "fold_cfg": _FOLD_CFG, "sgd_hyperparameters": ["learning_rate", "momentum", "decay"]},
            _layers_inputs, _layers_outputs, LAYERS_TOLERANCES),
     Vector("region", "The YOLOv2 region head: forward, Darknet's region loss and its gradient (before and after "
            "12800 images seen), backward.",
@@ -1309,7 +1309,8 @@ def compare(expected, got, tolerance):
     bad = np.argwhere(~np.asarray(same))
     index = tuple(int(i) for i in bad[0])
     count = f"{len(bad)} of {same.size} elements differ"
-    rule = "exact" if tolerance.rtol == 0 and tolerance.atol == 0 else f"rtol {tolerance.rtol:g}, atol {tolerance.atol:g}"
+    exact = tolerance.rtol == 0 and tolerance.atol == 0
+    rule = "exact" if exact else f"rtol {tolerance.rtol:g}, atol {tolerance.atol:g}"
     return index, expected[index].item(), got[index].item(), f"{rule}; {count}"
 
 
@@ -1328,7 +1329,8 @@ def load(directory, name):
     directory = Path(directory)
     manifest = json.loads((directory / MANIFEST).read_text(encoding="utf-8"))
     if name not in manifest.get("vectors", {}):
-        raise ValueError(f"{directory / MANIFEST}: no vector {name!r}; it has {', '.join(manifest.get('vectors', {}))}")
+        raise ValueError(f"{directory / MANIFEST}: no vector {name!r}; it has "
+                         f"{', '.join(manifest.get('vectors', {}))}")
     entry = manifest["vectors"][name]
     arrays = _load_npz(directory / entry["file"])
     roles = {key: value["role"] for key, value in entry["arrays"].items()}
@@ -1350,11 +1352,13 @@ def check(directory, vectors=None, progress=None):
         raise ValueError(f"golden check: unknown vectors {unknown}; known: {', '.join(VECTORS)}")
     manifest_path = directory / MANIFEST
     if not manifest_path.is_file():
-        return [Mismatch("manifest", "", None, None, None, f"{manifest_path}: missing (run 'refquant golden export')")]
+        return [Mismatch("manifest", "", None, None, None,
+                         f"{manifest_path}: missing (run 'refquant golden export')")]
     try:
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:
-        return [Mismatch("manifest", "", None, None, None, f"{manifest_path}:{error.lineno}: not valid JSON ({error.msg})")]
+        return [Mismatch("manifest", "", None, None, None,
+                         f"{manifest_path}:{error.lineno}: not valid JSON ({error.msg})")]
     mismatches = _check_manifest(manifest, manifest_path)
     if mismatches:
         return mismatches

@@ -297,8 +297,8 @@ def test_expected_error_against_numerical_integration(exported):
     density of the same (single-piece) normal, for the 'normal' density's quantizers."""
     v = vector(exported, "expected_error")
     dist = stats.norm(float(v["normal/means"][0]), float(v["normal/stds"][0]))
-    for k, (step, zero_point, qmin, qmax) in enumerate(zip(v["normal/quantizer_step"], v["normal/quantizer_zero_point"],
-                                                           v["normal/quantizer_qmin"], v["normal/quantizer_qmax"])):
+    columns = [v[f"normal/quantizer_{key}"] for key in ("step", "zero_point", "qmin", "qmax")]
+    for k, (step, zero_point, qmin, qmax) in enumerate(zip(*columns)):
         levels = step * (np.arange(qmin, qmax + 1) - zero_point)
         edges = np.concatenate([[levels[0]], (levels[1:] + levels[:-1]) / 2, [levels[-1]]])
         granular = sum(integrate.quad(lambda x, c=c: (x - c) ** 2 * dist.pdf(x), a, b, epsabs=1e-14, epsrel=1e-12)[0]
