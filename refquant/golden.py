@@ -29,6 +29,10 @@ Check (:func:`check`): every file against its sha256; every vector's inputs rege
 its seeds and compared with the stored ones; its outputs recomputed FROM THE STORED INPUTS
 (as another implementation would compute them) and compared with the stored outputs; the
 ``network.cfg``, ``network.weights`` and plan files against the arrays they duplicate.
+
+Testing another implementation: feed it each vector's ``input`` arrays, compare what it
+produces with the ``output`` arrays under the manifest's tolerances. From Python,
+:func:`load` splits a vector by role and :func:`compare` applies a tolerance.
 """
 import argparse
 import dataclasses
@@ -47,7 +51,7 @@ from tqdm import tqdm
 import refquant
 from refquant import darknet, decode, intconv, intervals, metrics, qat
 from refquant.integer_network import IntegerNetwork
-from refquant.pgm import PiecewiseGaussian, _bin_statistics
+from refquant.pgm import ConvergenceWarning, PiecewiseGaussian, _bin_statistics
 from refquant.rounding import round_half_even, rounding_right_shift
 from refquant.train import sgd_update, trainable
 from refquant.yolo import batchnorm
@@ -868,7 +872,7 @@ def plan_from(prefix, arrays, net, name):
 def _calibrated_plans(net, calibration_images):
     """(statistics, {plan name: plan}) of refquant's post-training calibration (method "pgm")."""
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", refquant.pgm.ConvergenceWarning)
+        warnings.simplefilter("ignore", ConvergenceWarning)
         statistics = qat.calibration_statistics(net, calibration_images, progress=False)
         plans = {name: qat.quantization_plan(statistics, w, a, pow2_step=pow2)
                  for name, (w, a, pow2) in PLANS.items()}
@@ -1240,7 +1244,7 @@ def export(directory, progress=None):
                        for name, value in arrays.items()}}
         manifest["files"][file_name] = {"sha256": sha256(directory / file_name),
                                         "bytes": (directory / file_name).stat().st_size}
-    for name, data in _network_files(directory).items():
+    for name in _network_files(directory):
         manifest["files"][name] = {"sha256": sha256(directory / name), "bytes": (directory / name).stat().st_size}
     with open(directory / MANIFEST, "w", encoding="utf-8") as f:
         json.dump(manifest, f, indent=1, sort_keys=False)
@@ -1249,18 +1253,15 @@ def export(directory, progress=None):
 
 
 def _network_files(directory):
-    """Write network.cfg, network.weights and the plan JSON files; returns {file name: None}."""
+    """Write network.cfg, network.weights and the plan JSON files; returns their names."""
     inputs = VECTORS["network"].inputs()
     (directory / "network.cfg").write_text(NETWORK_CFG)
     net = network_from(inputs)
     darknet.save_weights(net, directory / "network.weights")
-    files = {"network.cfg": None, "network.weights": None}
     outputs = _memoised_outputs(VECTORS["network"], inputs)
     for name in PLANS:
-        plan = plan_from(f"plans/{name}", outputs, net, name)
-        plan.save(directory / f"plan_{name}.json")
-        files[f"plan_{name}.json"] = None
-    return files
+        plan_from(f"plans/{name}", outputs, net, name).save(directory / f"plan_{name}.json")
+    return ["network.cfg", "network.weights"] + [f"plan_{name}.json" for name in PLANS]
 
 
 # ================================================================================================
