@@ -104,18 +104,28 @@ This docstring is the specification; every function below implements one paragra
    inference numbers come from the simulation or the integer network.
    :meth:`FakeQuantNetwork.refit` refits the PGMs and re-optimises the plan from the current
    weights and the pre-quantization activations of a batch of images.
+
+6. The training loop and its result (:func:`quantization_aware_training`, :func:`save_quantized`).
+   Darknet's training iteration (``refquant.train.train_iteration``: batching, augmentation,
+   region loss, SGD with momentum and decay) runs unchanged on the :class:`FakeQuantNetwork`;
+   every ``refit_every`` iterations the plan is refitted on a fixed set of images (the PGMs of
+   the current weights and activations, the intervals re-optimised at the same widths). The
+   result is saved without pickle as an ordinary Darknet model of the folded network (the cfg
+   without ``batch_normalize``, :func:`folded_cfg_text`, and its ``.weights``) beside the plan's
+   JSON; :func:`load_quantized` reads the three back.
 """
 import contextlib
 import dataclasses
 import json
 import math
 import os
+import time
 import warnings
 
 import numpy as np
 from tqdm import tqdm
 
-from refquant import intervals
+from refquant import darknet, intervals, train
 from refquant.intconv import (MAX_SHIFT, check_accumulator_range, leaky_multipliers, multiplier_value,
                               quantize_bias, quantize_multiplier, quantize_shift)
 from refquant.intervals import UniformQuantizer
@@ -1258,3 +1268,139 @@ class FakeQuantNetwork(Network):
             raise ValueError("refit: the plan has no weight_bits/activation_bits options; pass them")
         statistics = self.statistics(images, batch_size=batch_size, progress=progress)
         return self.set_plan(quantization_plan(statistics, method=method, **options))
+
+
+# ================================================================================================
+# 6. The quantization-aware training loop, and saving its result
+# ================================================================================================
+
+QAT_OPTIONS = {"learning_rate": 0.001, "burn_in": 0, "policy": "constant"}
+"""Training options of :func:`quantization_aware_training` over the cfg's ``[net]`` ones (batch,
+momentum, decay, augmentation are the cfg's): fine-tuning from a trained network, so a constant
+rate without burn-in, a tenth of Darknet's usual 0.01 ``learning_rate`` (the caller's options win)."""
+
+
+@dataclasses.dataclass
+class TrainingResult:
+    """What :func:`quantization_aware_training` returns.
+
+    ``folded``: the trained folded network; ``plan``: the plan in force at the end, the one the
+    last iterations trained with; ``losses``: per iteration, the summed region loss divided by
+    the batch (on that iteration's augmented images, before its update); ``refits``: the
+    iterations after which the plan was refitted; ``plans``: the plan in force from the start
+    and after each refit; ``options``: the training options used; ``seconds``: wall time.
+    """
+
+    folded: Network
+    plan: QuantizationPlan
+    losses: list
+    refits: list
+    plans: list
+    options: dict
+    seconds: float
+
+
+def quantization_aware_training(net, plan, records, iterations, refit_every=100, refit_images=None, options=None,
+                                seed=0, refit_batch_size=16, progress=True):
+    """Train ``net`` with ``plan``'s quantizers in the loop (METHOD.md section 4; module docstring 5).
+
+    ``net``: the float network (batch norm or not; it is folded into a copy, ``net`` is left
+    unchanged); ``plan``: the starting plan, e.g. the post-training PGM plan; ``records``: VOC
+    records of the training split (:func:`refquant.data.voc.load_voc`); ``iterations``: number of
+    SGD updates. Each update is :func:`refquant.train.train_iteration` on the
+    :class:`FakeQuantNetwork` as it is (Darknet's batching, augmentation, region loss and SGD with
+    momentum and decay), with the options of the cfg, then :data:`QAT_OPTIONS`, then ``options``
+    (keys of ``refquant.train.TRAINING_KEYS``); update k draws from ``numpy.random.default_rng([seed, k])``.
+
+    Every ``refit_every`` updates (None or 0: never) the PGMs are refitted and the intervals
+    re-optimised on the current weights and the activations of ``refit_images`` ((N, C, H, W)
+    float in [0, 1], required then), by :meth:`FakeQuantNetwork.refit`, with the plan's method
+    and widths. No refit follows the last update, so the returned plan is the one the final
+    weights were trained with. Returns a :class:`TrainingResult`.
+    """
+    if isinstance(iterations, bool) or not isinstance(iterations, (int, np.integer)) or iterations < 1:
+        raise ValueError(f"quantization_aware_training: iterations must be an int >= 1, got {iterations!r}")
+    if refit_every and refit_images is None:
+        raise ValueError("quantization_aware_training: refit_every needs refit_images (the images the "
+                         "activations are histogrammed on)")
+    if refit_every and (isinstance(refit_every, bool) or not isinstance(refit_every, (int, np.integer))
+                        or refit_every < 1):
+        raise ValueError(f"quantization_aware_training: refit_every must be an int >= 1 or None, got {refit_every!r}")
+    if not records:
+        raise ValueError("quantization_aware_training: no training records")
+    start = time.perf_counter()
+    network = FakeQuantNetwork(fold_batchnorm(net), plan)
+    options = train.training_options(network, {**QAT_OPTIONS, "max_batches": int(iterations), **(options or {})})
+    updates = train.zero_updates(network)
+    losses, refits, plans = [], [], [plan]
+    with tqdm(range(1, int(iterations) + 1), desc=f"QAT ({plan.method})", unit="iteration",
+              disable=not progress, leave=False) as bar:
+        for iteration in bar:
+            loss = train.train_iteration(network, records, options, updates, iteration, seed) / options["batch"]
+            if not math.isfinite(loss):
+                raise FloatingPointError(f"quantization_aware_training: the loss is {loss} at iteration {iteration}; "
+                                         f"lower the learning rate (now {options['learning_rate']})")
+            losses.append(loss)
+            bar.set_postfix(loss=f"{loss:.3f}")
+            if refit_every and iteration % refit_every == 0 and iteration < iterations:
+                plans.append(network.refit(refit_images, batch_size=refit_batch_size, progress=False))
+                refits.append(iteration)
+    return TrainingResult(network.folded, network.plan, losses, refits, plans, options,
+                          time.perf_counter() - start)
+
+
+def folded_cfg_text(cfg_path):
+    """The cfg of the folded network, as text: ``cfg_path``'s sections and options in their order,
+    without the ``batch_normalize`` key of the convolutions.
+
+    Darknet's parser then reads biases and weights only for each convolution
+    (``load_convolutional_weights``, src/parser.c), which is what
+    :func:`refquant.darknet.save_weights` writes for a folded network: the pair is an ordinary
+    Darknet model that any Darknet reader (OpenCV's included) runs as the folded float network.
+    """
+    lines = [f"# {os.path.basename(os.fspath(cfg_path))} with batch norm folded into the convolutions "
+             f"(refquant.qat.folded_cfg_text)"]
+    for section in darknet.read_cfg(cfg_path):
+        lines.append(f"\n[{section['name']}]")
+        lines += [f"{key}={value}" for key, (value, _) in section["options"].items()
+                  if not (section["name"] in ("convolutional", "conv") and key == "batch_normalize")]
+    return "\n".join(lines) + "\n"
+
+
+def save_quantized(folded, plan, cfg_path, prefix):
+    """Save a quantized model without pickle: ``<prefix>.cfg`` (:func:`folded_cfg_text` of the
+    network's cfg ``cfg_path``), ``<prefix>.weights`` (Darknet's format, the folded float32
+    parameters) and ``<prefix>.plan.json`` (:meth:`QuantizationPlan.save`). Returns the three paths.
+
+    ``folded``: a folded network (e.g. ``TrainingResult.folded``) built from ``cfg_path``; the
+    plan is checked against it first.
+    """
+    if not is_folded(folded):
+        raise ValueError(f"{folded.name}: save_quantized writes a folded network; call fold_batchnorm first")
+    plan.check(folded)
+    prefix = os.fspath(prefix)
+    paths = (prefix + ".cfg", prefix + ".weights", prefix + ".plan.json")
+    text = folded_cfg_text(cfg_path)
+    with open(paths[0], "w", encoding="utf-8") as f:
+        f.write(text)
+    check = darknet.build_network(paths[0])
+    if [layer.type for layer in check.layers] != [layer.type for layer in folded.layers]:
+        raise ValueError(f"{cfg_path}: its layers are not those of {folded.name}")
+    darknet.save_weights(folded, paths[1])
+    plan.save(paths[2])
+    return paths
+
+
+def load_quantized(prefix, dtype=np.float32):
+    """Read what :func:`save_quantized` wrote: ``(folded network, plan)``, the plan checked
+    against the network (ValueError naming the file otherwise)."""
+    prefix = os.fspath(prefix)
+    folded = darknet.load(prefix + ".cfg", prefix + ".weights", dtype=dtype)
+    if not is_folded(folded):
+        raise ValueError(f"{prefix}.cfg: has batch-normalized convolutions; not a folded network")
+    plan = QuantizationPlan.load(prefix + ".plan.json")
+    try:
+        plan.check(folded)
+    except ValueError as error:
+        raise ValueError(f"{prefix}.plan.json: {error}") from None
+    return folded, plan
