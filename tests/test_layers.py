@@ -216,6 +216,48 @@ def test_maxpool_size2_stride1_keeps_size_and_matches_opencv():
             assert y.shape == x.shape
 
 
+def darknet_forward_maxpool(x, size, stride, pad):
+    """Line-by-line transcription of forward_maxpool_layer (pjreddie/darknet src/maxpool_layer.c)
+    for one (N, C, H, W) array; returns (output, indexes as flat positions in each plane)."""
+    batch, c, h_in, w_in = x.shape
+    out_h = (h_in + pad - size) // stride + 1
+    out_w = (w_in + pad - size) // stride + 1
+    w_offset = h_offset = int(-pad / 2)  # C's -l.pad/2 truncates towards zero
+    out = np.zeros((batch, c, out_h, out_w), x.dtype)
+    indexes = np.zeros(out.shape, np.int64)
+    flt_max = np.finfo(np.float32).max
+    flat = x.reshape(-1)
+    for b in range(batch):
+        for k in range(c):
+            for i in range(out_h):
+                for j in range(out_w):
+                    best, max_i = -flt_max, -1
+                    for n in range(size):
+                        for m in range(size):
+                            cur_h = h_offset + i * stride + n
+                            cur_w = w_offset + j * stride + m
+                            index = cur_w + w_in * (cur_h + h_in * (k + b * c))
+                            valid = 0 <= cur_h < h_in and 0 <= cur_w < w_in
+                            val = flat[index] if valid else -flt_max
+                            max_i = index if val > best else max_i
+                            best = val if val > best else best
+                    out[b, k, i, j] = best
+                    indexes[b, k, i, j] = max_i - h_in * w_in * (k + b * c)
+    return out, indexes
+
+
+@pytest.mark.parametrize("size, stride, h, w", [(2, 2, 7, 6), (2, 1, 5, 5), (3, 1, 4, 5), (3, 2, 7, 7)])
+def test_maxpool_ties_and_indexes_follow_darknets_loop(size, stride, h, w):
+    """With many ties (values in 0..2), outputs and argmax positions equal Darknet's loop, whose
+    strict '>' keeps the first maximum in window order; so does the routed gradient."""
+    rng = np.random.default_rng(15)
+    x = rng.integers(0, 3, size=(2, 3, h, w)).astype(np.float32)
+    padding = size - 1
+    out, indexes = maxpool_forward(x, size, stride, padding)
+    expected, expected_indexes = darknet_forward_maxpool(x, size, stride, padding)
+    assert np.array_equal(out, expected) and np.array_equal(indexes, expected_indexes)
+
+
 def test_maxpool_is_dtype_generic():
     """On integer codes the max pool gives exactly the float result (the integer network reuses it)."""
     rng = np.random.default_rng(7)

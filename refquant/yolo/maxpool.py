@@ -27,29 +27,65 @@ def maxpool_output_size(size_in, size, stride, padding):
     return (size_in + padding - size) // stride + 1
 
 
+@numba.njit(cache=True, inline="always")
+def _window_max(x, n, c, row_lo, row_hi, col_lo, col_hi, width):
+    # positions outside the image never win (Darknet's -FLT_MAX); among equal values the
+    # first in row-major window order wins (Darknet's strict '>'); selects, not branches,
+    # because random data would mispredict them
+    best = x[n, c, row_lo, col_lo]
+    best_index = row_lo * width + col_lo
+    for row in range(row_lo, row_hi):
+        for col in range(col_lo, col_hi):
+            value = x[n, c, row, col]
+            greater = value > best
+            best_index = row * width + col if greater else best_index
+            best = value if greater else best
+    return best, best_index
+
+
 @numba.njit(cache=True, parallel=True)
 def _maxpool(x, size, stride, offset, out, indexes):
     n_batch, channels, height, width = x.shape
     out_h, out_w = out.shape[2], out.shape[3]
+    # output columns whose window lies wholly inside the image, handled without clipping
+    inner_lo = min(out_w, max(0, (-offset + stride - 1) // stride))
+    inner_hi = max(inner_lo, min(out_w, (width - size - offset) // stride + 1))
     for t in numba.prange(n_batch * channels):
         n = t // channels
         c = t % channels
         for i in range(out_h):
             row_lo = max(offset + i * stride, 0)
             row_hi = min(offset + i * stride + size, height)
-            for j in range(out_w):
+            for j in range(inner_lo):
                 col_lo = max(offset + j * stride, 0)
-                col_hi = min(offset + j * stride + size, width)
-                # positions outside the image never win (Darknet's -FLT_MAX); among equal
-                # values the first in row-major window order wins (Darknet's strict '>')
-                best = x[n, c, row_lo, col_lo]
-                best_index = row_lo * width + col_lo
-                for row in range(row_lo, row_hi):
-                    for col in range(col_lo, col_hi):
-                        value = x[n, c, row, col]
-                        greater = value > best  # selects, not branches: random data mispredicts
-                        best_index = row * width + col if greater else best_index
-                        best = value if greater else best
+                best, best_index = _window_max(x, n, c, row_lo, row_hi, col_lo,
+                                               min(offset + j * stride + size, width), width)
+                out[n, c, i, j] = best
+                indexes[n, c, i, j] = best_index
+            if size == 2 and row_hi - row_lo == 2:  # the common 2x2 window, unrolled
+                for j in range(inner_lo, inner_hi):
+                    col = offset + j * stride
+                    a, b = x[n, c, row_lo, col], x[n, c, row_lo, col + 1]
+                    d, e = x[n, c, row_lo + 1, col], x[n, c, row_lo + 1, col + 1]
+                    best, best_index = a, row_lo * width + col
+                    best_index = best_index + 1 if b > best else best_index
+                    best = b if b > best else best
+                    best_index = (row_lo + 1) * width + col if d > best else best_index
+                    best = d if d > best else best
+                    best_index = (row_lo + 1) * width + col + 1 if e > best else best_index
+                    best = e if e > best else best
+                    out[n, c, i, j] = best
+                    indexes[n, c, i, j] = best_index
+            else:
+                for j in range(inner_lo, inner_hi):
+                    col_lo = offset + j * stride
+                    best, best_index = _window_max(x, n, c, row_lo, row_hi, col_lo, col_lo + size, width)
+                    out[n, c, i, j] = best
+                    indexes[n, c, i, j] = best_index
+            for j in range(inner_hi, out_w):
+                col_lo = max(offset + j * stride, 0)
+                best, best_index = _window_max(x, n, c, row_lo, row_hi, col_lo,
+                                               min(offset + j * stride + size, width), width)
                 out[n, c, i, j] = best
                 indexes[n, c, i, j] = best_index
 
