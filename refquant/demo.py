@@ -301,7 +301,7 @@ class Experiment:
     def float_costs(self):
         """Model size and bit operations of the float model (FP32 row), from the layer costs."""
         from refquant.integer_network import cost_totals, layer_costs
-        totals = cost_totals(layer_costs(self.folded, next(iter(self.plans.values()))))
+        totals = cost_totals(layer_costs(self.net, next(iter(self.plans.values()))))  # batch norm included
         self.rows[0]["model_bytes"] = totals["float_bytes"]
         self.rows[0]["bops"] = totals["float_bops"]
 

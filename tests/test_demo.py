@@ -1,0 +1,263 @@
+"""``refquant demo`` end to end on a tiny configuration: a small tiny-YOLO-like cfg with random
+weights and a few generated shapes images, through the command line, in seconds.
+
+Independent truths, per test: ``refquant.evaluate.evaluate`` (the ``refquant eval`` path, which
+loads and letterboxes the images itself) on the float network, on the saved plans' simulations
+and on the saved QAT model read back by ``qat.load_quantized``; the model sizes and bit
+operations worked out by hand from the cfg and the weights file's size; hand-made rows for the
+table and the target checks; hand-made disagreeing networks for the integer check.
+"""
+import contextlib
+import io
+import json
+import math
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from refquant import cli, darknet, demo, qat
+from refquant.data.shapes import shapes_dataset
+from refquant.data.voc import load_voc, read_names
+from refquant.evaluate import evaluate
+from refquant.integer_network import IntegerNetwork
+
+CFG = """
+[net]
+batch=4
+subdivisions=1
+width=32
+height=32
+channels=3
+momentum=0.9
+decay=0.0005
+learning_rate=0.01
+max_batches=10
+policy=constant
+hue=.1
+saturation=1.5
+exposure=1.5
+
+[convolutional]
+batch_normalize=1
+filters=8
+size=3
+stride=1
+pad=1
+activation=leaky
+
+[maxpool]
+size=2
+stride=2
+
+[convolutional]
+batch_normalize=1
+filters=16
+size=3
+stride=1
+pad=1
+activation=leaky
+
+[maxpool]
+size=2
+stride=2
+
+[convolutional]
+batch_normalize=1
+filters=16
+size=3
+stride=1
+pad=1
+activation=leaky
+
+[convolutional]
+size=1
+stride=1
+pad=1
+filters=24
+activation=linear
+
+[region]
+anchors=2,2,3.5,3.5
+bias_match=1
+classes=7
+coords=4
+num=2
+softmax=1
+jitter=.2
+rescore=1
+object_scale=5
+noobject_scale=1
+class_scale=1
+coord_scale=1
+thresh=.6
+"""
+BITS = (8, 4)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """One ``refquant demo --quick`` run on the tiny configuration: (paths, results, stdout text)."""
+    folder = tmp_path_factory.mktemp("demo")
+    root = shapes_dataset(folder / "shapes", size=64, train=8, val=0, test=6, progress=False)
+    cfg = folder / "tiny.cfg"
+    cfg.write_text(CFG)
+    net = darknet.load(cfg, seed=4)
+    rng = np.random.default_rng(4)
+    for layer in net.layers:  # batch-norm statistics and biases of a trained network, not the trivial fresh ones
+        if layer.type == "convolutional":
+            layer.params["biases"][:] = rng.normal(0.0, 0.2, layer.filters)
+            if layer.batch_normalize:
+                layer.params["scales"][:] = rng.uniform(0.5, 1.5, layer.filters)
+                layer.params["rolling_mean"][:] = rng.normal(0.0, 0.3, layer.filters)
+                layer.params["rolling_variance"][:] = rng.uniform(0.5, 2.0, layer.filters)
+    weights = folder / "tiny.weights"
+    darknet.save_weights(net, weights)
+    out = folder / "out"
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        code = cli.main(["demo", "--cfg", str(cfg), "--weights", str(weights), "--data", str(root), "--quick",
+                         "--bits", ",".join(map(str, BITS)), "--out", str(out), "--no-progress"])
+    assert code == 0
+    results = json.loads((out / "results.json").read_text())
+    paths = {"root": root, "cfg": cfg, "weights": weights, "out": out, "names": root / "shapes.names"}
+    return paths, results, printed.getvalue()
+
+
+def test_results_schema_and_rows(run):
+    """Truth: the issue's schema, checked key by key: one FP32 row, PGM and every baseline at each
+    width (post-training), PGM with QAT at 4 bits, each with its widths, method, mode, mAP in
+    percent, integer_mAP equal to mAP wherever an integer network ran; settings, machine, date,
+    timings and the first/last layer precision recorded."""
+    _, results, _ = run
+    rows = results["rows"]
+    assert [(r["method"], r["mode"], r["weight_bits"]) for r in rows] == (
+        [("float", "float", 32)] + [(m, "ptq", b) for b in BITS for m in demo.PTQ_METHODS] + [("pgm", "qat", 4)])
+    for r in rows:
+        assert set(r) >= {"name", "weight_bits", "activation_bits", "method", "mode", "mAP", "integer_mAP",
+                          "model_bytes", "bops"}
+        assert 0.0 <= r["mAP"] <= 100.0 and r["activation_bits"] == r["weight_bits"]
+        if r["mode"] == "float":
+            assert r["integer_mAP"] is None
+        else:
+            assert r["integer_mAP"] == r["mAP"] and r["integer_equals_simulation"] is True
+    assert results["integer_equals_simulation"] is True
+    assert results["first_last_layer_bits"] == {"first": 8, "last": 8}
+    assert results["test_images"] == results["test_split_images"] == 6 and results["calibration_images"] == 4
+    assert {"cpu", "cores", "python", "numpy"} <= set(results["machine"]) and results["date"]
+    assert results["timings_seconds"]["total"] > 0 and results["qat"]["runs"]["4"]["refits"] == [2]
+    assert any(r["mAP"] > 0 for r in rows), "a random detector on these images still matches some boxes"
+
+
+def test_rows_are_the_evaluate_path_on_the_saved_models(run):
+    """Truth: refquant.evaluate.evaluate (images loaded and letterboxed by refquant.decode's
+    detect_records, scored by refquant.metrics) on the float network, on the saved PTQ plans (JSON
+    read back) as simulation and as integer network, and on the saved QAT model read back."""
+    paths, results, _ = run
+    names = read_names(paths["names"])
+    records = load_voc(paths["root"], "test", names)
+    net = darknet.load(paths["cfg"], paths["weights"])
+    rows = {(r["method"], r["mode"], r["weight_bits"]): r for r in results["rows"]}
+
+    def mAP(network):
+        return 100.0 * evaluate(network, records, names, progress=False)[0]["mAP"]
+    assert rows[("float", "float", 32)]["mAP"] == pytest.approx(mAP(net), abs=1e-9)
+    folded = qat.fold_batchnorm(net)
+    for method, bits in (("pgm", 4), ("minmax", 8)):
+        plan = qat.QuantizationPlan.load(paths["out"] / "plans" / f"{method}-{bits}bit.plan.json")
+        assert rows[(method, "ptq", bits)]["mAP"] == pytest.approx(mAP(qat.SimulatedNetwork(folded, plan)), abs=1e-9)
+        assert rows[(method, "ptq", bits)]["integer_mAP"] == pytest.approx(mAP(IntegerNetwork(folded, plan)), abs=1e-9)
+    trained, plan = qat.load_quantized(paths["out"] / "qat-4bit")
+    assert rows[("pgm", "qat", 4)]["mAP"] == pytest.approx(mAP(IntegerNetwork(trained, plan)), abs=1e-9)
+
+
+def test_sizes_and_bit_operations_by_hand(run):
+    """Truth: worked out from the cfg by hand. FP32: every float32 of the weights file (its size
+    less Darknet's 20-byte header). Quantized: ceil(weights * bits / 8) + 4 bytes per int32 bias,
+    the first and last convolutions at 8 bits; bit operations = multiply-accumulates * weight bits
+    * the bits of the convolution's input codes (the image's 8, then the previous layer's width)."""
+    paths, results, _ = run
+    rows = {(r["method"], r["mode"], r["weight_bits"]): r for r in results["rows"]}
+    assert rows[("float", "float", 32)]["model_bytes"] == paths["weights"].stat().st_size - 20
+    # (filters, inputs * k * k, output pixels) of the four convolutions at 32x32
+    convs = [(8, 3 * 9, 32 * 32), (16, 8 * 9, 16 * 16), (16, 16 * 9, 8 * 8), (24, 16, 8 * 8)]
+    for bits in BITS:
+        weight_bits = [8, bits, bits, 8]
+        input_bits = [8, 8, bits, bits]
+        size = sum(math.ceil(m * k * w / 8) + 4 * m for (m, k, _), w in zip(convs, weight_bits))
+        bops = sum(m * k * p * w * a for (m, k, p), w, a in zip(convs, weight_bits, input_bits))
+        for method in demo.PTQ_METHODS:
+            assert rows[(method, "ptq", bits)]["model_bytes"] == size
+            assert rows[(method, "ptq", bits)]["bops"] == bops
+    assert rows[("float", "float", 32)]["bops"] == sum(m * k * p for m, k, p in convs) * 32 * 32
+
+
+def test_files_report_and_printed_table(run):
+    """Truth: the files the issue lists, opened by their readers (JSON, Pillow for the PNGs, the
+    plan and model loaders); the report and the printed table carry every row's mAP as in
+    results.json and state the integer check."""
+    paths, results, printed = run
+    out = paths["out"]
+    for name in ("map_table.png", "densities_activations.png", "densities_weights.png", "method_errors.png",
+                 "detections.png"):
+        with Image.open(out / name) as image:
+            assert image.format == "PNG" and image.width > 300
+    assert sorted(results["figures"]) == sorted(["map_table.png", "densities_activations.png",
+                                                 "densities_weights.png", "method_errors.png", "detections.png"])
+    assert len(list((out / "plans").glob("*.plan.json"))) == len(BITS) * len(demo.PTQ_METHODS)
+    report = (out / "report.md").read_text()
+    for r in results["rows"]:
+        assert f"| {r['name']} |" in report and f"{r['mAP']:.2f}" in report and f"{r['mAP']:.2f}" in printed
+    assert "bit for bit" in report and "the whole test split" in report
+    assert "PGM (QAT)" in printed
+    header = next(line for line in printed.splitlines() if line.split()[:1] == ["FP32"])
+    assert header.split() == ["FP32"] + [f"{b}-bit" for b in BITS]
+
+
+def test_bad_arguments_exit_with_a_message(run, tmp_path, capsys):
+    """Truth: the documented refusals: a non-empty output folder, a missing weights file, an unknown
+    method; each returns 2 and names the option."""
+    paths, _, _ = run
+    base = ["demo", "--cfg", str(paths["cfg"]), "--data", str(paths["root"]), "--quick", "--no-progress"]
+    assert cli.main(base + ["--weights", str(paths["weights"]), "--out", str(paths["out"])]) == 2
+    assert "--out" in capsys.readouterr().err
+    assert cli.main(base + ["--weights", str(tmp_path / "missing.weights"), "--out", str(tmp_path / "a")]) == 2
+    assert "--weights" in capsys.readouterr().err
+    assert cli.main(base + ["--weights", str(paths["weights"]), "--methods", "pgm,magic",
+                            "--out", str(tmp_path / "b")]) == 2
+    assert "--methods" in capsys.readouterr().err
+
+
+def test_integer_check_catches_a_disagreement(run):
+    """Truth: two hand-made disagreeing models: the integer network of one plan against the
+    simulation of another (8-bit against 4-bit activations) must raise IntegerMismatchError."""
+    paths, _, _ = run
+    net = darknet.load(paths["cfg"], paths["weights"])
+    folded = qat.fold_batchnorm(net)
+    eight = qat.QuantizationPlan.load(paths["out"] / "plans" / "pgm-8bit.plan.json")
+    four = qat.QuantizationPlan.load(paths["out"] / "plans" / "pgm-4bit.plan.json")
+    inputs = np.random.default_rng(0).random((3, 3, 32, 32)).astype(np.float32)
+    integer = IntegerNetwork(folded, eight)
+    a, b = demo.paired_head_outputs(integer, integer.simulation(), inputs, 2, "same", progress=False)
+    np.testing.assert_array_equal(a, b)
+    with pytest.raises(demo.IntegerMismatchError, match="differ"):
+        demo.paired_head_outputs(integer, qat.SimulatedNetwork(folded, four), inputs, 2, "mixed", progress=False)
+
+
+def test_targets_and_table_on_hand_made_rows():
+    """Truth: hand-made rows whose gaps are known: FP32 60.0, PGM 8-bit 59.6 (gap 0.4, met), QAT
+    4-bit 57.5 (gap 2.5, not met), PGM 4-bit 50.0 against min-max 51.0 (not above); the table has
+    one line per method and mode, '-' where a width did not run."""
+    def entry(method, mode, bits, value):
+        return {"name": f"{method} {bits}", "method": method, "mode": mode, "weight_bits": bits,
+                "activation_bits": bits, "mAP": value, "integer_mAP": None if mode == "float" else value}
+    rows = [entry("float", "float", 32, 60.0), entry("pgm", "ptq", 8, 59.6), entry("pgm", "ptq", 4, 50.0),
+            entry("minmax", "ptq", 8, 59.0), entry("minmax", "ptq", 4, 51.0), entry("pgm", "qat", 4, 57.5)]
+    checks = demo.target_checks(rows)
+    assert [c["met"] for c in checks] == [True, False, False, True]
+    assert [round(c["value"], 6) for c in checks[:3]] == [0.4, 2.5, -1.0]
+    lines = demo.table_lines(rows)
+    assert lines[0].split() == ["FP32", "8-bit", "4-bit"]
+    assert lines[1].split() == ["float", "60.00"]
+    assert lines[2].split() == ["PGM", "(PTQ)", "59.60", "50.00"]
+    assert lines[4].split() == ["PGM", "(QAT)", "-", "57.50"]
