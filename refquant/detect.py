@@ -5,6 +5,7 @@ network input, the region head decoded with the drawing threshold 0.5 and NMS 0.
 (:func:`refquant.decode.detections`), and the boxes drawn with their labels and scores
 (:func:`refquant.draw.draw_detections`).
 """
+import sys
 from pathlib import Path
 
 from refquant import darknet
@@ -48,6 +49,15 @@ def default_names_for(cfg):
 
 
 def run(args):
+    """``refquant detect``: 0 on success; 2, with the message on stderr, for bad input (ValueError, OSError)."""
+    try:
+        return _run(args)
+    except (ValueError, OSError) as error:
+        print(f"refquant detect: error: {error}", file=sys.stderr)
+        return 2
+
+
+def _run(args):
     cfg, weights = model_paths(args)
     names = read_names(Path(args.names) if args.names else default_names_for(cfg))
     net = darknet.load(cfg, weights)

@@ -9,6 +9,7 @@ rule of VOC2010 and later by default, the 11-point rule of VOC2007 with ``use_07
 """
 import json
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -106,6 +107,15 @@ def model_paths(args):
 
 
 def run(args):
+    """``refquant eval``: 0 on success; 2, with the message on stderr, for bad input (ValueError, OSError)."""
+    try:
+        return _run(args)
+    except (ValueError, OSError) as error:
+        print(f"refquant eval: error: {error}", file=sys.stderr)
+        return 2
+
+
+def _run(args):
     from refquant.train import default_data, default_names
     cfg, weights = model_paths(args)
     data = Path(args.data) if args.data else default_data()

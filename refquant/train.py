@@ -37,6 +37,7 @@ import hashlib
 import json
 import math
 import os
+import sys
 import tempfile
 import time
 import warnings
@@ -560,6 +561,15 @@ def _parse_list(text, kind, option):
 
 
 def run(args):
+    """``refquant train``: 0 on success; 2, with the message on stderr, for bad input (ValueError, OSError)."""
+    try:
+        return _run(args)
+    except (ValueError, OSError) as error:
+        print(f"refquant train: error: {error}", file=sys.stderr)
+        return 2
+
+
+def _run(args):
     data = Path(args.data) if args.data else default_data()
     names = Path(args.names) if args.names else default_names(data)
     overrides = {key: getattr(args, key) for key in ("batch", "subdivisions", "learning_rate", "momentum", "decay",
