@@ -408,3 +408,28 @@ def test_evaluate_scores_integer_and_simulated_networks_identically(tmp_path):
     assert found_int == found_sim and len(found_int) > 0
     assert ap_int == pytest.approx(ap_sim, nan_ok=True) and ap_int["mAP"] == ap_sim["mAP"]
     assert abs(len(found_int) - len(found_float)) <= 0.2 * len(found_float)
+
+
+def test_shipped_model_integer_equals_simulation():
+    """Truth: the float64 simulation, as above, now for the shipped shapes detector
+    (data/models/shapes-tiny-yolo, trained weights) calibrated on 4 of its training images and run
+    on 4 of its test images at 128x128, at 4 bits: every layer's codes and the region output are identical."""
+    from refquant.data.shapes import shapes_dataset
+    from refquant.data.voc import load_image, load_voc, read_names
+    from refquant.decode import network_input
+    from refquant.evaluate import shipped_model
+
+    net = darknet.load(shipped_model(".cfg"), shipped_model(".weights"))
+    names = read_names(shipped_model(".names"))
+    root = shapes_dataset(progress=False)
+    _, height, width = net.input_shape
+
+    def batch(split):
+        records = load_voc(root, split, names)[:4]
+        return np.stack([network_input(load_image(r["image_path"]), width, height)
+                         for r in records]).astype(np.float32)
+
+    statistics = qat.calibration_statistics(net, batch("train"), batch_size=4, baseline_samples=4096,
+                                            progress=False)
+    plan = plan_of(statistics, 4, 4, "pgm")  # 4 bits inside, the first and last layers at 8
+    assert_code_for_code(IntegerNetwork(statistics.net, plan), batch("test"))
