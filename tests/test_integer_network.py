@@ -9,6 +9,10 @@ import pytest
 import torch
 
 from refquant import darknet, qat
+from refquant.data.shapes import shapes_dataset
+from refquant.data.voc import load_image, load_voc, read_names
+from refquant.decode import network_input
+from refquant.evaluate import shipped_model
 from refquant.integer_network import (IntegerNetwork, cost_totals, layer_costs, layer_sqnr, saturation_rates,
                                       sqnr_db)
 from refquant.intervals import UniformQuantizer
@@ -414,11 +418,6 @@ def test_shipped_model_integer_equals_simulation():
     """Truth: the float64 simulation, as above, now for the shipped shapes detector
     (data/models/shapes-tiny-yolo, trained weights) calibrated on 4 of its training images and run
     on 4 of its test images at 128x128, at 4 bits: every layer's codes and the region output are identical."""
-    from refquant.data.shapes import shapes_dataset
-    from refquant.data.voc import load_image, load_voc, read_names
-    from refquant.decode import network_input
-    from refquant.evaluate import shipped_model
-
     net = darknet.load(shipped_model(".cfg"), shipped_model(".weights"))
     names = read_names(shipped_model(".names"))
     root = shapes_dataset(progress=False)
