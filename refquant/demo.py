@@ -11,7 +11,9 @@ tiny YOLO v2 at 128x128 trained on the shapes data set) and the shapes data set
 3. Post-training quantization (PTQ) at each width of ``--bits`` (weights and activations alike;
    the first and last convolutions at ``--first-bits``/``--last-bits``, 8 by default): the
    PGM-optimal plan and the min-max, percentile (99.99) and ACIQ (Laplace) baselines
-   (:func:`refquant.qat.quantization_plan`).
+   (:func:`refquant.qat.quantization_plan`). The activations' PGMs have their breakpoints chosen
+   by BIC, 0 among the candidates (``--activation-breakpoints auto``; ``kink`` fits the two
+   pieces of a leaky ReLU split at 0 alone, ``refquant.qat``'s default).
 4. Quantization-aware training (QAT) at each width of ``--qat-bits`` (4 by default), starting
    from the PGM PTQ plan, the PGMs refitted and the intervals re-optimised every
    ``--refit-every`` iterations (:func:`refquant.qat.quantization_aware_training`).
@@ -60,10 +62,10 @@ METHOD_NAMES = {"float": "FP32", "pgm": "PGM", "minmax": "min-max", "percentile"
 CALIBRATION_IMAGES = 64
 TEST_IMAGES = None
 """None: the whole test split."""
-QAT_ITERATIONS = 200
+QAT_ITERATIONS = 120
 QAT_BATCH = 16
 QAT_LEARNING_RATE = 0.001
-REFIT_EVERY = 50
+REFIT_EVERY = 40
 REFIT_IMAGES = 32
 DRAWN_IMAGES = 4
 EVALUATION_BATCH = 50
@@ -90,6 +92,7 @@ class Settings:
     qat_bits: tuple = QAT_BITS
     first_bits: int = 8
     last_bits: int = 8
+    activation_breakpoints: str = "auto"
     calibration_images: int = CALIBRATION_IMAGES
     test_images: int = TEST_IMAGES
     qat_iterations: int = QAT_ITERATIONS
@@ -232,7 +235,8 @@ class Experiment:
         from refquant import qat
         s = self.settings
         self.statistics = self.timed("calibration", qat.calibration_statistics, self.net, self.calibration_inputs,
-                                     batch_size=16, progress=s.progress)
+                                     batch_size=16, progress=s.progress,
+                                     activation_breakpoints=s.activation_breakpoints)
         self.folded = self.statistics.net
 
     def make_plan(self, method, bits):
@@ -242,7 +246,7 @@ class Experiment:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             plan = self.timed("plans", qat.quantization_plan, self.statistics, bits, bits, method,
-                              first_bits=s.first_bits, last_bits=s.last_bits)
+                              first_bits=s.first_bits, last_bits=s.last_bits, progress=s.progress)
         for warning in caught:
             self.fit_warnings[f"{method} {bits}-bit"] = str(warning.message)
         self.plans[(method, bits)] = plan
@@ -493,7 +497,10 @@ def report_markdown(results):
              f"- Model: `{results['model']['cfg']}` with `{results['model']['weights']}`.",
              f"- Data: `{results['data']}`; evaluated on {subset}.",
              f"- Metric: {results['metric']}.",
-             f"- Calibration: {results['calibration_images']} train images (letterboxed, no augmentation).",
+             f"- Calibration: {results['calibration_images']} train images (letterboxed, no augmentation); "
+             f"activation PGMs with breakpoints `{results['settings']['activation_breakpoints']}` ("
+             + ("chosen by BIC, 0 among the candidates" if results['settings']['activation_breakpoints'] == "auto"
+                else "0 alone for leaky-ReLU outputs") + "); weight PGMs with up to 3 pieces chosen by BIC.",
              f"- First and last convolution: {results['first_last_layer_bits']['first']}-bit and "
              f"{results['first_last_layer_bits']['last']}-bit weights and outputs; the other layers at the width "
              f"of the row (weights and activations alike).",
@@ -719,6 +726,9 @@ def add_arguments(parser):
                              f"(default {','.join(PTQ_METHODS)})")
     parser.add_argument("--qat-bits", default=None,
                         help=f"QAT widths, comma-separated, or 'none' (default {','.join(map(str, QAT_BITS))})")
+    parser.add_argument("--activation-breakpoints", choices=("auto", "kink"), default="auto",
+                        help="breakpoints of the activations' PGMs: chosen by BIC with 0 among the candidates "
+                             "(auto, the default), or 0 alone for leaky-ReLU outputs (kink); see refquant.qat")
     parser.add_argument("--first-bits", type=int, default=8, help="width of the first convolution (default 8)")
     parser.add_argument("--last-bits", type=int, default=8, help="width of the last convolution (default 8)")
     parser.add_argument("--calibration-images", type=int, default=None,
@@ -784,6 +794,7 @@ def settings_from_arguments(args):
                     bits=_widths(args.bits, "--bits") or BITS, methods=methods,
                     qat_bits=QAT_BITS if args.qat_bits is None else _widths(args.qat_bits, "--qat-bits", True),
                     first_bits=args.first_bits, last_bits=args.last_bits, qat_learning_rate=args.qat_learning_rate,
+                    activation_breakpoints=args.activation_breakpoints,
                     seed=args.seed, quick=args.quick, progress=not args.no_progress, **budget)
 
 

@@ -52,7 +52,13 @@ This docstring is the specification; every function below implements one paragra
      ``zero_representable=True`` for activations, ``pow2_step`` optional). Weights:
      ``breakpoints="auto"`` with at most 3 pieces (centre and two tails), on the weight tensor.
      Activations: ``fit_histogram`` with ``breakpoints=[0.0]`` for leaky-ReLU outputs (and routes
-     and pools of them) whose histogram straddles 0, ``"auto"`` (at most 4 pieces) otherwise.
+     and pools of them) whose histogram straddles 0, ``"auto"`` (at most 4 pieces) otherwise: the
+     ``activation_breakpoints="kink"`` policy, the default. ``activation_breakpoints="auto"`` fits
+     every layer with ``"auto"`` (at most 4 pieces, chosen by BIC; 0 is among the candidate
+     breakpoints whenever the values straddle it), which lets the positive side of a leaky ReLU
+     have tail pieces: trained detectors' activations have tails heavier than one Gaussian's, and
+     a two-piece fit then underestimates them, giving intervals too narrow at 6 and 8 bits. The
+     policy is recorded in the plan's options, so that refits use it too.
    - the baselines of :mod:`refquant.intervals`, called unchanged: ``"minmax"``,
      ``"percentile"`` (99.99), ``"aciq"`` (Laplace prior) and ``"aciq-gauss"`` (Gaussian prior),
      ``"mse"`` (brute-force search), ``"kl"`` (TensorRT's entropy calibration, which gives
@@ -152,6 +158,10 @@ MIN_BITS, MAX_BITS = 2, 8
 
 DEFAULT_BINS = 2048
 """Histogram bins per layer (TensorRT's calibration histograms use 2048 too)."""
+
+ACTIVATION_BREAKPOINTS = ("kink", "auto")
+"""Policies for the activations' PGM breakpoints (module docstring, point 3): ``"kink"`` (0 alone
+for leaky-ReLU outputs) or ``"auto"`` (chosen by BIC for every layer)."""
 
 PGM_FIT_OPTIONS = {}
 """Keyword arguments of the calibration's PGM fits (``max_iter``, ``tol``, ...): none, i.e.
@@ -592,7 +602,11 @@ class CalibrationStatistics:
     """
 
     def __init__(self, net, histograms, max_pieces_weights=3, max_pieces_activations=4,
-                 baseline_samples=2**17, seed=0, fit_options=None):
+                 baseline_samples=2**17, seed=0, fit_options=None, activation_breakpoints="kink"):
+        if activation_breakpoints not in ACTIVATION_BREAKPOINTS:
+            raise ValueError(f"activation_breakpoints must be one of {', '.join(ACTIVATION_BREAKPOINTS)}, "
+                             f"got {activation_breakpoints!r}")
+        self.activation_breakpoints = activation_breakpoints
         self.net = net
         self.fit_options = dict(PGM_FIT_OPTIONS if fit_options is None else fit_options)
         self.histograms = histograms
@@ -625,8 +639,8 @@ class CalibrationStatistics:
                                                     max_pieces=self.max_pieces_weights, **self.fit_options)
                 else:
                     histogram = self.histograms[index]
-                    breakpoints = ([0.0] if _leaky_output(self.net, index) and histogram.first < 0
-                                   < histogram.first + histogram.counts.size else "auto")
+                    breakpoints = ([0.0] if self.activation_breakpoints == "kink" and _leaky_output(self.net, index)
+                                   and histogram.first < 0 < histogram.first + histogram.counts.size else "auto")
                     density = PiecewiseGaussian.fit_histogram(histogram.counts, histogram.edges, breakpoints,
                                                               max_pieces=self.max_pieces_activations,
                                                               **self.fit_options)
@@ -684,18 +698,20 @@ def collect_histograms(batches, layer_outputs, indices, max_bins=DEFAULT_BINS, p
 
 
 def calibration_statistics(net, images, batch_size=4, max_bins=DEFAULT_BINS, baseline_samples=2**17,
-                           seed=0, progress=True):
+                           seed=0, progress=True, activation_breakpoints="kink"):
     """Fold ``net`` and histogram every quantized output over ``images`` (module docstring, 3).
 
     ``images``: (N, C, H, W) float array in [0, 1], or an iterable of such batches. The folded
-    float network runs in inference mode. Returns :class:`CalibrationStatistics`.
+    float network runs in inference mode. ``activation_breakpoints``: the PGM policy of the
+    activations (:data:`ACTIVATION_BREAKPOINTS`). Returns :class:`CalibrationStatistics`.
     """
     folded = fold_batchnorm(net)
     check_supported(folded)  # before the long pass
     histograms = collect_histograms(image_batches(images, batch_size),
                                     lambda x: folded.forward(x, training=False, return_all=True),
                                     quantized_outputs(folded), max_bins, progress)
-    return CalibrationStatistics(folded, histograms, baseline_samples=baseline_samples, seed=seed)
+    return CalibrationStatistics(folded, histograms, baseline_samples=baseline_samples, seed=seed,
+                                 activation_breakpoints=activation_breakpoints)
 
 
 def layer_bits(net, weight_bits, activation_bits, first_bits=DEFAULT_BITS_FIRST_LAST,
@@ -751,7 +767,8 @@ def quantization_plan(statistics, weight_bits, activation_bits, method="pgm",
         warnings.warn(f"PGM fits short of EM convergence (usable estimates) for {short}; "
                       f"details in statistics.fit_warnings", ConvergenceWarning, stacklevel=2)
     options = {"weight_bits": int(weight_bits), "activation_bits": int(activation_bits),
-               "first_bits": first_bits, "last_bits": last_bits, "pow2_step": bool(pow2_step)}
+               "first_bits": first_bits, "last_bits": last_bits, "pow2_step": bool(pow2_step),
+               "activation_breakpoints": statistics.activation_breakpoints}
     return QuantizationPlan.for_network(net, weights, activations, method=method, options=options,
                                         densities=densities)
 
@@ -1249,11 +1266,12 @@ class FakeQuantNetwork(Network):
                 for layer, out in zip(self.layers, outputs)]
 
     def statistics(self, images, batch_size=4, max_bins=DEFAULT_BINS, baseline_samples=2**17, seed=0,
-                   progress=True):
+                   progress=True, activation_breakpoints="kink"):
         """CalibrationStatistics of the current weights and pre-quantization activations."""
         histograms = collect_histograms(image_batches(images, batch_size), self.unquantized_outputs,
                                         quantized_outputs(self.folded), max_bins, progress, "refit")
-        return CalibrationStatistics(self.folded, histograms, baseline_samples=baseline_samples, seed=seed)
+        return CalibrationStatistics(self.folded, histograms, baseline_samples=baseline_samples, seed=seed,
+                                     activation_breakpoints=activation_breakpoints)
 
     def refit(self, images, method=None, batch_size=4, progress=True, **overrides):
         """Refit the PGMs (or rerun the plan's method) on the current weights and the activations of
@@ -1266,7 +1284,8 @@ class FakeQuantNetwork(Network):
         options.update(overrides)
         if "weight_bits" not in options or "activation_bits" not in options:
             raise ValueError("refit: the plan has no weight_bits/activation_bits options; pass them")
-        statistics = self.statistics(images, batch_size=batch_size, progress=progress)
+        statistics = self.statistics(images, batch_size=batch_size, progress=progress,
+                                     activation_breakpoints=self.plan.options.get("activation_breakpoints", "kink"))
         return self.set_plan(quantization_plan(statistics, method=method, **options))
 
 
