@@ -534,27 +534,35 @@ def report_markdown(results):
 # ================================================================================================
 
 def plot_map_table(rows, ax=None):
-    """Grouped bars of mAP (%) per width, one bar per method and mode; FP32 as a horizontal line."""
+    """mAP (%) against the width, one line of markers per method and mode, FP32 as a dashed line.
+
+    Points rather than bars, so that the axis can start near the lowest value without
+    exaggerating the differences (the axis range is printed on it)."""
     import matplotlib.pyplot as plt
     if ax is None:
         _, ax = plt.subplots(figsize=(8, 4))
     bits = sorted({r["weight_bits"] for r in rows if r["mode"] != "float"}, reverse=True)
     series = list(dict.fromkeys((r["method"], r["mode"]) for r in rows if r["mode"] != "float"))
-    width = 0.8 / max(len(series), 1)
-    positions = np.arange(len(bits))
+    positions = {b: k for k, b in enumerate(bits)}
     for k, (method, mode) in enumerate(series):
-        values = [(_find(rows, method, mode, b) or {"mAP": np.nan})["mAP"] for b in bits]
-        bars = ax.bar(positions + (k - (len(series) - 1) / 2) * width, values, width,
-                      label=f"{METHOD_NAMES[method]} ({mode.upper()})")
-        ax.bar_label(bars, fmt="%.1f", fontsize=6, padding=1)
+        found = [r for r in rows if r["method"] == method and r["mode"] == mode]
+        x = [positions[r["weight_bits"]] + (k - (len(series) - 1) / 2) * 0.06 for r in found]
+        y = [r["mAP"] for r in found]
+        ax.plot(x, y, marker="o" if mode == "ptq" else "*", markersize=7 if mode == "ptq" else 12,
+                linestyle="-" if mode == "ptq" else "none", color=f"C{k}",
+                label=f"{METHOD_NAMES[method]} ({mode.upper()})")
+        for xi, yi in zip(x, y):
+            ax.annotate(f"{yi:.1f}", (xi, yi), textcoords="offset points", xytext=(6, -3), fontsize=6, color=f"C{k}")
     fp32 = _find(rows, "float", "float", 32)
     if fp32:
         ax.axhline(fp32["mAP"], color="k", linestyle="--", linewidth=1, label=f"FP32 {fp32['mAP']:.1f}")
-    ax.set_xticks(positions)
+    ax.set_xticks(range(len(bits)))
     ax.set_xticklabels([f"{b}-bit" for b in bits])
+    ax.set_xlim(-0.5, len(bits) - 0.5)
     ax.set_ylabel("mAP (%)")
-    ax.set_title("mAP of each method and width (weights and activations)")
-    ax.legend(fontsize=7, ncol=2, loc="lower left")
+    ax.set_title("mAP of each method and width (weights and activations alike)", fontsize=10)
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.legend(fontsize=7, loc="lower left")
     return ax
 
 
