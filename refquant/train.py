@@ -337,6 +337,24 @@ def layers_digest(cfg):
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def file_digest(path):
+    """sha256 of a file's bytes, hex."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def records_digest(records):
+    """sha256 identifying the training images: every record's id, size and objects, and its
+    image file's byte count (the images are not re-read)."""
+    text = json.dumps([[r["id"], r["width"], r["height"], os.path.getsize(r["image_path"]),
+                        [[o["class_id"], list(o["box"]), bool(o["difficult"])] for o in r["objects"]]]
+                       for r in records])
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def train(cfg, data, names, out_dir, split="train", weights=None, seed=0, overrides=None, checkpoint_every=100,
           resume=False, name=None, progress=True, on_update=None):
     """Train the network of ``cfg`` on the VOC tree ``data``; returns a summary dict.
@@ -371,9 +389,10 @@ def train(cfg, data, names, out_dir, split="train", weights=None, seed=0, overri
     records = load_voc(data, split, class_names)
     if not records:
         raise ValueError(f"{data}: split {split!r} has no images")
-    identity = {"cfg": str(cfg), "layers_sha256": layers_digest(cfg), "data": str(data), "split": split,
-                "seed": int(seed), "initial_weights": None if weights is None else str(weights),
-                "options": options}
+    identity = {"cfg": str(cfg), "layers_sha256": layers_digest(cfg), "data": str(data),
+                "data_sha256": records_digest(records), "split": split, "seed": int(seed),
+                "initial_weights": None if weights is None else str(weights),
+                "initial_weights_sha256": None if weights is None else file_digest(weights), "options": options}
     out_dir.mkdir(parents=True, exist_ok=True)
     iteration, seconds = 0, 0.0
     updates = zero_updates(net)
@@ -441,12 +460,13 @@ SCHEDULE_KEYS = ("learning_rate", "policy", "burn_in", "power", "max_batches", "
 def _check_same_run(state, identity, pointer):
     """Resume only the run the checkpoint belongs to.
 
-    Same network layers, data, split, seed, initial weights, and the same options except the
+    Same network layers, training images and annotations, split, seed, initial weights (by
+    content, not path, so a run moves between machines), and the same options except the
     schedule (:data:`SCHEDULE_KEYS`); the schedule may change only if every update already done
     would have had exactly the same learning rate under it (so a longer run, or a learning-rate
     step placed after the checkpoint, still gives the result of one uninterrupted run).
     """
-    for key in ("layers_sha256", "data", "split", "seed", "initial_weights"):
+    for key in ("layers_sha256", "data_sha256", "split", "seed", "initial_weights_sha256"):
         if state.get(key) != identity[key]:
             raise ValueError(f"{pointer}: the checkpoint was written with {key}={state.get(key)!r}, "
                              f"this run has {identity[key]!r}; resume needs the same run")

@@ -300,6 +300,23 @@ def test_resume_refuses_another_run(tiny, tmp_path):
     assert result["iteration"] == 3
 
 
+def test_resume_after_moving_the_data_and_the_run(tiny, tmp_path):
+    """A run identifies its data by content, not path: the checkpoint of update 1, moved with a copy
+    of the data tree to other directories, resumes there to the weights of an uninterrupted 2-update
+    run on the original tree, byte for byte."""
+    import shutil
+    overrides = {"max_batches": 1}
+    train.train(tiny["cfg"], tiny["data"], tiny["names"], tmp_path / "run", seed=6, overrides=overrides,
+                progress=False)
+    shutil.copytree(tiny["data"], tmp_path / "moved_data")
+    shutil.move(tmp_path / "run", tmp_path / "moved_run")
+    moved = train.train(tiny["cfg"], tmp_path / "moved_data", tmp_path / "moved_data" / "shapes.names",
+                        tmp_path / "moved_run", seed=6, overrides={"max_batches": 2}, resume=True, progress=False)
+    whole = train.train(tiny["cfg"], tiny["data"], tiny["names"], tmp_path / "whole", seed=6,
+                        overrides={"max_batches": 2}, progress=False)
+    assert moved["weights"].read_bytes() == whole["weights"].read_bytes()
+
+
 def test_atomic_write_leaves_no_partial_file(tmp_path):
     """Simulated crash in the middle of writing: the target keeps its old content (or stays absent)
     and no temporary file is left in the directory."""
