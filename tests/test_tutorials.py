@@ -17,7 +17,8 @@ import nbformat
 import pytest
 
 TUTORIALS = Path(__file__).resolve().parent.parent / "tutorials"
-EXPECTED = ["02_optimal_intervals.ipynb", "03_integer_convolution.ipynb", "04_yolo_forward_backward.ipynb"]
+EXPECTED = ["01_distributions.ipynb", "02_optimal_intervals.ipynb", "03_integer_convolution.ipynb",
+            "04_yolo_forward_backward.ipynb", "05_quantizing_a_detector.ipynb"]
 
 
 def _load_render():
