@@ -48,8 +48,8 @@ import time
 import warnings
 from pathlib import Path
 
-import matplotlib
 import numpy as np
+from matplotlib.figure import Figure
 from tqdm import tqdm
 
 BITS = (8, 6, 4)
@@ -192,7 +192,7 @@ class Experiment:
         self.test_records = test_records if settings.test_images is None else test_records[:settings.test_images]
         if not self.test_records or not self.train_records:
             raise ValueError(f"{settings.data}: the demo needs images in both the train and the test split")
-        self.rows, self.timings, self.outputs, self.detections = [], {}, {}, {}
+        self.rows, self.timings, self.detections = [], {}, {}
         self.plans, self.fit_warnings, self.qat = {}, {}, {}
         self.statistics = None
 
@@ -225,7 +225,6 @@ class Experiment:
         seconds = time.perf_counter() - start
         self.timings["FP32"] = seconds
         self.detections["float"] = found
-        self.float_mAP = mAP
         self.rows.append({"name": "FP32", "method": "float", "mode": "float", "weight_bits": 32,
                           "activation_bits": 32, "mAP": mAP, "integer_mAP": None, "integer_equals_simulation": None,
                           "model_bytes": None, "bops": None, "seconds": seconds})
@@ -312,7 +311,6 @@ class Experiment:
 
 def run_experiment(settings):
     """Run every step of the module docstring and write the outputs; returns the results dict."""
-    matplotlib.use("Agg")
     start = time.perf_counter()
     out = Path(settings.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -657,17 +655,18 @@ def plot_detections(image, detections, names, ax=None, title=None):
 
 
 def write_figures(experiment):
-    """Every PNG of the module docstring into the output folder; returns their file names."""
-    import matplotlib.pyplot as plt
+    """Every PNG of the module docstring into the output folder; returns their file names.
+
+    The figures are drawn on ``matplotlib.figure.Figure`` objects, without pyplot, so that
+    writing them neither needs nor changes a display backend."""
     out, names = experiment.out, []
 
     def save(figure, name):
         figure.tight_layout()
         figure.savefig(out / name, dpi=110)
-        plt.close(figure)
         names.append(name)
-    figure, ax = plt.subplots(figsize=(9, 4.5))
-    plot_map_table(experiment.rows, ax=ax)
+    figure = Figure(figsize=(9, 4.5))
+    plot_map_table(experiment.rows, ax=figure.subplots())
     save(figure, "map_table.png")
     if not experiment.plans:
         return names
@@ -678,7 +677,8 @@ def write_figures(experiment):
                          else next(iter(plans.values())).weights)
         columns = min(4, len(indices))
         rows = math.ceil(len(indices) / columns)
-        figure, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.2 * rows), squeeze=False)
+        figure = Figure(figsize=(4.2 * columns, 3.2 * rows))
+        axes = figure.subplots(rows, columns, squeeze=False)
         for ax, index in zip(axes.ravel(), indices):
             plot_layer_intervals(experiment.statistics, plans, index, kind, ax=ax)
         for ax in axes.ravel()[len(indices):]:
@@ -686,8 +686,8 @@ def write_figures(experiment):
         figure.suptitle(f"{kind.capitalize()}: fitted PGM and the intervals of each method at {bits} bits "
                         f"(first/last layer at {experiment.settings.first_bits}/{experiment.settings.last_bits})")
         save(figure, f"densities_{kind}.png")
-    figure, axes = plt.subplots(1, 2, figsize=(12, 4))
-    for ax, kind in zip(axes, ("activations", "weights")):
+    figure = Figure(figsize=(12, 4))
+    for ax, kind in zip(figure.subplots(1, 2), ("activations", "weights")):
         plot_layer_errors(layer_errors(experiment.statistics, plans, kind), ax=ax,
                           title=f"{kind} at {bits} bits: quantization SQNR per layer")
     save(figure, "method_errors.png")
@@ -697,15 +697,13 @@ def write_figures(experiment):
 
 def detections_figure(experiment, bits):
     """Rows: a few test images; columns: FP32, PGM PTQ and PGM QAT at ``bits`` (those that ran)."""
-    import matplotlib.pyplot as plt
-
     from refquant.data.voc import load_image
     from refquant.decode import DETECTION_THRESHOLD
     columns = [("FP32", "float")] + [(quantized_name("pgm", bits, mode), ("pgm", mode, bits))
                                      for mode in ("ptq", "qat") if ("pgm", mode, bits) in experiment.detections]
     records = experiment.test_records[:experiment.settings.drawn_images]
-    figure, axes = plt.subplots(len(records), len(columns), figsize=(3 * len(columns), 3 * len(records)),
-                                squeeze=False)
+    figure = Figure(figsize=(3 * len(columns), 3 * len(records)))
+    axes = figure.subplots(len(records), len(columns), squeeze=False)
     for r, record in enumerate(records):
         image = load_image(record["image_path"], (record["width"], record["height"]))
         for c, (title, key) in enumerate(columns):
