@@ -39,6 +39,7 @@ timings), ``report.md``, the plots ``map_table.png``, ``densities_activations.pn
 """
 import dataclasses
 import datetime
+import hashlib
 import json
 import math
 import os
@@ -370,7 +371,8 @@ def results_dict(experiment, figures):
         "machine": machine_description(),
         "command": " ".join(["refquant"] + sys.argv[1:]) if Path(sys.argv[0]).stem in ("refquant", "__main__")
         else "refquant demo",
-        "model": {"cfg": s.cfg, "weights": s.weights, "names": s.names},
+        "model": {"cfg": s.cfg, "weights": s.weights, "names": s.names,
+                  "weights_sha256": hashlib.sha256(Path(s.weights).read_bytes()).hexdigest() if s.weights else None},
         "data": s.data,
         "metric": "mAP in percent: Darknet's validate_detector detections (threshold 0.005, NMS 0.45) scored "
                   "by the VOC devkit's rule, IoU >= 0.5, VOC2010 area rule",
@@ -448,6 +450,25 @@ def table_lines(rows, bits=None):
             found = _find(rows, entry["method"], entry["mode"], b)
             cells.append(f"{found['mAP']:>8.2f}" if found else f"{'-':>8}")
         lines.append(f"{label:<18}{'':>8}" + "".join(cells))
+    return lines
+
+
+def summary_lines(results):
+    """What ``refquant demo`` prints at the end (and the README shows): a caption with the test
+    images, the rule, the first/last layer widths, the time, the machine and the date; the table of
+    :func:`table_lines`; the integer check; each target, met or not, with its measured value."""
+    subset = ("" if results["test_images"] == results["test_split_images"]
+              else f" (first {results['test_images']} of {results['test_split_images']})")
+    widths = results["first_last_layer_bits"]
+    lines = [f"mAP (%) on {results['test_images']} test images{subset}, VOC2010 area rule; first/last layer at "
+             f"{widths['first']}/{widths['last']} bits; {results['timings_seconds']['total']:.0f} s "
+             f"on {results['machine']['cpu']} ({results['machine']['cores']} cores), {results['date']}"]
+    lines += table_lines(results["rows"])
+    lines.append("integer network == float64 simulation (head outputs bit for bit) in every quantized row: "
+                 f"{results['integer_equals_simulation']}")
+    for check in results["targets"]:
+        value = f"{check['value']:.2f}" if isinstance(check["value"], float) else str(check["value"])
+        lines.append(f"  {'met    ' if check['met'] else 'NOT met'}  {check['description']}: {value}")
     return lines
 
 
@@ -815,17 +836,7 @@ def run(args):
         return 2
     print(f"refquant demo: {settings.cfg} with {settings.weights}; results in {out}/")
     results = run_experiment(settings)
-    subset = ("" if results["test_images"] == results["test_split_images"]
-              else f" (first {results['test_images']} of {results['test_split_images']})")
     print()
-    print(f"mAP (%) on {results['test_images']} test images{subset}, VOC2010 area rule; first/last layer at "
-          f"{settings.first_bits}/{settings.last_bits} bits; {results['timings_seconds']['total']:.0f} s "
-          f"on {results['machine']['cpu']} ({results['machine']['cores']} cores), {results['date']}")
-    print("\n".join(table_lines(results["rows"])))
-    print("integer network == float64 simulation (head outputs bit for bit) in every quantized row: "
-          f"{results['integer_equals_simulation']}")
-    for check in results["targets"]:
-        value = f"{check['value']:.2f}" if isinstance(check["value"], float) else str(check["value"])
-        print(f"  {'met    ' if check['met'] else 'NOT met'}  {check['description']}: {value}")
+    print("\n".join(summary_lines(results)))
     print(f"report: {out / 'report.md'}")
     return 0

@@ -19,16 +19,24 @@ from refquant.decode import NMS_THRESHOLD, VALIDATION_THRESHOLD, detect_records
 from refquant.data.voc import ground_truth, load_voc, read_names
 from refquant.metrics import average_precision
 
-MODELS_DIR = Path(__file__).resolve().parent.parent / "data" / "models"
-"""Where the shipped model lives in a source checkout: ``data/models/``."""
+MODELS_DIRS = (Path(__file__).resolve().parent.parent / "data" / "models",
+               Path(sys.prefix) / "share" / "refquant" / "models")
+"""Where the shipped model lives: ``data/models/`` of a source checkout (an editable install),
+else where ``pip install .`` puts it (``setup.cfg``'s ``data_files``: ``<prefix>/share/refquant/models``)."""
 
 SHIPPED_MODEL = "shapes-tiny-yolo"
 """File stem of the shipped model: ``<stem>.cfg``, ``<stem>.weights``, ``<stem>.names``, ``<stem>.json``."""
 
 
 def shipped_model(suffix):
-    """Path of the shipped model's file with ``suffix`` ('.cfg', '.weights', '.names', '.json')."""
-    return MODELS_DIR / f"{SHIPPED_MODEL}{suffix}"
+    """Path of the shipped model's file with ``suffix`` ('.cfg', '.weights', '.names', '.json'), from
+    the first of :data:`MODELS_DIRS` that has the weights (FileNotFoundError naming both otherwise)."""
+    for folder in MODELS_DIRS:
+        if (folder / f"{SHIPPED_MODEL}.weights").is_file():
+            return folder / f"{SHIPPED_MODEL}{suffix}"
+    raise FileNotFoundError(f"the shipped model {SHIPPED_MODEL}.weights is in none of "
+                            f"{', '.join(str(folder) for folder in MODELS_DIRS)}; reinstall refquant "
+                            "(pip install .) or pass --cfg/--weights/--names")
 
 
 def region_head(net):
