@@ -86,7 +86,9 @@ This docstring is the specification; every function below implements one paragra
      ``s_in / s_out``.
    - The SIMULATION is defined on integer-valued float64 tensors: with ``x = codes - z_in``,
      ``acc = weight_codes (x) + bias`` computed by the engine's im2col and GEMM in float64
-     (every term an integer, every partial sum below 2**53: exact), then::
+     (every term an integer, every partial sum below 2**53: exact; in float32 where
+     :func:`simulation_gemm_dtype` proves every partial sum below 2**24, which is just as exact
+     and faster), then::
 
          code = clip(round_half_even(acc * (multiplier * 2.0**-shift)) + z_out, qmin, qmax)
 
@@ -982,28 +984,57 @@ def run_codes(net, fixed, input_codes, convolution, route, grids, input_grid):
     return outputs
 
 
+FLOAT32_EXACT_INTEGERS = 2 ** 24
+"""Every integer of magnitude up to 2**24 is a float32 (24-bit significand)."""
+
+
+def simulation_gemm_dtype(weight_codes, input_grid):
+    """float32 if no partial sum of the simulation's GEMM can reach 2**24 in magnitude, else float64.
+
+    ``weight_codes`` (M, K), the input grid of the convolution. Every partial sum of
+    ``sum_k w_k (x_k - z)`` is bounded by ``max_m sum_k |w_mk| * max(|qmin - z|, |qmax - z|)``;
+    below 2**24 every product and every partial sum is an integer float32 represents exactly, so
+    the float32 GEMM returns the exact integers whatever order or FMA the BLAS uses. Above it, float64
+    (exact below 2**53, which int32 accumulators always are). Same result, about half the time.
+    """
+    grid = input_grid
+    span = max(abs(int(grid.qmin) - int(grid.zero_point)), abs(int(grid.qmax) - int(grid.zero_point)))
+    bound = int(np.abs(np.asarray(weight_codes, dtype=np.int64)).sum(axis=1).max()) * span
+    return np.float32 if bound < FLOAT32_EXACT_INTEGERS else np.float64
+
+
+def simulated_accumulator(conv, codes, weight_codes=None):
+    """acc = W (codes - z_in) + bias, float64 (N, M, OH*OW), integer-valued, exact.
+
+    By the engine's im2col and one GEMM per image, in float32 when :func:`simulation_gemm_dtype`
+    proves every partial sum an integer below 2**24, else in float64 (integers below 2**53).
+    ``weight_codes``: the (M, K) weight codes in the GEMM's dtype if the caller keeps them
+    (default: converted from ``conv.weight_codes`` here).
+    """
+    if weight_codes is None:
+        flat = conv.weight_codes.reshape(conv.weight_codes.shape[0], -1)
+        weight_codes = flat.astype(simulation_gemm_dtype(flat, conv.input_grid))
+    x = (codes - float(conv.input_grid.zero_point)).astype(weight_codes.dtype)
+    cols = im2col(x, conv.size, conv.stride, conv.padding)
+    return np.matmul(weight_codes, cols).astype(np.float64) + conv.bias.astype(np.float64)[:, None]
+
+
 def simulated_convolution(conv, codes, weight_codes=None):
     """The simulation's convolution (point 4): float64 codes in, float64 codes out (integer-valued).
 
-    acc = W (codes - z_in) + bias by im2col and GEMM in float64 (exact: integers below 2**53),
+    acc from :func:`simulated_accumulator`, then, in float64,
     code = clip(round_half_even(acc * multiplier * 2.0**-shift) + z_out, qmin, qmax),
-    the negative pair where acc < 0. ``weight_codes``: the (M, K) float64 weight codes if the
-    caller keeps them (default: converted from ``conv.weight_codes`` here).
+    the negative pair where acc < 0.
     """
-    x = codes - float(conv.input_grid.zero_point)
-    n_batch = x.shape[0]
-    cols = im2col(x, conv.size, conv.stride, conv.padding)
-    out_h = (x.shape[2] + 2 * conv.padding - conv.size) // conv.stride + 1
-    out_w = (x.shape[3] + 2 * conv.padding - conv.size) // conv.stride + 1
-    if weight_codes is None:
-        weight_codes = conv.weight_codes.reshape(conv.weight_codes.shape[0], -1).astype(np.float64)
-    acc = np.matmul(weight_codes, cols) + conv.bias.astype(np.float64)[:, None]
+    acc = simulated_accumulator(conv, codes, weight_codes)
+    out_h = (codes.shape[2] + 2 * conv.padding - conv.size) // conv.stride + 1
+    out_w = (codes.shape[3] + 2 * conv.padding - conv.size) // conv.stride + 1
     positive = multiplier_value(conv.multiplier, conv.shift)
     negative = multiplier_value(conv.negative_multiplier, conv.negative_shift)
     scaled = np.where(acc >= 0, acc * positive, acc * negative)
     grid = conv.output_grid
     out = np.clip(round_half_even(scaled) + grid.zero_point, grid.qmin, grid.qmax)
-    return out.reshape(n_batch, -1, out_h, out_w)
+    return out.reshape(codes.shape[0], -1, out_h, out_w)
 
 
 def simulated_route(route, inputs):
@@ -1038,7 +1069,7 @@ class SimulatedNetwork:
         self.inputs = folded.inputs
         self.input_shape = folded.input_shape
         self.name = f"{folded.name} (simulated {plan.method})"
-        self._weight_codes = {}  # float64 (M, K) weight codes, made on first use
+        self._weight_codes = {}  # (M, K) weight codes in the GEMM's dtype, made on first use
 
     @classmethod
     def build(cls, net, plan):
@@ -1057,8 +1088,8 @@ class SimulatedNetwork:
 
     def _convolution(self, conv, codes):
         if conv.index not in self._weight_codes:
-            self._weight_codes[conv.index] = conv.weight_codes.reshape(conv.weight_codes.shape[0], -1).astype(
-                np.float64)
+            flat = conv.weight_codes.reshape(conv.weight_codes.shape[0], -1)
+            self._weight_codes[conv.index] = flat.astype(simulation_gemm_dtype(flat, conv.input_grid))
         return simulated_convolution(conv, codes, self._weight_codes[conv.index])
 
     def forward(self, images, training=False):

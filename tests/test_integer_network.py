@@ -1,6 +1,7 @@
 """Tests of refquant.integer_network: the integer network against its float64 simulation (code for
 code), each layer against a direct real-valued computation in torch, the float network (SQNR),
 the accumulator check, model size and operation counts. Each docstring names its truth."""
+import dataclasses
 import math
 import warnings
 
@@ -231,6 +232,34 @@ def test_tiny_network_integer_equals_simulation_at_3_bits(tiny, method):
     integer_network = IntegerNetwork.build(net, plan)
     assert isinstance(integer_network.fixed[8], qat.FixedPointRoute)
     assert_code_for_code(integer_network, images)
+
+
+@pytest.mark.parametrize("last_weight, dtype", [(7, np.float32), (8, np.float64)])
+def test_simulation_float32_gemm_only_where_exact(tiny, last_weight, dtype):
+    """Truth: NumPy int64 arithmetic (einsum). Inputs on a 0..255 grid with zero point 0, a 1x1
+    convolution of k = 519 weights: 518 of 127 and a last one of 7 make the worst sum
+    65793 * 255 = 2**24 - 1, the largest every partial sum of which float32 holds exactly, so the
+    GEMM runs in float32; a last weight of 8 passes 2**24 and sends it to float64. Either way each
+    accumulator, on inputs at the extreme (the worst sum itself) and random ones, is the int64 one."""
+    net, images, statistics = tiny
+    plan = plan_of(statistics, 8, 8, "minmax")
+    conv = next(f for f in IntegerNetwork(statistics.net, plan).fixed if isinstance(f, qat.FixedPointConvolution))
+    grid = UniformQuantizer(step=0.01, zero_point=0, qmin=0, qmax=255)
+    k = 519
+    weights = np.full((2, k), 127, dtype=np.int64)
+    weights[:, -1] = last_weight
+    weights[1] *= -1
+    assert (int(np.abs(weights).sum(axis=1).max()) * 255 < 2 ** 24) == (dtype is np.float32)
+    assert qat.simulation_gemm_dtype(weights, grid) is dtype
+    conv = dataclasses.replace(conv, weight_codes=weights.astype(np.int8).reshape(2, k, 1, 1),
+                               bias=np.array([3, -5], dtype=np.int32), input_grid=grid, size=1, stride=1, padding=0)
+    codes = np.concatenate([np.full((1, k, 2, 2), 255.0),
+                            np.random.default_rng(5).integers(0, 256, (3, k, 2, 2)).astype(np.float64)])
+    acc = qat.simulated_accumulator(conv, codes)
+    expected = np.einsum("mk,nkp->nmp", weights, codes.astype(np.int64).reshape(4, k, 4)) + np.array([3, -5])[:, None]
+    assert acc.dtype == np.float64
+    np.testing.assert_array_equal(acc, expected.astype(np.float64))
+    assert expected[0, 0, 0] == 255 * (518 * 127 + last_weight) + 3
 
 
 # ------------------------------------------------------------------------------------------------
