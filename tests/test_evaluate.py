@@ -6,8 +6,11 @@ activations and Darknet's decoding are written out here from ``region_layer.c``;
 ``NMSBoxes`` does the per-class NMS) and scored by ``refquant.metrics.average_precision``;
 the pixels of the PNG that ``refquant detect`` writes; the shipped model's recorded mAP.
 """
+import configparser
 import hashlib
 import json
+import sys
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -19,7 +22,7 @@ from refquant import cli, darknet
 from refquant.data.shapes import shapes_dataset
 from refquant.data.voc import ground_truth, load_image, load_voc, read_names
 from refquant.detect import detect_image
-from refquant.evaluate import evaluate, format_table, shipped_model
+from refquant.evaluate import MODELS_DIRS, SHIPPED_MODEL, evaluate, format_table, shipped_model
 from refquant.metrics import average_precision
 
 CFG, WEIGHTS, NAMES = shipped_model(".cfg"), shipped_model(".weights"), shipped_model(".names")
@@ -176,3 +179,18 @@ def test_shipped_model_record_describes_the_committed_weights():
     assert scores["mAP"] == pytest.approx(record["test_mAP"], abs=1e-9)
     assert average_precision(found, ground_truth(records), use_07_metric=True)["mAP"] == pytest.approx(
         record["test_mAP_voc07_11point"], abs=1e-9)
+
+
+def test_pip_install_ships_the_model():
+    """Truth: setup.cfg read by configparser (what setuptools reads). Its ``data_files`` put the
+    shipped model's four files where ``shipped_model`` looks outside a checkout
+    (``<prefix>/share/refquant/models``), so ``pip install . && refquant demo`` finds them."""
+    root = Path(__file__).resolve().parent.parent
+    config = configparser.ConfigParser()
+    config.read(root / "setup.cfg")
+    (target, files), = config["options.data_files"].items()
+    assert Path(sys.prefix) / target == MODELS_DIRS[1]
+    listed = [line.strip() for line in files.splitlines() if line.strip()]
+    assert sorted(Path(f).name for f in listed) == sorted(f"{SHIPPED_MODEL}{s}" for s in
+                                                          (".cfg", ".json", ".names", ".weights"))
+    assert all((root / f).is_file() for f in listed)
