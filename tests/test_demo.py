@@ -146,6 +146,8 @@ def test_results_schema_and_rows(run):
     assert results["test_images"] == results["test_split_images"] == 6 and results["calibration_images"] == 4
     assert {"cpu", "cores", "python", "numpy"} <= set(results["machine"]) and results["date"]
     assert results["timings_seconds"]["total"] > 0 and results["qat"]["runs"]["4"]["refits"] == [2]
+    qat_options = results["qat"]["runs"]["4"]["options"]  # 3 quick updates, x0.1 after round(2/3 * 3) = 2
+    assert (qat_options["policy"], qat_options["steps"], qat_options["scales"]) == ("steps", [2], [0.1])
     assert any(r["mAP"] > 0 for r in rows), "a random detector on these images still matches some boxes"
 
 
@@ -216,7 +218,7 @@ def test_files_report_and_printed_table(run):
 
 def test_bad_arguments_exit_with_a_message(run, tmp_path, capsys):
     """Truth: the documented refusals: a non-empty output folder, a missing weights file, an unknown
-    method; each returns 2 and names the option."""
+    method, a learning-rate step outside the run; each returns 2 and names the option."""
     paths, _, _ = run
     base = ["demo", "--cfg", str(paths["cfg"]), "--data", str(paths["root"]), "--quick", "--no-progress"]
     assert cli.main(base + ["--weights", str(paths["weights"]), "--out", str(paths["out"])]) == 2
@@ -226,6 +228,9 @@ def test_bad_arguments_exit_with_a_message(run, tmp_path, capsys):
     assert cli.main(base + ["--weights", str(paths["weights"]), "--methods", "pgm,magic",
                             "--out", str(tmp_path / "b")]) == 2
     assert "--methods" in capsys.readouterr().err
+    assert cli.main(base + ["--weights", str(paths["weights"]), "--qat-step-at", "1.5",
+                            "--out", str(tmp_path / "c")]) == 2
+    assert "--qat-step-at" in capsys.readouterr().err
 
 
 def test_integer_check_catches_a_disagreement(run):
