@@ -1,0 +1,65 @@
+"""The README's demo table is what ``refquant demo`` printed on the shipped model.
+
+``docs/demo/`` holds the ``results.json``, ``report.md`` and plots of the run the README quotes.
+Independent truths: the shipped weights' sha256 (hashlib), the shipped model's test mAP as
+``refquant eval`` computes it (recorded in ``data/models/shapes-tiny-yolo.json`` and checked
+against a fresh evaluation by tests/test_evaluate.py; the demo computes its FP32 row by another
+path: its own letterboxing, batching and decoding call); the README's text.
+"""
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+
+from refquant import demo
+from refquant.evaluate import shipped_model
+
+ROOT = Path(__file__).resolve().parent.parent
+RUN = ROOT / "docs" / "demo"
+MARKER = "<!-- demo-table -->"
+
+
+@pytest.fixture(scope="module")
+def results():
+    return json.loads((RUN / "results.json").read_text())
+
+
+def test_readme_shows_the_printed_summary(results):
+    """The fenced block after the marker is, line for line, the summary the run printed: caption
+    (test images, rule, first/last widths, time, machine, date), table, integer check, targets."""
+    readme = (ROOT / "README.md").read_text()
+    assert readme.count(MARKER) == 1
+    block = readme.split(MARKER, 1)[1].split("```", 2)[1]
+    assert block.strip("\n").splitlines() == demo.summary_lines(results)
+
+
+def test_run_is_of_the_shipped_model_and_data(results):
+    """The run used the committed weights, the whole test split and every issue-7 row."""
+    assert results["model"]["weights_sha256"] == hashlib.sha256(shipped_model(".weights").read_bytes()).hexdigest()
+    assert results["test_images"] == results["test_split_images"] == 500
+    kinds = {(r["method"], r["mode"], r["weight_bits"]) for r in results["rows"]}
+    expected = {("float", "float", 32), ("pgm", "qat", 4)} | {(m, "ptq", b) for m in demo.PTQ_METHODS
+                                                              for b in demo.BITS}
+    assert expected <= kinds
+    assert results["settings"]["quick"] is False
+
+
+def test_fp32_row_is_the_evaluated_mAP(results):
+    """The demo's FP32 mAP equals ``refquant eval``'s test mAP of the same weights."""
+    record = json.loads(shipped_model(".json").read_text())
+    fp32 = next(r for r in results["rows"] if r["method"] == "float")
+    assert fp32["mAP"] == pytest.approx(100 * record["test_mAP"], abs=1e-9)
+
+
+def test_integer_rows_and_targets_are_consistent(results):
+    """Every quantized row ran the integer network with the same mAP as the simulation; the target
+    verdicts are those the rows give (recomputed, not copied)."""
+    quantized = [r for r in results["rows"] if r["mode"] != "float"]
+    assert quantized and all(r["integer_mAP"] == r["mAP"] for r in quantized)
+    assert results["targets"] == demo.target_checks(results["rows"])
+
+
+def test_report_and_figures_committed(results):
+    for name in results["figures"] + ["report.md"]:
+        assert (RUN / name).is_file(), name
