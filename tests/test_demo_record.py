@@ -8,6 +8,7 @@ path: its own letterboxing, batching and decoding call); the README's text.
 """
 import hashlib
 import json
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -17,27 +18,42 @@ from refquant.evaluate import shipped_model
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN = ROOT / "docs" / "demo"
-MARKER = "<!-- demo-table -->"
+
+
+RUNS = {"demo": "<!-- demo-table -->", "demo-qat600": "<!-- demo-qat600-table -->"}
+"""Each committed run (a folder of docs/) and the README marker its printed summary follows."""
+
+
+def load_results(folder):
+    return json.loads((ROOT / "docs" / folder / "results.json").read_text())
 
 
 @pytest.fixture(scope="module")
 def results():
-    return json.loads((RUN / "results.json").read_text())
+    return load_results("demo")
 
 
-def test_readme_shows_the_printed_summary(results):
-    """The fenced block after the marker is, line for line, the summary the run printed: caption
+@pytest.mark.parametrize("folder", sorted(RUNS))
+def test_readme_shows_the_printed_summary(folder):
+    """The fenced block after each marker is, line for line, the summary that run printed: caption
     (test images, rule, first/last widths, time, machine, date), table, integer check, targets."""
     readme = (ROOT / "README.md").read_text()
-    assert readme.count(MARKER) == 1
-    block = readme.split(MARKER, 1)[1].split("```", 2)[1]
-    assert block.strip("\n").splitlines() == demo.summary_lines(results)
+    assert readme.count(RUNS[folder]) == 1
+    block = textwrap.dedent(readme.split(RUNS[folder], 1)[1].split("```", 2)[1])
+    assert block.strip("\n").splitlines() == demo.summary_lines(load_results(folder))
 
 
-def test_run_is_of_the_shipped_model_and_data(results):
-    """The run used the committed weights, the whole test split and every issue-7 row."""
+@pytest.mark.parametrize("folder", sorted(RUNS))
+def test_every_run_used_the_shipped_weights_and_whole_test_split(folder):
+    results = load_results(folder)
     assert results["model"]["weights_sha256"] == hashlib.sha256(shipped_model(".weights").read_bytes()).hexdigest()
     assert results["test_images"] == results["test_split_images"] == 500
+    assert all(r["integer_mAP"] == r["mAP"] for r in results["rows"] if r["mode"] != "float")
+    assert results["targets"] == demo.target_checks(results["rows"])
+
+
+def test_default_run_has_every_issue_7_row(results):
+    """The default run (no budget options) has FP32, every PTQ method at every width, QAT at 4 bits."""
     kinds = {(r["method"], r["mode"], r["weight_bits"]) for r in results["rows"]}
     expected = {("float", "float", 32), ("pgm", "qat", 4)} | {(m, "ptq", b) for m in demo.PTQ_METHODS
                                                               for b in demo.BITS}
