@@ -74,8 +74,8 @@ constant 0.001 for 120 updates gave 75.6-76.2 with the training loss flat (about
 0.01 made it rise (67.2, 58.2: the folded network has no batch norm to steady it); a step x0.1
 after two thirds let it fall (200 updates 77.0, 240 updates 76.8, refits every 100 and 120;
 600 updates 78.2, refits every 200); with 240 updates a step after one third gave 76.8 and a
-constant 0.0003 76.9; batch 8 for 400 updates 75.7. The budget is what fits ``refquant demo`` in 10 minutes on 2 cores; longer runs
-(``--qat-iterations 600``) come closer to FP32."""
+constant 0.0003 76.9; batch 8 for 400 updates 75.7. The budget is what fits ``refquant demo``
+in 10 minutes on 2 cores; longer runs (``--qat-iterations 600``) come closer to FP32."""
 REFIT_EVERY = 80
 REFIT_IMAGES = 32
 DRAWN_IMAGES = 4
