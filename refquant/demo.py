@@ -39,7 +39,6 @@ timings), ``report.md``, the plots ``map_table.png``, ``densities_activations.pn
 """
 import dataclasses
 import datetime
-import hashlib
 import json
 import math
 import os
@@ -381,6 +380,7 @@ def machine_description():
 
 
 def results_dict(experiment, figures):
+    from refquant.train import file_digest
     s = experiment.settings
     results = {
         "format": "refquant-demo-results", "version": 1,
@@ -389,7 +389,7 @@ def results_dict(experiment, figures):
         "command": " ".join(["refquant"] + sys.argv[1:]) if Path(sys.argv[0]).stem in ("refquant", "__main__")
         else "refquant demo",
         "model": {"cfg": s.cfg, "weights": s.weights, "names": s.names,
-                  "weights_sha256": hashlib.sha256(Path(s.weights).read_bytes()).hexdigest() if s.weights else None},
+                  "weights_sha256": file_digest(s.weights) if s.weights else None},
         "data": s.data,
         "metric": "mAP in percent: Darknet's validate_detector detections (threshold 0.005, NMS 0.45) scored "
                   "by the VOC devkit's rule, IoU >= 0.5, VOC2010 area rule",

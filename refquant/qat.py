@@ -140,7 +140,7 @@ from refquant.intervals import UniformQuantizer
 from refquant.pgm import ConvergenceWarning, PiecewiseGaussian
 from refquant.rounding import round_half_even
 from refquant.yolo import batchnorm
-from refquant.yolo.convolutional import im2col
+from refquant.yolo.convolutional import convolution_output_size, im2col
 from refquant.yolo.maxpool import maxpool_forward
 from refquant.yolo.network import NETWORK_INPUT, Network
 from refquant.yolo.reorg import reorg_forward
@@ -1003,17 +1003,23 @@ def simulation_gemm_dtype(weight_codes, input_grid):
     return np.float32 if bound < FLOAT32_EXACT_INTEGERS else np.float64
 
 
+def gemm_weight_codes(conv):
+    """``conv.weight_codes`` as the (M, K) matrix of the simulation's GEMM, in the dtype
+    :func:`simulation_gemm_dtype` chooses for it."""
+    flat = conv.weight_codes.reshape(conv.weight_codes.shape[0], -1)
+    return flat.astype(simulation_gemm_dtype(flat, conv.input_grid))
+
+
 def simulated_accumulator(conv, codes, weight_codes=None):
     """acc = W (codes - z_in) + bias, float64 (N, M, OH*OW), integer-valued, exact.
 
     By the engine's im2col and one GEMM per image, in float32 when :func:`simulation_gemm_dtype`
     proves every partial sum an integer below 2**24, else in float64 (integers below 2**53).
-    ``weight_codes``: the (M, K) weight codes in the GEMM's dtype if the caller keeps them
-    (default: converted from ``conv.weight_codes`` here).
+    ``weight_codes``: :func:`gemm_weight_codes` of ``conv`` if the caller keeps them (default:
+    made here).
     """
     if weight_codes is None:
-        flat = conv.weight_codes.reshape(conv.weight_codes.shape[0], -1)
-        weight_codes = flat.astype(simulation_gemm_dtype(flat, conv.input_grid))
+        weight_codes = gemm_weight_codes(conv)
     x = (codes - float(conv.input_grid.zero_point)).astype(weight_codes.dtype)
     cols = im2col(x, conv.size, conv.stride, conv.padding)
     return np.matmul(weight_codes, cols).astype(np.float64) + conv.bias.astype(np.float64)[:, None]
@@ -1027,8 +1033,8 @@ def simulated_convolution(conv, codes, weight_codes=None):
     the negative pair where acc < 0.
     """
     acc = simulated_accumulator(conv, codes, weight_codes)
-    out_h = (codes.shape[2] + 2 * conv.padding - conv.size) // conv.stride + 1
-    out_w = (codes.shape[3] + 2 * conv.padding - conv.size) // conv.stride + 1
+    out_h = convolution_output_size(codes.shape[2], conv.size, conv.stride, conv.padding)
+    out_w = convolution_output_size(codes.shape[3], conv.size, conv.stride, conv.padding)
     positive = multiplier_value(conv.multiplier, conv.shift)
     negative = multiplier_value(conv.negative_multiplier, conv.negative_shift)
     scaled = np.where(acc >= 0, acc * positive, acc * negative)
@@ -1088,8 +1094,7 @@ class SimulatedNetwork:
 
     def _convolution(self, conv, codes):
         if conv.index not in self._weight_codes:
-            flat = conv.weight_codes.reshape(conv.weight_codes.shape[0], -1)
-            self._weight_codes[conv.index] = flat.astype(simulation_gemm_dtype(flat, conv.input_grid))
+            self._weight_codes[conv.index] = gemm_weight_codes(conv)
         return simulated_convolution(conv, codes, self._weight_codes[conv.index])
 
     def forward(self, images, training=False):

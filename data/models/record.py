@@ -10,7 +10,6 @@ sha256 recorded, so ``tests/test_evaluate.py`` can check that the record describ
 file and that its mAP is what evaluation gives today.
 """
 import argparse
-import hashlib
 import json
 import platform
 import subprocess
@@ -21,8 +20,9 @@ import numpy as np
 from refquant import darknet
 from refquant.data.shapes import shapes_dataset
 from refquant.data.voc import ground_truth, load_voc, read_names
-from refquant.evaluate import evaluate
+from refquant.evaluate import SHIPPED_MODEL, evaluate
 from refquant.metrics import average_precision
+from refquant.train import file_digest
 
 HERE = Path(__file__).resolve().parent
 COMMAND = "refquant train --cfg data/models/shapes-tiny-yolo.cfg --out runs/ship --seed 0 --checkpoint-every 100"
@@ -36,10 +36,10 @@ def main():
     parser.add_argument("--val-history", nargs="*", default=[], metavar="UPDATES=MAP",
                         help="validation mAP (fraction) measured at some updates during training")
     args = parser.parse_args()
-    state = json.loads((args.run / "shapes-tiny-yolo.checkpoint.json").read_text())
-    weights = HERE / "shapes-tiny-yolo.weights"
-    names = read_names(HERE / "shapes-tiny-yolo.names")
-    net = darknet.load(HERE / "shapes-tiny-yolo.cfg", weights)
+    state = json.loads((args.run / f"{SHIPPED_MODEL}.checkpoint.json").read_text())
+    weights = HERE / f"{SHIPPED_MODEL}.weights"
+    names = read_names(HERE / f"{SHIPPED_MODEL}.names")
+    net = darknet.load(HERE / f"{SHIPPED_MODEL}.cfg", weights)
     records = load_voc(shapes_dataset(progress=False), "test", names)
     scores, found = evaluate(net, records, names, progress=False)
     scores07 = average_precision(found, ground_truth(records), use_07_metric=True)
@@ -52,11 +52,10 @@ def main():
         updates, value = item.split("=")
         history[str(int(updates))] = float(value)
     record = {
-        "model": "shapes-tiny-yolo",
+        "model": SHIPPED_MODEL,
         "status": status,
-        "files": {"cfg": "shapes-tiny-yolo.cfg", "weights": "shapes-tiny-yolo.weights",
-                  "names": "shapes-tiny-yolo.names"},
-        "weights_sha256": hashlib.sha256(weights.read_bytes()).hexdigest(),
+        "files": {kind: f"{SHIPPED_MODEL}.{kind}" for kind in ("cfg", "weights", "names")},
+        "weights_sha256": file_digest(weights),
         "command": COMMAND,
         "seed": state["seed"],
         "data": "refquant.data.shapes.shapes_dataset() defaults: seed 0, 160 px, 2000 train / 200 val / 500 test",
@@ -76,7 +75,7 @@ def main():
                                           text=True).stdout.strip(),
         "python": platform.python_version(), "numpy": np.__version__,
     }
-    (HERE / "shapes-tiny-yolo.json").write_text(json.dumps(record, indent=1) + "\n")
+    (HERE / f"{SHIPPED_MODEL}.json").write_text(json.dumps(record, indent=1) + "\n")
     print(f"{status}; test mAP {scores['mAP']:.4f} (11-point {scores07['mAP']:.4f})")
 
 
