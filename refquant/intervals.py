@@ -31,6 +31,7 @@ and ``ppf(q)``: :class:`refquant.pgm.PiecewiseGaussian` and the Gaussian mixture
 import dataclasses
 import math
 
+import numba
 import numpy as np
 from scipy import optimize, special
 from tqdm import tqdm
@@ -163,8 +164,59 @@ class UniformQuantizer:
 
     def fake_backward(self, x, dout):
         """``dL/dx = dout * straight_through_mask(x)`` (same shape and dtype as ``dout``)."""
-        dout = np.asarray(dout)
-        return np.where(self.straight_through_mask(x), dout, np.zeros((), dtype=dout.dtype))
+        return masked_gradient(self.straight_through_mask(x), dout)
+
+    # -- the optimized kernel of training -------------------------------------------------------
+
+    def fake_with_mask(self, x):
+        """``(fake(x), straight_through_mask(x))`` in one parallel pass (Numba): the training kernel.
+
+        Equal bit for bit to the reference methods above (the same float64 operations in the same
+        order, no fast-math; ``tests/test_intervals.py`` compares them), about ten times faster on
+        the activations of a training batch, where the reference makes eight full-size passes.
+        NaN is rejected as by :meth:`quantize`.
+        """
+        x = np.asarray(x)
+        if not np.issubdtype(x.dtype, np.floating):
+            x = x.astype(np.float64)
+        flat = np.ascontiguousarray(x).reshape(-1)
+        out = np.empty(flat.shape, np.float32 if x.dtype == np.float32 else np.float64)
+        mask = np.empty(flat.shape, np.bool_)
+        whole = math.floor(self.zero_point)
+        nan_at = _fake_quantize_kernel(flat, self.step, self.zero_point - whole, float(whole), float(self.qmin),
+                                       float(self.qmax), float(self.zero_point), self.lo, self.hi, out, mask)
+        if nan_at >= 0:
+            raise ValueError(f"quantize: x contains NaN (first at flat index {nan_at})")
+        return out.reshape(x.shape), mask.reshape(x.shape)
+
+
+def masked_gradient(mask, dout):
+    """``dout`` where ``mask`` (the straight-through mask) holds, 0 elsewhere; ``dout``'s dtype."""
+    dout = np.asarray(dout)
+    return np.where(mask, dout, np.zeros((), dtype=dout.dtype))
+
+
+@numba.njit(cache=True, parallel=True)
+def _fake_quantize_kernel(x, step, fraction, whole, qmin, qmax, zero_point, lo, hi, out, mask):
+    """The element loop of :meth:`UniformQuantizer.fake_with_mask`; returns the first NaN's index or -1.
+
+    Per element, in float64 as :meth:`UniformQuantizer.quantize` then :meth:`~UniformQuantizer.dequantize`:
+    ``code = min(max(rint(x / step + fraction) + whole, qmin), qmax)``,
+    ``out = step * (code - zero_point)`` (cast to ``out``'s dtype), ``mask = lo <= x <= hi``.
+    """
+    n = x.size
+    nan_at = n
+    for i in numba.prange(n):
+        value = np.float64(x[i])
+        if value != value:
+            nan_at = min(nan_at, i)  # a prange reduction: the smallest index wins
+            out[i] = 0
+            mask[i] = False
+            continue
+        code = min(max(round_half_even(value / step + fraction) + whole, qmin), qmax)
+        out[i] = step * (code - zero_point)
+        mask[i] = (value >= lo) and (value <= hi)
+    return nan_at if nan_at < n else -1
 
 
 def code_range(bits, signed, narrow_range=False):

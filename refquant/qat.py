@@ -130,13 +130,14 @@ import os
 import time
 import warnings
 
+import numba
 import numpy as np
 from tqdm import tqdm
 
 from refquant import darknet, intervals, train
 from refquant.intconv import (MAX_SHIFT, check_accumulator_range, leaky_multipliers, multiplier_value,
                               quantize_bias, quantize_multiplier, quantize_shift)
-from refquant.intervals import UniformQuantizer
+from refquant.intervals import UniformQuantizer, masked_gradient
 from refquant.pgm import ConvergenceWarning, PiecewiseGaussian
 from refquant.rounding import round_half_even
 from refquant.yolo import batchnorm
@@ -1043,6 +1044,41 @@ def simulated_convolution(conv, codes, weight_codes=None):
     return out.reshape(codes.shape[0], -1, out_h, out_w)
 
 
+def simulated_convolution_fused(conv, codes, weight_codes=None):
+    """:func:`simulated_convolution`, equal bit for bit, with everything after the GEMM in one
+    parallel Numba pass: the optimized kernel :class:`SimulatedNetwork` runs.
+
+    The reference makes about eight full-size float64 passes after the GEMM (cast, bias, two
+    products, select, round, add, clip); :func:`_requantize_simulated` makes one, with the same
+    float64 operations in the same order (no fast-math). ``tests/test_qat.py`` compares the two.
+    """
+    if weight_codes is None:
+        weight_codes = gemm_weight_codes(conv)
+    x = (codes - float(conv.input_grid.zero_point)).astype(weight_codes.dtype)
+    products = np.matmul(weight_codes, im2col(x, conv.size, conv.stride, conv.padding))
+    out_h = convolution_output_size(codes.shape[2], conv.size, conv.stride, conv.padding)
+    out_w = convolution_output_size(codes.shape[3], conv.size, conv.stride, conv.padding)
+    grid = conv.output_grid
+    out = np.empty(products.shape, np.float64)
+    _requantize_simulated(products, conv.bias.astype(np.float64), multiplier_value(conv.multiplier, conv.shift),
+                          multiplier_value(conv.negative_multiplier, conv.negative_shift), float(grid.zero_point),
+                          float(grid.qmin), float(grid.qmax), out)
+    return out.reshape(codes.shape[0], -1, out_h, out_w)
+
+
+@numba.njit(cache=True, parallel=True)
+def _requantize_simulated(products, bias, positive, negative, zero_point, qmin, qmax, out):
+    """Per element of ``products`` (N, M, P), in float64: ``acc = products + bias[m]``, then
+    ``min(max(round_half_even(acc * (positive if acc >= 0 else negative)) + zero_point, qmin), qmax)``."""
+    n_batch, n_outputs, n_pixels = products.shape
+    for task in numba.prange(n_batch * n_outputs):
+        n, m = task // n_outputs, task % n_outputs
+        for p in range(n_pixels):
+            acc = np.float64(products[n, m, p]) + bias[m]
+            scaled = acc * positive if acc >= 0 else acc * negative
+            out[n, m, p] = min(max(round_half_even(scaled) + zero_point, qmin), qmax)
+
+
 def simulated_route(route, inputs):
     """The simulation's route: each input moved to the output grid by
     ``clip(round_half_even((codes - z_in) * multiplier * 2.0**-shift) + z_out, qmin, qmax)``."""
@@ -1095,7 +1131,7 @@ class SimulatedNetwork:
     def _convolution(self, conv, codes):
         if conv.index not in self._weight_codes:
             self._weight_codes[conv.index] = gemm_weight_codes(conv)
-        return simulated_convolution(conv, codes, self._weight_codes[conv.index])
+        return simulated_convolution_fused(conv, codes, self._weight_codes[conv.index])
 
     def forward(self, images, training=False):
         """The last layer's output (the region head's activations) for ``images``; inference only."""
@@ -1130,7 +1166,9 @@ class FakeQuantConvolution:
         self.layer = layer
         self.weight_grid = self.output_grid = None
         self.bias_step = None
-        self._unquantized = None
+        self._unquantized = None  # the last forward pass's output before Q_a, and its straight-through masks
+        self._output_mask = None
+        self._weight_mask = None
         self._weights_used = None
 
     def __getattr__(self, name):
@@ -1174,22 +1212,24 @@ class FakeQuantConvolution:
         """x (N, C, H, W) on the input grid -> fake-quantized output on the output grid."""
         params = self.layer.params
         dtype = params["weights"].dtype
-        self._weights_used = self.weight_grid.fake(params["weights"]).astype(dtype)
+        weights, self._weight_mask = self.weight_grid.fake_with_mask(params["weights"])
+        self._weights_used = weights.astype(dtype, copy=False)
         biases = (quantize_bias(params["biases"], self.bias_step, 1.0) * self.bias_step).astype(dtype)
         with self._swapped(self._weights_used, biases):
             y = self.layer.forward(x, training=training)
         self._unquantized = y
-        return self.output_grid.fake(y).astype(y.dtype)
+        out, self._output_mask = self.output_grid.fake_with_mask(y)
+        return out.astype(y.dtype, copy=False)
 
     def backward(self, dout, input_gradient=True):
         """Straight-through rule on the output and the weights; identity through the bias rounding.
 
         Sets the wrapped layer's grads; returns dL/dx (None with ``input_gradient=False``)."""
-        dy = self.output_grid.fake_backward(self._unquantized, dout)
+        dy = masked_gradient(self._output_mask, dout)
         with self._swapped(self._weights_used):
             dx = self.layer.backward(dy, input_gradient=input_gradient)
         grads = self.layer.grads
-        grads["weights"][...] = self.weight_grid.fake_backward(self.layer.params["weights"], grads["weights"])
+        grads["weights"][...] = masked_gradient(self._weight_mask, grads["weights"])
         return dx
 
 
@@ -1201,7 +1241,7 @@ class FakeQuantRoute:
     def __init__(self, layer):
         self.layer = layer
         self.output_grid = None
-        self._unquantized = None
+        self._unquantized = self._output_mask = None
 
     def __getattr__(self, name):
         if name in ("layer", "build"):
@@ -1217,10 +1257,11 @@ class FakeQuantRoute:
     def forward(self, inputs, training=False):
         y = self.layer.forward(inputs, training=training)
         self._unquantized = y
-        return self.output_grid.fake(y).astype(y.dtype)
+        out, self._output_mask = self.output_grid.fake_with_mask(y)
+        return out.astype(y.dtype, copy=False)
 
     def backward(self, dout):
-        return self.layer.backward(self.output_grid.fake_backward(self._unquantized, dout))
+        return self.layer.backward(masked_gradient(self._output_mask, dout))
 
 
 class FakeQuantNetwork(Network):
@@ -1280,8 +1321,8 @@ class FakeQuantNetwork(Network):
     def forward(self, x, training=False, return_all=False):
         """``Q_in(x)`` through the fake-quantized layers; the head's output (every layer's with return_all)."""
         x = self._check_input(x)
-        self._input = x
-        return super().forward(self.plan.input.fake(x).astype(self.dtype), training, return_all)
+        quantized, self._input_mask = self.plan.input.fake_with_mask(x)
+        return super().forward(quantized.astype(self.dtype, copy=False), training, return_all)
 
     def backward(self, dout, return_all=False, input_gradient=True):
         """dL/d(output) -> dL/dx (straight-through rule of the input grid too); fills the grads.
@@ -1292,7 +1333,7 @@ class FakeQuantNetwork(Network):
         result = super().backward(dout, return_all, input_gradient)
         dx = result[0] if return_all else result
         if dx is not None:
-            dx = self.plan.input.fake_backward(self._input, dx)
+            dx = masked_gradient(self._input_mask, dx)
         return (dx, result[1]) if return_all else dx
 
     def unquantized_outputs(self, x):

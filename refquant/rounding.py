@@ -16,12 +16,14 @@ import numba
 import numpy as np
 
 
+@numba.extending.register_jitable
 def round_half_even(x):
     """Nearest integer to ``x``, ties to the even neighbour (IEEE 754 default).
 
     ``x``: float array or scalar. Returns floats holding integer values
     (``np.rint``), so the caller chooses the integer dtype after clipping.
-    Usable inside Numba-jitted code too (``np.rint`` is supported there).
+    A plain function in Python; ``register_jitable`` lets Numba kernels call
+    the same rule (``np.rint`` compiles to the same IEEE instruction).
     """
     return np.rint(x)
 

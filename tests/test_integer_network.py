@@ -262,6 +262,55 @@ def test_simulation_float32_gemm_only_where_exact(tiny, last_weight, dtype):
     assert expected[0, 0, 0] == 255 * (518 * 127 + last_weight) + 3
 
 
+@pytest.mark.parametrize("bits, method", [(8, "pgm"), (6, "minmax"), (4, "aciq"), (3, "percentile")])
+def test_fused_simulated_convolution_is_the_reference_bit_for_bit(tiny, bits, method):
+    """Truth: the reference ``simulated_convolution`` (NumPy, formula in its docstring; itself
+    equal to the integer network code for code above). The fused Numba kernel must give the same
+    float64 codes at all six convolutions of the tiny network (leaky and linear pairs, 3x3 and 1x1,
+    negative and positive accumulators), on codes the network produced and on random codes over
+    the whole input grid, and on the 2**24 boundary cases of both GEMM dtypes."""
+    net, images, statistics = tiny
+    plan = plan_of(statistics, bits, bits, method)
+    simulation = IntegerNetwork.build(net, plan).simulation()
+    outputs = simulation.run(images)
+    rng = np.random.default_rng(bits)
+    checked = 0
+    for conv in simulation.fixed:
+        if not isinstance(conv, qat.FixedPointConvolution):
+            continue
+        j = simulation.inputs[conv.index][0]
+        produced = simulation.input_codes(images).astype(np.float64) if j < 0 else outputs[j]
+        spread = rng.integers(conv.input_grid.qmin, conv.input_grid.qmax + 1, produced.shape).astype(np.float64)
+        for codes in (produced, spread):
+            reference = qat.simulated_convolution(conv, codes)
+            fused = qat.simulated_convolution_fused(conv, codes)
+            assert fused.dtype == reference.dtype == np.float64
+            np.testing.assert_array_equal(fused, reference)
+            assert len(np.unique(reference)) > 1
+        checked += 1
+    assert checked == 6
+
+
+@pytest.mark.parametrize("last_weight", [7, 8])
+def test_fused_simulated_convolution_on_both_gemm_dtypes(tiny, last_weight):
+    """Truth: the reference ``simulated_convolution`` on the 2**24 boundary convolution of
+    ``test_simulation_float32_gemm_only_where_exact`` (float32 GEMM with 7, float64 with 8), with
+    accumulators of both signs near +-2**24 and a leaky pair."""
+    net, images, statistics = tiny
+    plan = plan_of(statistics, 8, 8, "minmax")
+    conv = next(f for f in IntegerNetwork(statistics.net, plan).fixed if isinstance(f, qat.FixedPointConvolution))
+    k = 519
+    weights = np.full((2, k), 127, dtype=np.int64)
+    weights[:, -1] = last_weight
+    weights[1] *= -1
+    conv = dataclasses.replace(conv, weight_codes=weights.astype(np.int8).reshape(2, k, 1, 1),
+                               bias=np.array([3, -5], dtype=np.int32), size=1, stride=1, padding=0,
+                               input_grid=UniformQuantizer(step=0.01, zero_point=0, qmin=0, qmax=255))
+    codes = np.concatenate([np.full((1, k, 2, 2), 255.0),
+                            np.random.default_rng(5).integers(0, 256, (3, k, 2, 2)).astype(np.float64)])
+    np.testing.assert_array_equal(qat.simulated_convolution_fused(conv, codes), qat.simulated_convolution(conv, codes))
+
+
 # ------------------------------------------------------------------------------------------------
 # Each layer against its real-valued definition
 # ------------------------------------------------------------------------------------------------

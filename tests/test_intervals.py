@@ -117,6 +117,33 @@ def test_straight_through_mask_is_the_clamp_gradient():
     np.testing.assert_array_equal(quantizer.fake_backward(x, dout), dout * xt.grad.numpy())
 
 
+@pytest.mark.parametrize("step,zero_point,qmin,qmax", [(0.125, 3, 0, 15), (0.037, 0, -8, 7), (0.0113, 130, 0, 255),
+                                                      (0.3, 2.37, 0, 15), (1e-3, -3, -128, 127)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_fused_fake_quantization_is_the_reference_bit_for_bit(step, zero_point, qmin, qmax, dtype):
+    """Truth: the reference methods ``fake`` and ``straight_through_mask`` (NumPy; checked against
+    PyTorch above). The Numba kernel of training must return the same values, dtype and mask for
+    random values, exact ties between levels, the interval's ends and their float neighbours,
+    +-inf and values far outside, at integer and real zero points; and reject NaN the same way."""
+    quantizer = UniformQuantizer(step, zero_point, qmin, qmax)
+    lo, hi = quantizer.interval
+    rng = np.random.default_rng(qmax)
+    ties = step * (np.arange(qmin - 2, qmax + 2) - zero_point + 0.5)
+    x = np.concatenate([rng.uniform(lo - 3 * step, hi + 3 * step, 20000), ties, [lo, hi, -np.inf, np.inf, 1e30, -1e30],
+                        np.nextafter([lo, hi], -np.inf), np.nextafter([lo, hi], np.inf)]).astype(dtype)
+    x = x.reshape(1, -1)
+    fake, mask = quantizer.fake_with_mask(x)
+    reference = quantizer.fake(x)
+    assert fake.dtype == reference.dtype and fake.shape == x.shape
+    np.testing.assert_array_equal(fake, reference)
+    np.testing.assert_array_equal(mask, quantizer.straight_through_mask(x))
+    assert 0 < mask.sum() < mask.size
+    x[0, 7] = x[0, 3] = np.nan
+    for method in (quantizer.fake, quantizer.fake_with_mask):
+        with pytest.raises(ValueError, match="NaN .first at flat index 3"):
+            method(x)
+
+
 def test_pytorch_fake_quantize_gradient_differs_only_within_half_a_step_outside():
     """Truth: torch.fake_quantize_per_tensor_affine's backward. It masks the unclipped code, so it
     also passes the gradient on (lo - step/2, lo) and (hi, hi + step/2); elsewhere it agrees with ours
