@@ -1429,10 +1429,11 @@ def quantization_aware_training(net, plan, records, iterations, refit_every=100,
     options = train.training_options(network, {**QAT_OPTIONS, "max_batches": int(iterations), **(options or {})})
     updates = train.zero_updates(network)
     losses, refits, plans = [], [], [plan]
-    with tqdm(range(1, int(iterations) + 1), desc=f"QAT ({plan.method})", unit="iteration",
-              disable=not progress, leave=False) as bar:
-        for iteration in bar:
-            loss = train.train_iteration(network, records, options, updates, iteration, seed) / options["batch"]
+    batches = train.prefetched_batches(network, records, options, seed, range(1, int(iterations) + 1))
+    with contextlib.closing(batches), tqdm(batches, total=int(iterations), desc=f"QAT ({plan.method})",
+                                           unit="iteration", disable=not progress, leave=False) as bar:
+        for iteration, loaded in bar:
+            loss = train.train_iteration(network, records, options, updates, iteration, seed, loaded) / options["batch"]
             if not math.isfinite(loss):
                 raise FloatingPointError(f"quantization_aware_training: the loss is {loss} at iteration {iteration}; "
                                          f"lower the learning rate (now {options['learning_rate']})")

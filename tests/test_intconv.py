@@ -125,6 +125,25 @@ def test_fast_kernel_across_its_blocks():
     np.testing.assert_array_equal(conv2d(x, w, 1, 1), numpy_correlation(x, w, 1, 1))
 
 
+def test_fast_kernel_batches_images_into_panels_and_chunks(monkeypatch):
+    """Truth: NumPy int64 correlation. Small maps put several images in one panel (a panel then
+    holds the end of one image and the start of the next: 5x5 outputs, 25 pixels, against panels
+    of 8-pixel multiples) and ``_CHUNK_PIXELS`` cuts the batch into GEMMs of several images, the
+    last one short; the images have different ranges (one needs the two-byte path, one is all
+    negative), so each chunk's offset and byte count differ from its neighbours'."""
+    from refquant import intconv
+    monkeypatch.setattr(intconv, "_CHUNK_PIXELS", 60)  # 2 images of 25 pixels per GEMM
+    rng = np.random.default_rng(6)
+    x = random_codes(rng, (7, 4, 5, 5), np.int16) // 300
+    x[2] = random_codes(rng, (4, 5, 5), np.int16)      # the two-byte path in the second chunk
+    x[5] = -np.abs(x[5]) - 1                             # all negative
+    w = random_codes(rng, (9, 4, 3, 3), np.int8)
+    bias = rng.integers(-1000, 1000, 9).astype(np.int32)
+    np.testing.assert_array_equal(conv2d(x, w, 1, 1, bias=bias), numpy_correlation(x, w, 1, 1) + bias[:, None, None])
+    monkeypatch.setattr(intconv, "_CHUNK_PIXELS", 10 ** 6)  # the whole batch in one GEMM
+    np.testing.assert_array_equal(conv2d(x, w, 2, 0), numpy_correlation(x, w, 2, 0))
+
+
 def test_bias_starts_the_accumulators():
     """Truth: NumPy int64 correlation plus the int32 bias broadcast over pixels, for both kernels,
     on non-contiguous input too (a strided view of a larger array)."""

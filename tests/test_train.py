@@ -211,6 +211,33 @@ def test_first_update_uses_the_rate_of_update_one(tiny, tmp_path):
     np.testing.assert_allclose(after - before, -(0.01 * 1 / 2) / 4 * gradient, rtol=1e-10, atol=1e-15)
 
 
+def test_prefetched_batches_are_the_rng_streams_batches(tiny):
+    """Independent truth: each update's batches drawn by hand from its own generator
+    (``iteration_rng(seed, k)``: the records chosen, then each mini-batch loaded and augmented in
+    turn), as the first-update test does. Loading one update ahead in a thread must not change a
+    value, whatever the order updates are asked in; a loading error reaches the caller."""
+    from refquant.data.augment import load_batch
+    net = darknet.load(tiny["cfg"], seed=0)
+    options = train.training_options(net, {"batch": 4, "subdivisions": 2})
+    records = load_voc(tiny["data"], "train", read_names(tiny["names"]))
+    iterations = [3, 1, 2, 7]
+    got = list(train.prefetched_batches(net, records, options, 11, iterations))
+    assert [k for k, _ in got] == iterations
+    for k, batches in got:
+        rng = train.iteration_rng(11, k)
+        chosen = rng.integers(len(records), size=4)
+        assert len(batches) == 2
+        for part, (x, truths) in enumerate(batches):
+            x_ref, truths_ref = load_batch([records[i] for i in chosen[2 * part:2 * part + 2]], 64, 64, rng,
+                                           jitter=0.2, hue=0.1, saturation=1.5, exposure=1.5)
+            np.testing.assert_array_equal(x, x_ref)
+            for t, t_ref in zip(truths, truths_ref):
+                np.testing.assert_array_equal(t, t_ref)
+    broken = [dict(r, image_path=str(tiny["data"] / "missing.jpg")) for r in records]
+    with pytest.raises(Exception, match="missing.jpg"):
+        list(train.prefetched_batches(net, broken, options, 11, [1, 2]))
+
+
 # ---------------------------------------------------------------- a run that learns
 
 def fixed_batch_loss(net, records):
