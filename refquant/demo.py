@@ -62,7 +62,7 @@ METHOD_NAMES = {"float": "FP32", "pgm": "PGM", "minmax": "min-max", "percentile"
 CALIBRATION_IMAGES = 64
 TEST_IMAGES = None
 """None: the whole test split."""
-QAT_ITERATIONS = 240
+QAT_ITERATIONS = 480
 QAT_BATCH = 16
 QAT_LEARNING_RATE = 0.001
 QAT_STEP_AT = 2 / 3
@@ -72,10 +72,10 @@ Measured on the shipped model at 4 bits (FP32 80.04, PGM PTQ 74.46; batch 16 unl
 constant 0.001 for 120 updates gave 75.6-76.2 with the training loss flat (about 2.85); 0.005 and
 0.01 made it rise (67.2, 58.2: the folded network has no batch norm to steady it); a step x0.1
 after two thirds let it fall (200 updates 77.0, 240 updates 76.8, refits every 100 and 120;
-600 updates 78.2, refits every 200); with 240 updates a step after one third gave 76.8 and a
-constant 0.0003 76.9; batch 8 for 400 updates 75.7. The budget is what fits ``refquant demo``
-in 10 minutes on 2 cores; longer runs (``--qat-iterations 600``) come closer to FP32."""
-REFIT_EVERY = 80
+480 updates 78.3, refits every 160; 600 updates 78.2, refits every 200); with 240 updates a step
+after one third gave 76.8 and a constant 0.0003 76.9; batch 8 for 400 updates 75.7. The default
+budget, 480 updates, is what fits ``refquant demo`` in 10 minutes on 2 cores."""
+REFIT_EVERY = 160
 REFIT_IMAGES = 32
 DRAWN_IMAGES = 4
 EVALUATION_BATCH = 50
