@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RUN = ROOT / "docs" / "demo"
 
 
-RUNS = {"demo": "<!-- demo-table -->", "demo-qat600": "<!-- demo-qat600-table -->"}
+RUNS = {"demo": "<!-- demo-table -->"}
 """Each committed run (a folder of docs/) and the README marker its printed summary follows."""
 
 
@@ -59,6 +59,10 @@ def test_default_run_has_every_issue_7_row(results):
                                                               for b in demo.BITS}
     assert expected <= kinds
     assert results["settings"]["quick"] is False
+    budgets = {"qat_iterations": demo.QAT_ITERATIONS, "qat_batch": demo.QAT_BATCH, "refit_every": demo.REFIT_EVERY,
+               "qat_learning_rate": demo.QAT_LEARNING_RATE, "qat_step_at": demo.QAT_STEP_AT,
+               "calibration_images": demo.CALIBRATION_IMAGES, "bits": list(demo.BITS)}
+    assert {key: results["settings"][key] for key in budgets} == budgets
 
 
 def test_fp32_row_is_the_evaluated_mAP(results):
