@@ -165,6 +165,8 @@ DEFAULT_BINS = 2048
 ACTIVATION_BREAKPOINTS = ("kink", "auto")
 """Policies for the activations' PGM breakpoints (module docstring, point 3): ``"kink"`` (0 alone
 for leaky-ReLU outputs) or ``"auto"`` (chosen by BIC for every layer)."""
+DEFAULT_ACTIVATION_BREAKPOINTS = "kink"
+"""The policy used when none is given (and for plans saved without one)."""
 
 PGM_FIT_OPTIONS = {}
 """Keyword arguments of the calibration's PGM fits (``max_iter``, ``tol``, ...): none, i.e.
@@ -605,7 +607,8 @@ class CalibrationStatistics:
     """
 
     def __init__(self, net, histograms, max_pieces_weights=3, max_pieces_activations=4,
-                 baseline_samples=2**17, seed=0, fit_options=None, activation_breakpoints="kink"):
+                 baseline_samples=2**17, seed=0, fit_options=None,
+                 activation_breakpoints=DEFAULT_ACTIVATION_BREAKPOINTS):
         if activation_breakpoints not in ACTIVATION_BREAKPOINTS:
             raise ValueError(f"activation_breakpoints must be one of {', '.join(ACTIVATION_BREAKPOINTS)}, "
                              f"got {activation_breakpoints!r}")
@@ -701,7 +704,7 @@ def collect_histograms(batches, layer_outputs, indices, max_bins=DEFAULT_BINS, p
 
 
 def calibration_statistics(net, images, batch_size=4, max_bins=DEFAULT_BINS, baseline_samples=2**17,
-                           seed=0, progress=True, activation_breakpoints="kink"):
+                           seed=0, progress=True, activation_breakpoints=DEFAULT_ACTIVATION_BREAKPOINTS):
     """Fold ``net`` and histogram every quantized output over ``images`` (module docstring, 3).
 
     ``images``: (N, C, H, W) float array in [0, 1], or an iterable of such batches. The folded
@@ -1019,11 +1022,21 @@ def simulated_accumulator(conv, codes, weight_codes=None):
     ``weight_codes``: :func:`gemm_weight_codes` of ``conv`` if the caller keeps them (default:
     made here).
     """
+    return gemm_products(conv, codes, weight_codes).astype(np.float64) + conv.bias.astype(np.float64)[:, None]
+
+
+def gemm_products(conv, codes, weight_codes=None):
+    """``W (codes - z_in)`` (N, M, OH*OW) without the bias, exact integers in the GEMM's dtype
+    (:func:`gemm_weight_codes`; made here if None): im2col, then one GEMM per image."""
     if weight_codes is None:
         weight_codes = gemm_weight_codes(conv)
     x = (codes - float(conv.input_grid.zero_point)).astype(weight_codes.dtype)
-    cols = im2col(x, conv.size, conv.stride, conv.padding)
-    return np.matmul(weight_codes, cols).astype(np.float64) + conv.bias.astype(np.float64)[:, None]
+    return np.matmul(weight_codes, im2col(x, conv.size, conv.stride, conv.padding))
+
+
+def _output_size(conv, codes):
+    """(OH, OW) of ``conv`` on ``codes`` (N, C, H, W): the engine's rule."""
+    return tuple(convolution_output_size(n, conv.size, conv.stride, conv.padding) for n in codes.shape[2:])
 
 
 def simulated_convolution(conv, codes, weight_codes=None):
@@ -1034,8 +1047,7 @@ def simulated_convolution(conv, codes, weight_codes=None):
     the negative pair where acc < 0.
     """
     acc = simulated_accumulator(conv, codes, weight_codes)
-    out_h = convolution_output_size(codes.shape[2], conv.size, conv.stride, conv.padding)
-    out_w = convolution_output_size(codes.shape[3], conv.size, conv.stride, conv.padding)
+    out_h, out_w = _output_size(conv, codes)
     positive = multiplier_value(conv.multiplier, conv.shift)
     negative = multiplier_value(conv.negative_multiplier, conv.negative_shift)
     scaled = np.where(acc >= 0, acc * positive, acc * negative)
@@ -1050,14 +1062,10 @@ def simulated_convolution_fused(conv, codes, weight_codes=None):
 
     The reference makes about eight full-size float64 passes after the GEMM (cast, bias, two
     products, select, round, add, clip); :func:`_requantize_simulated` makes one, with the same
-    float64 operations in the same order (no fast-math). ``tests/test_qat.py`` compares the two.
+    float64 operations in the same order (no fast-math). ``tests/test_integer_network.py`` compares the two.
     """
-    if weight_codes is None:
-        weight_codes = gemm_weight_codes(conv)
-    x = (codes - float(conv.input_grid.zero_point)).astype(weight_codes.dtype)
-    products = np.matmul(weight_codes, im2col(x, conv.size, conv.stride, conv.padding))
-    out_h = convolution_output_size(codes.shape[2], conv.size, conv.stride, conv.padding)
-    out_w = convolution_output_size(codes.shape[3], conv.size, conv.stride, conv.padding)
+    products = gemm_products(conv, codes, weight_codes)
+    out_h, out_w = _output_size(conv, codes)
     grid = conv.output_grid
     out = np.empty(products.shape, np.float64)
     _requantize_simulated(products, conv.bias.astype(np.float64), multiplier_value(conv.multiplier, conv.shift),
@@ -1343,7 +1351,7 @@ class FakeQuantNetwork(Network):
                 for layer, out in zip(self.layers, outputs)]
 
     def statistics(self, images, batch_size=4, max_bins=DEFAULT_BINS, baseline_samples=2**17, seed=0,
-                   progress=True, activation_breakpoints="kink"):
+                   progress=True, activation_breakpoints=DEFAULT_ACTIVATION_BREAKPOINTS):
         """CalibrationStatistics of the current weights and pre-quantization activations."""
         histograms = collect_histograms(image_batches(images, batch_size), self.unquantized_outputs,
                                         quantized_outputs(self.folded), max_bins, progress, "refit")
@@ -1362,7 +1370,8 @@ class FakeQuantNetwork(Network):
         if "weight_bits" not in options or "activation_bits" not in options:
             raise ValueError("refit: the plan has no weight_bits/activation_bits options; pass them")
         statistics = self.statistics(images, batch_size=batch_size, progress=progress,
-                                     activation_breakpoints=self.plan.options.get("activation_breakpoints", "kink"))
+                                     activation_breakpoints=self.plan.options.get("activation_breakpoints",
+                                                                                  DEFAULT_ACTIVATION_BREAKPOINTS))
         return self.set_plan(quantization_plan(statistics, method=method, **options))
 
 
