@@ -172,8 +172,9 @@ class UniformQuantizer:
         """``(fake(x), straight_through_mask(x))`` in one parallel pass (Numba): the training kernel.
 
         Equal bit for bit to the reference methods above (the same float64 operations in the same
-        order, no fast-math; ``tests/test_intervals.py`` compares them), about ten times faster on
-        the activations of a training batch, where the reference makes eight full-size passes.
+        order, no fast-math; ``tests/test_intervals.py`` compares them), about four times faster on
+        the activations of a training batch, where the reference makes eight full-size passes
+        (``benchmarks/bench_qat.py``).
         NaN is rejected as by :meth:`quantize`.
         """
         x = np.asarray(x)
