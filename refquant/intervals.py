@@ -125,11 +125,15 @@ class UniformQuantizer:
         """
         x = np.asarray(x, dtype=np.float64)
         if np.isnan(x).any():
-            raise ValueError(f"quantize: x contains NaN (first at flat index {int(np.argmax(np.isnan(x)))})")
-        whole = math.floor(self.zero_point)
-        fraction = self.zero_point - whole
+            raise _nan_error(int(np.argmax(np.isnan(x))))
+        whole, fraction = self._split_zero_point()
         codes = round_half_even(x / self.step + fraction) + whole
         return np.clip(codes, self.qmin, self.qmax).astype(np.int32)
+
+    def _split_zero_point(self):
+        """``(z, f)``: the zero point's integer part ``floor(zero_point)`` and its fraction (class docstring)."""
+        whole = math.floor(self.zero_point)
+        return whole, self.zero_point - whole
 
     def dequantize(self, codes):
         """Values ``step * (codes - zero_point)`` (float64, same shape) of integer codes."""
@@ -183,12 +187,17 @@ class UniformQuantizer:
         flat = np.ascontiguousarray(x).reshape(-1)
         out = np.empty(flat.shape, np.float32 if x.dtype == np.float32 else np.float64)
         mask = np.empty(flat.shape, np.bool_)
-        whole = math.floor(self.zero_point)
-        nan_at = _fake_quantize_kernel(flat, self.step, self.zero_point - whole, float(whole), float(self.qmin),
+        whole, fraction = self._split_zero_point()
+        nan_at = _fake_quantize_kernel(flat, self.step, fraction, float(whole), float(self.qmin),
                                        float(self.qmax), float(self.zero_point), self.lo, self.hi, out, mask)
         if nan_at >= 0:
-            raise ValueError(f"quantize: x contains NaN (first at flat index {nan_at})")
+            raise _nan_error(nan_at)
         return out.reshape(x.shape), mask.reshape(x.shape)
+
+
+def _nan_error(index):
+    """The error of quantizing NaN, naming the first one's flat index."""
+    return ValueError(f"quantize: x contains NaN (first at flat index {index})")
 
 
 def masked_gradient(mask, dout):
