@@ -234,6 +234,24 @@ def test_tiny_network_integer_equals_simulation_at_3_bits(tiny, method):
     assert_code_for_code(integer_network, images)
 
 
+def boundary_convolution(statistics, last_weight):
+    """A 1x1 convolution of k = 519 weights on a 0..255 input grid with zero point 0: 518 of 127
+    and ``last_weight`` (the second output negated), bias (3, -5); its (M, K) int64 weights and
+    input codes, the first image at the extreme (255 everywhere), three random."""
+    plan = plan_of(statistics, 8, 8, "minmax")
+    conv = next(f for f in IntegerNetwork(statistics.net, plan).fixed if isinstance(f, qat.FixedPointConvolution))
+    k = 519
+    weights = np.full((2, k), 127, dtype=np.int64)
+    weights[:, -1] = last_weight
+    weights[1] *= -1
+    conv = dataclasses.replace(conv, weight_codes=weights.astype(np.int8).reshape(2, k, 1, 1),
+                               bias=np.array([3, -5], dtype=np.int32), size=1, stride=1, padding=0,
+                               input_grid=UniformQuantizer(step=0.01, zero_point=0, qmin=0, qmax=255))
+    codes = np.concatenate([np.full((1, k, 2, 2), 255.0),
+                            np.random.default_rng(5).integers(0, 256, (3, k, 2, 2)).astype(np.float64)])
+    return conv, weights, codes
+
+
 @pytest.mark.parametrize("last_weight, dtype", [(7, np.float32), (8, np.float64)])
 def test_simulation_float32_gemm_only_where_exact(tiny, last_weight, dtype):
     """Truth: NumPy int64 arithmetic (einsum). Inputs on a 0..255 grid with zero point 0, a 1x1
@@ -242,19 +260,10 @@ def test_simulation_float32_gemm_only_where_exact(tiny, last_weight, dtype):
     GEMM runs in float32; a last weight of 8 passes 2**24 and sends it to float64. Either way each
     accumulator, on inputs at the extreme (the worst sum itself) and random ones, is the int64 one."""
     net, images, statistics = tiny
-    plan = plan_of(statistics, 8, 8, "minmax")
-    conv = next(f for f in IntegerNetwork(statistics.net, plan).fixed if isinstance(f, qat.FixedPointConvolution))
-    grid = UniformQuantizer(step=0.01, zero_point=0, qmin=0, qmax=255)
-    k = 519
-    weights = np.full((2, k), 127, dtype=np.int64)
-    weights[:, -1] = last_weight
-    weights[1] *= -1
+    conv, weights, codes = boundary_convolution(statistics, last_weight)
+    k = weights.shape[1]
     assert (int(np.abs(weights).sum(axis=1).max()) * 255 < 2 ** 24) == (dtype is np.float32)
-    assert qat.simulation_gemm_dtype(weights, grid) is dtype
-    conv = dataclasses.replace(conv, weight_codes=weights.astype(np.int8).reshape(2, k, 1, 1),
-                               bias=np.array([3, -5], dtype=np.int32), input_grid=grid, size=1, stride=1, padding=0)
-    codes = np.concatenate([np.full((1, k, 2, 2), 255.0),
-                            np.random.default_rng(5).integers(0, 256, (3, k, 2, 2)).astype(np.float64)])
+    assert qat.simulation_gemm_dtype(weights, conv.input_grid) is dtype
     acc = qat.simulated_accumulator(conv, codes)
     expected = np.einsum("mk,nkp->nmp", weights, codes.astype(np.int64).reshape(4, k, 4)) + np.array([3, -5])[:, None]
     assert acc.dtype == np.float64
@@ -297,17 +306,7 @@ def test_fused_simulated_convolution_on_both_gemm_dtypes(tiny, last_weight):
     ``test_simulation_float32_gemm_only_where_exact`` (float32 GEMM with 7, float64 with 8), with
     accumulators of both signs near +-2**24 and a leaky pair."""
     net, images, statistics = tiny
-    plan = plan_of(statistics, 8, 8, "minmax")
-    conv = next(f for f in IntegerNetwork(statistics.net, plan).fixed if isinstance(f, qat.FixedPointConvolution))
-    k = 519
-    weights = np.full((2, k), 127, dtype=np.int64)
-    weights[:, -1] = last_weight
-    weights[1] *= -1
-    conv = dataclasses.replace(conv, weight_codes=weights.astype(np.int8).reshape(2, k, 1, 1),
-                               bias=np.array([3, -5], dtype=np.int32), size=1, stride=1, padding=0,
-                               input_grid=UniformQuantizer(step=0.01, zero_point=0, qmin=0, qmax=255))
-    codes = np.concatenate([np.full((1, k, 2, 2), 255.0),
-                            np.random.default_rng(5).integers(0, 256, (3, k, 2, 2)).astype(np.float64)])
+    conv, _, codes = boundary_convolution(statistics, last_weight)
     np.testing.assert_array_equal(qat.simulated_convolution_fused(conv, codes), qat.simulated_convolution(conv, codes))
 
 
