@@ -30,7 +30,7 @@ from scipy.special import expit, softmax
 from refquant.data.augment import augment_region
 from refquant.data.image import resize_image
 from refquant.data.shapes import render_image
-from refquant.decode import nms_sort, region_boxes, region_probabilities
+from refquant.detection.decode import nms_sort, region_boxes, region_probabilities
 
 ANCHORS = [1.08, 1.19, 3.42, 4.41, 6.63, 11.38, 9.42, 5.11, 16.62, 10.52]  # yolov2-tiny-voc.cfg
 

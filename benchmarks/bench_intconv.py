@@ -22,7 +22,8 @@ import numba
 import numpy as np
 import torch
 
-from refquant.intconv import conv2d, quantize_bias, quantize_multiplier, requantize
+from refquant.integer.conv import conv2d
+from refquant.integer.requantize import quantize_bias, quantize_multiplier, requantize
 
 # (input channels, output channels, input size, kernel): yolov2-tiny-voc.cfg's convolutions at 416x416.
 TINY_YOLO_VOC_LAYERS = [

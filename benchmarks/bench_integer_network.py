@@ -30,8 +30,11 @@ import numpy as np
 import torch
 
 import refquant
-from refquant import darknet, qat
-from refquant.integer_network import IntegerNetwork, sqnr_db
+from refquant import darknet
+from refquant import ptq
+from refquant.integer.network import IntegerNetwork
+from refquant.integer.measures import sqnr_db
+from refquant import folding
 
 CFG = "yolov2-tiny-voc.cfg"
 
@@ -97,7 +100,7 @@ def torch_quantized_model(integer_network):
 
 def torch_float_model(net):
     """The float32 network in torch (batch norm folded), up to the region head's input."""
-    folded = qat.fold_batchnorm(net)
+    folded = folding.fold_batchnorm(net)
     steps = []
     for layer in folded.layers:
         if layer.type == "convolutional":
@@ -151,7 +154,7 @@ def main():
     net = random_network()
     rng = np.random.default_rng(1)
     calibration = rng.random((2, 3, args.size, args.size)).astype(np.float32)
-    plan = qat.calibrate(net, calibration, 8, 8, method="minmax", batch_size=1, progress=False)
+    plan = ptq.calibrate(net, calibration, 8, 8, method="minmax", batch_size=1, progress=False)
     integer_network = IntegerNetwork.build(net, plan)
     image = rng.random((1, 3, args.size, args.size)).astype(np.float32)
     head = integer_network.net.layers[-1]

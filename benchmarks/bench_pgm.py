@@ -25,7 +25,8 @@ import warnings
 import numpy as np
 from scipy import stats
 
-from refquant.pgm import GaussianMixture, PiecewiseGaussian
+from refquant.density.mixture import GaussianMixture
+from refquant.density.pgm import PiecewiseGaussian
 
 
 def leaky_relu_activations(n, rng):

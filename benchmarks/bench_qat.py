@@ -61,18 +61,18 @@ def images_and_head_gradient(batch):
 
 
 def shipped_folded():
-    from refquant import darknet, qat
-    from refquant.evaluate import shipped_model
+    from refquant import darknet, folding
+    from refquant.detection.evaluate import shipped_model
 
-    return qat.fold_batchnorm(darknet.load(shipped_model(".cfg"), shipped_model(".weights")))
+    return folding.fold_batchnorm(darknet.load(shipped_model(".cfg"), shipped_model(".weights")))
 
 
 def run_refquant(args):
     import numba
-    import numpy as np
 
+    from refquant import plan as plan_module
     from refquant import qat
-    from refquant.intervals import UniformQuantizer, code_range, masked_gradient
+    from refquant.quantizers.uniform import UniformQuantizer, code_range, masked_gradient
 
     numba.set_num_threads(args.threads)
     x, dout = activation_and_gradient(args.batch)
@@ -81,7 +81,7 @@ def run_refquant(args):
     result["fake_kernel"] = best_time(lambda: masked_gradient(grid.fake_with_mask(x)[1], dout), args.repeats)
     result["fake_reference"] = best_time(lambda: (grid.fake(x), grid.fake_backward(x, dout)), args.repeats)
 
-    network = qat.FakeQuantNetwork(shipped_folded(), qat.QuantizationPlan.load(args.plan))
+    network = qat.FakeQuantNetwork(shipped_folded(), plan_module.QuantizationPlan.load(args.plan))
     images, head_gradient = images_and_head_gradient(args.batch)
     result["head_output"] = network.forward(images, training=True).ravel().tolist()
 
@@ -99,10 +99,11 @@ def torch_qat_model(plan):
     import torch
     import torch.nn.functional as F
 
-    from refquant import qat
+    from refquant import plan as plan_module
+
 
     folded = shipped_folded()
-    grids = qat.output_grids(folded, plan)
+    grids = plan_module.output_grids(folded, plan)
     region = _Region(folded.layers[-1].num, folded.layers[-1].entries)
     params = []
     for layer in folded.layers:
@@ -139,7 +140,8 @@ def torch_qat_model(plan):
 def run_torch(args):
     import torch
 
-    from refquant import qat
+    from refquant import plan as plan_module
+
 
     torch.set_num_threads(args.threads)
     x, dout = activation_and_gradient(args.batch)
@@ -154,7 +156,7 @@ def run_torch(args):
         torch.fake_quantize_per_tensor_affine(xt, FAKE_STEP, FAKE_ZERO_POINT, qmin, qmax).backward(doutt)
 
     result["fake"] = best_time(fake_step, args.repeats)
-    forward, params = torch_qat_model(qat.QuantizationPlan.load(args.plan))
+    forward, params = torch_qat_model(plan_module.QuantizationPlan.load(args.plan))
     images, head_gradient = images_and_head_gradient(args.batch)
     images, head_gradient = torch.from_numpy(images), torch.from_numpy(head_gradient)
     with torch.no_grad():
@@ -179,13 +181,14 @@ def main(argv=None):
 
     import numpy as np
 
-    from refquant import qat
+    from refquant import ptq
+
 
     folded = shipped_folded()
     calibration, _ = images_and_head_gradient(8)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        plan = qat.calibrate(folded, calibration, 4, 4, method="minmax", batch_size=8, progress=False)
+        plan = ptq.calibrate(folded, calibration, 4, 4, method="minmax", batch_size=8, progress=False)
     plan_path = os.path.join(tempfile.mkdtemp(), "plan.json")
     plan.save(plan_path)
 

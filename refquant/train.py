@@ -1,61 +1,30 @@
-"""Training as Darknet does it: SGD with momentum and weight decay, its learning-rate policies,
-batch and subdivisions, atomic checkpoints and exact resume.
-
-The update rule is Darknet's ``update_convolutional_layer`` (src/convolutional_layer.c), written
-with our gradients g = dL/dp of a loss summed over the batch (Darknet accumulates -g in
-``*_updates``):
-
-    update <- momentum * update - g                 (all trainable parameters)
-    update <- update - decay * batch * weights      (weights only, not biases or scales)
-    p      <- p + learning_rate / batch * update
-
-The learning rate is ``get_current_rate`` (src/network.c): a burn-in ramp
-``rate * (iteration / burn_in) ** power`` for the first ``burn_in`` iterations, then the policy.
-
-One iteration is Darknet's ``train_network`` (src/network.c): ``batch`` images per update,
-split into ``subdivisions`` forward/backward passes of ``batch / subdivisions`` images each
-(Darknet's ``net->batch``); ``seen`` grows by that mini-batch before each forward pass (the
-region loss reads it); the gradients of the mini-batches add up; then one update. Darknet's
-``get_current_batch`` = seen / batch is then the number of updates including this one, so
-the k-th update (k = 1, 2, ...) uses ``learning_rate(options, k)``, and training runs while
-``get_current_batch < max_batches``: updates 1 .. max_batches.
-
-Which images, and how augmented, is drawn from ``numpy.random.default_rng([seed, k])`` for
-update k alone (Darknet draws ``batch`` random images with replacement, ``get_random_paths``),
-so the run after a resume is the run without interruption, bit for bit.
-
-Checkpoints, every ``checkpoint_every`` updates and on Ctrl-C, in the output directory:
-``<name>_<k>.weights`` (Darknet format, :func:`refquant.darknet.save_weights`),
-``<name>_<k>.optimizer.npz`` (the momentum buffers ``update``, no pickle), then
-``<name>.checkpoint.json`` naming them, with the update count, ``seen`` and the seed. Each
-file is written to a temporary file and renamed into place (``os.replace``, atomic), the JSON
-last, so a crash at any moment leaves the previous checkpoint whole and named. Older
-checkpoint files are removed once the JSON no longer names them. At the end,
-``<name>_final.weights`` (Darknet's name for the last weights).
-"""
+"""TODO docstring (from refquant/train.py)."""
 import concurrent.futures
 import hashlib
 import json
 import math
 import os
-import sys
 import tempfile
 import time
 import warnings
 from pathlib import Path
-
 import numpy as np
 from tqdm import tqdm
-
 from refquant import darknet
 from refquant.data.augment import load_batch
 from refquant.data.voc import load_voc, read_names
 
+
+
+
 POLICIES = ("constant", "step", "steps", "exp", "poly", "sig")
 
+
 DECAYED = ("weights",)
+
 """Parameters under weight decay: Darknet's ``update_convolutional_layer`` decays the
 weights only, not the biases nor the batch-norm scales."""
+
 
 CHECKPOINT_FORMAT = 1
 
@@ -99,11 +68,10 @@ def learning_rate(options, iteration):
     raise ValueError(f"[net] policy={policy!r} is not one of {', '.join(POLICIES)}")
 
 
-# ---------------------------------------------------------------- options
-
 TRAINING_KEYS = ("batch", "subdivisions", "learning_rate", "momentum", "decay", "policy", "burn_in",
                  "power", "max_batches", "step", "scale", "steps", "scales", "gamma",
                  "jitter", "hue", "saturation", "exposure")
+
 """The options that define a training run: the ``[net]`` hyperparameters plus the augmentation
 (``jitter`` from the last ``[region]`` layer, as Darknet's ``train_detector`` reads it)."""
 
@@ -144,8 +112,6 @@ def training_options(net, overrides=None):
     return options
 
 
-# ---------------------------------------------------------------- the update
-
 def trainable(net):
     """[(layer index, name, parameter)] of every trainable parameter (those a layer has grads for)."""
     return [(index, name, layer.params[name]) for index, layer in enumerate(net.layers) for name in layer.grads]
@@ -171,8 +137,6 @@ def sgd_update(net, gradients, updates, rate, momentum, decay, batch):
             update -= dtype(decay * batch) * param
         param += dtype(rate / batch) * update
 
-
-# ---------------------------------------------------------------- one iteration
 
 def iteration_rng(seed, iteration):
     """The random stream of update ``iteration`` (1-based): ``numpy.random.default_rng([seed, iteration])``."""
@@ -250,8 +214,6 @@ def train_iteration(net, records, options, updates, iteration, seed, batches=Non
                options["decay"], options["batch"])
     return total
 
-
-# ---------------------------------------------------------------- checkpoints
 
 def atomic_write(path, write):
     """Write ``path`` all or nothing: ``write(file object)`` fills a temporary file beside it,
@@ -359,8 +321,6 @@ def _restore(net, updates, snapshot):
         updates[key][...] = value
     net.seen = seen
 
-
-# ---------------------------------------------------------------- the run
 
 def layers_digest(cfg):
     """sha256 of a cfg's layer sections (everything after ``[net]``, as read by
@@ -491,6 +451,7 @@ def _region_stats(head):
 
 SCHEDULE_KEYS = ("learning_rate", "policy", "burn_in", "power", "max_batches", "step", "scale", "steps", "scales",
                  "gamma")
+
 """Options that only shape the learning-rate schedule (and its length)."""
 
 
@@ -518,8 +479,6 @@ def _check_same_run(state, identity, pointer):
                              f"{learning_rate(current, k):g} where the checkpointed run used "
                              f"{learning_rate(saved, k):g}; only updates after {state['iteration']} may change")
 
-
-# ---------------------------------------------------------------- anchors
 
 def shape_iou(shapes, centroids):
     """IoU of boxes (M, 2) and centroids (K, 2) given as (w, h), both centred at the same point: (M, K).
@@ -563,83 +522,3 @@ def anchor_clusters(records, num, grid_width, grid_height, iterations=300):
             if np.any(assignment == k):
                 centroids[k] = shapes[assignment == k].mean(axis=0)
     return centroids[np.argsort(centroids[:, 0] * centroids[:, 1], kind="stable")]
-
-
-# ---------------------------------------------------------------- command line
-
-def add_arguments(parser):
-    parser.add_argument("--cfg", required=True, help="Darknet cfg of the network (its [net] gives the defaults)")
-    parser.add_argument("--data", default=None,
-                        help="VOC-format tree to train on (default: the shapes data set, generated on first use)")
-    parser.add_argument("--names", default=None,
-                        help="class names file (default: the only *.names file at the root of --data)")
-    parser.add_argument("--split", default="train", help="image set of ImageSets/Main to train on (default train)")
-    parser.add_argument("--weights", default=None, help="Darknet weights to start from (default: random init)")
-    parser.add_argument("--out", required=True, help="output directory for checkpoints and the final weights")
-    parser.add_argument("--name", default=None, help="file stem of the outputs (default: the cfg's)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the initialisation, images and augmentation")
-    parser.add_argument("--checkpoint-every", type=int, default=100, help="updates between checkpoints")
-    parser.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    for key, kind, text in (("batch", int, "images per update"), ("subdivisions", int, "passes per update"),
-                            ("learning-rate", float, "base learning rate"), ("momentum", float, "SGD momentum"),
-                            ("decay", float, "weight decay"), ("max-batches", int, "number of updates"),
-                            ("burn-in", int, "updates of the burn-in ramp"), ("power", float, "burn-in/poly power"),
-                            ("policy", str, "learning-rate policy"), ("jitter", float, "crop jitter"),
-                            ("hue", float, "hue shift"), ("saturation", float, "saturation scale"),
-                            ("exposure", float, "exposure scale")):
-        parser.add_argument(f"--{key}", type=kind, default=None, help=f"{text} (default: the cfg's)")
-    parser.add_argument("--steps", default=None, help="comma-separated updates where the rate is scaled (steps policy)")
-    parser.add_argument("--scales", default=None, help="comma-separated scales, one per step")
-
-
-def default_names(data):
-    """The class names file of a VOC tree: the only ``*.names`` file at its root."""
-    found = sorted(Path(data).glob("*.names"))
-    if len(found) != 1:
-        raise ValueError(f"{data}: expected exactly one *.names file at the root of the tree to name the classes, "
-                         f"found {len(found)}; give --names")
-    return found[0]
-
-
-def default_data():
-    """The shapes data set (:func:`refquant.data.shapes.shapes_dataset`, generated on first use)."""
-    from refquant.data.shapes import shapes_dataset
-    return shapes_dataset()
-
-
-def _parse_list(text, kind, option):
-    if text is None:
-        return None
-    try:
-        return [kind(item) for item in text.split(",") if item.strip()]
-    except ValueError:
-        raise ValueError(f"{option}={text!r}: expected comma-separated {kind.__name__} values") from None
-
-
-def run(args):
-    """``refquant train``: 0 on success; 2, with the message on stderr, for bad input (ValueError, OSError)."""
-    try:
-        return _run(args)
-    except (ValueError, OSError) as error:
-        print(f"refquant train: error: {error}", file=sys.stderr)
-        return 2
-
-
-def _run(args):
-    data = Path(args.data) if args.data else default_data()
-    names = Path(args.names) if args.names else default_names(data)
-    overrides = {key: getattr(args, key) for key in ("batch", "subdivisions", "learning_rate", "momentum", "decay",
-                                                      "max_batches", "burn_in", "power", "policy", "jitter", "hue",
-                                                      "saturation", "exposure")}
-    overrides["steps"] = _parse_list(args.steps, int, "--steps")
-    overrides["scales"] = _parse_list(args.scales, float, "--scales")
-    try:
-        result = train(args.cfg, data, names, args.out, split=args.split, weights=args.weights, seed=args.seed,
-                       overrides=overrides, checkpoint_every=args.checkpoint_every, resume=args.resume,
-                       name=args.name, progress=not args.no_progress)
-    except KeyboardInterrupt:
-        return 130
-    print(f"trained {result['iteration']} updates ({result['seen']} images seen) in {result['seconds']:.0f} s; "
-          f"weights: {result['weights']}")
-    return 0

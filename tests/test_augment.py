@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from refquant.boxes import voc_to_darknet
+from refquant.detection.boxes import voc_to_darknet
 from refquant.data.augment import augment_region, correct_boxes, darknet_truths, load_batch
 from refquant.data.image import (crop_image, distort_image, flip_image, hsv_to_rgb, letterbox_image,
                                  resize_image, rgb_to_hsv)

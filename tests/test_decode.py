@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from scipy.special import expit, softmax
 
-from refquant.boxes import darknet_iou, darknet_to_voc, voc_to_darknet
-from refquant.decode import (correct_region_boxes, detections, nms_sort, region_boxes, region_probabilities)
+from refquant.detection.boxes import darknet_iou, darknet_to_voc, voc_to_darknet
+from refquant.detection.decode import correct_region_boxes, detections, nms_sort, region_boxes, region_probabilities
 from refquant.data.image import letterbox_size
 
 NAMES = ["circle", "square", "star"]
@@ -200,7 +200,7 @@ def test_draw_detections_outlines_the_voc_box(tmp_path):
     and the PNG written reads back with the same pixels."""
     from PIL import Image
 
-    from refquant.draw import draw_detections
+    from refquant.detection.draw import draw_detections
 
     black = np.zeros((3, 60, 80), dtype=np.float32)
     found = [{"image": "im", "label": "star", "score": 0.9, "box": (11, 21, 30, 40)}]

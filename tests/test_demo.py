@@ -1,7 +1,7 @@
 """``refquant demo`` end to end on a tiny configuration: a small tiny-YOLO-like cfg with random
 weights and a few generated shapes images, through the command line, in seconds.
 
-Independent truths, per test: ``refquant.evaluate.evaluate`` (the ``refquant eval`` path, which
+Independent truths, per test: ``refquant.detection.evaluate.evaluate`` (the ``refquant eval`` path, which
 loads and letterboxes the images itself) on the float network, on the saved plans' simulations
 and on the saved QAT model read back by ``qat.load_quantized``; the model sizes and bit
 operations worked out by hand from the cfg and the weights file's size; hand-made rows for the
@@ -16,11 +16,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from refquant import cli, darknet, demo, qat
+from refquant import cli, darknet
+from refquant import plan as plan_module
+from refquant.demo import experiment
+from refquant.demo import report as demo_report
+from refquant.integer import simulation
 from refquant.data.shapes import shapes_dataset
 from refquant.data.voc import load_voc, read_names
-from refquant.evaluate import evaluate
-from refquant.integer_network import IntegerNetwork
+from refquant.detection.evaluate import evaluate
+from refquant.integer.network import IntegerNetwork
+from refquant import folding
 
 CFG = """
 [net]
@@ -132,7 +137,7 @@ def test_results_schema_and_rows(run):
     _, results, _ = run
     rows = results["rows"]
     assert [(r["method"], r["mode"], r["weight_bits"]) for r in rows] == (
-        [("float", "float", 32)] + [(m, "ptq", b) for b in BITS for m in demo.PTQ_METHODS] + [("pgm", "qat", 4)])
+        [("float", "float", 32)] + [(m, "ptq", b) for b in BITS for m in experiment.PTQ_METHODS] + [("pgm", "qat", 4)])
     for r in rows:
         assert set(r) >= {"name", "weight_bits", "activation_bits", "method", "mode", "mAP", "integer_mAP",
                           "model_bytes", "bops"}
@@ -152,7 +157,7 @@ def test_results_schema_and_rows(run):
 
 
 def test_rows_are_the_evaluate_path_on_the_saved_models(run):
-    """Truth: refquant.evaluate.evaluate (images loaded and letterboxed by refquant.decode's
+    """Truth: refquant.detection.evaluate.evaluate (images loaded and letterboxed by refquant.decode's
     detect_records, scored by refquant.metrics) on the float network, on the saved PTQ plans (JSON
     read back) as simulation and as integer network, and on the saved QAT model read back."""
     paths, results, _ = run
@@ -164,12 +169,12 @@ def test_rows_are_the_evaluate_path_on_the_saved_models(run):
     def mAP(network):
         return 100.0 * evaluate(network, records, names, progress=False)[0]["mAP"]
     assert rows[("float", "float", 32)]["mAP"] == pytest.approx(mAP(net), abs=1e-9)
-    folded = qat.fold_batchnorm(net)
+    folded = folding.fold_batchnorm(net)
     for method, bits in (("pgm", 4), ("minmax", 8)):
-        plan = qat.QuantizationPlan.load(paths["out"] / "plans" / f"{method}-{bits}bit.plan.json")
-        assert rows[(method, "ptq", bits)]["mAP"] == pytest.approx(mAP(qat.SimulatedNetwork(folded, plan)), abs=1e-9)
+        plan = plan_module.QuantizationPlan.load(paths["out"] / "plans" / f"{method}-{bits}bit.plan.json")
+        assert rows[(method, "ptq", bits)]["mAP"] == pytest.approx(mAP(simulation.SimulatedNetwork(folded, plan)), abs=1e-9)
         assert rows[(method, "ptq", bits)]["integer_mAP"] == pytest.approx(mAP(IntegerNetwork(folded, plan)), abs=1e-9)
-    trained, plan = qat.load_quantized(paths["out"] / "qat-4bit")
+    trained, plan = plan_module.load_quantized(paths["out"] / "qat-4bit")
     assert rows[("pgm", "qat", 4)]["mAP"] == pytest.approx(mAP(IntegerNetwork(trained, plan)), abs=1e-9)
 
 
@@ -188,7 +193,7 @@ def test_sizes_and_bit_operations_by_hand(run):
         input_bits = [8, 8, bits, bits]
         size = sum(math.ceil(m * k * w / 8) + 4 * m for (m, k, _), w in zip(convs, weight_bits))
         bops = sum(m * k * p * w * a for (m, k, p), w, a in zip(convs, weight_bits, input_bits))
-        for method in demo.PTQ_METHODS:
+        for method in experiment.PTQ_METHODS:
             assert rows[(method, "ptq", bits)]["model_bytes"] == size
             assert rows[(method, "ptq", bits)]["bops"] == bops
     assert rows[("float", "float", 32)]["bops"] == sum(m * k * p for m, k, p in convs) * 32 * 32
@@ -206,7 +211,7 @@ def test_files_report_and_printed_table(run):
             assert image.format == "PNG" and image.width > 300
     assert sorted(results["figures"]) == sorted(["map_table.png", "densities_activations.png",
                                                  "densities_weights.png", "method_errors.png", "detections.png"])
-    assert len(list((out / "plans").glob("*.plan.json"))) == len(BITS) * len(demo.PTQ_METHODS)
+    assert len(list((out / "plans").glob("*.plan.json"))) == len(BITS) * len(experiment.PTQ_METHODS)
     report = (out / "report.md").read_text()
     for r in results["rows"]:
         assert f"| {r['name']} |" in report and f"{r['mAP']:.2f}" in report and f"{r['mAP']:.2f}" in printed
@@ -238,15 +243,15 @@ def test_integer_check_catches_a_disagreement(run):
     simulation of another (8-bit against 4-bit activations) must raise IntegerMismatchError."""
     paths, _, _ = run
     net = darknet.load(paths["cfg"], paths["weights"])
-    folded = qat.fold_batchnorm(net)
-    eight = qat.QuantizationPlan.load(paths["out"] / "plans" / "pgm-8bit.plan.json")
-    four = qat.QuantizationPlan.load(paths["out"] / "plans" / "pgm-4bit.plan.json")
+    folded = folding.fold_batchnorm(net)
+    eight = plan_module.QuantizationPlan.load(paths["out"] / "plans" / "pgm-8bit.plan.json")
+    four = plan_module.QuantizationPlan.load(paths["out"] / "plans" / "pgm-4bit.plan.json")
     inputs = np.random.default_rng(0).random((3, 3, 32, 32)).astype(np.float32)
     integer = IntegerNetwork(folded, eight)
-    a, b = demo.paired_head_outputs(integer, integer.simulation(), inputs, 2, "same", progress=False)
+    a, b = experiment.paired_head_outputs(integer, integer.simulation(), inputs, 2, "same", progress=False)
     np.testing.assert_array_equal(a, b)
-    with pytest.raises(demo.IntegerMismatchError, match="differ"):
-        demo.paired_head_outputs(integer, qat.SimulatedNetwork(folded, four), inputs, 2, "mixed", progress=False)
+    with pytest.raises(experiment.IntegerMismatchError, match="differ"):
+        experiment.paired_head_outputs(integer, simulation.SimulatedNetwork(folded, four), inputs, 2, "mixed", progress=False)
 
 
 def test_targets_and_table_on_hand_made_rows():
@@ -258,10 +263,10 @@ def test_targets_and_table_on_hand_made_rows():
                 "activation_bits": bits, "mAP": value, "integer_mAP": None if mode == "float" else value}
     rows = [entry("float", "float", 32, 60.0), entry("pgm", "ptq", 8, 59.6), entry("pgm", "ptq", 4, 50.0),
             entry("minmax", "ptq", 8, 59.0), entry("minmax", "ptq", 4, 51.0), entry("pgm", "qat", 4, 57.5)]
-    checks = demo.target_checks(rows)
+    checks = demo_report.target_checks(rows)
     assert [c["met"] for c in checks] == [True, False, False, True]
     assert [round(c["value"], 6) for c in checks[:3]] == [0.4, 2.5, -1.0]
-    lines = demo.table_lines(rows)
+    lines = demo_report.table_lines(rows)
     assert lines[0].split() == ["FP32", "8-bit", "4-bit"]
     assert lines[1].split() == ["float", "60.00"]
     assert lines[2].split() == ["PGM", "(PTQ)", "59.60", "50.00"]

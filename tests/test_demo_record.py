@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from refquant import demo
-from refquant.evaluate import shipped_model
+from refquant.demo import experiment
+from refquant.demo import report
+from refquant.detection.evaluate import shipped_model
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN = ROOT / "docs" / "demo"
@@ -40,7 +41,7 @@ def test_readme_shows_the_printed_summary(folder):
     readme = (ROOT / "README.md").read_text()
     assert readme.count(RUNS[folder]) == 1
     block = textwrap.dedent(readme.split(RUNS[folder], 1)[1].split("```", 2)[1])
-    assert block.strip("\n").splitlines() == demo.summary_lines(load_results(folder))
+    assert block.strip("\n").splitlines() == report.summary_lines(load_results(folder))
 
 
 @pytest.mark.parametrize("folder", sorted(RUNS))
@@ -49,19 +50,19 @@ def test_every_run_used_the_shipped_weights_and_whole_test_split(folder):
     assert results["model"]["weights_sha256"] == hashlib.sha256(shipped_model(".weights").read_bytes()).hexdigest()
     assert results["test_images"] == results["test_split_images"] == 500
     assert all(r["integer_mAP"] == r["mAP"] for r in results["rows"] if r["mode"] != "float")
-    assert results["targets"] == demo.target_checks(results["rows"])
+    assert results["targets"] == report.target_checks(results["rows"])
 
 
 def test_default_run_has_every_issue_7_row(results):
     """The default run (no budget options) has FP32, every PTQ method at every width, QAT at 4 bits."""
     kinds = {(r["method"], r["mode"], r["weight_bits"]) for r in results["rows"]}
-    expected = {("float", "float", 32), ("pgm", "qat", 4)} | {(m, "ptq", b) for m in demo.PTQ_METHODS
-                                                              for b in demo.BITS}
+    expected = {("float", "float", 32), ("pgm", "qat", 4)} | {(m, "ptq", b) for m in experiment.PTQ_METHODS
+                                                              for b in experiment.BITS}
     assert expected <= kinds
     assert results["settings"]["quick"] is False
-    budgets = {"qat_iterations": demo.QAT_ITERATIONS, "qat_batch": demo.QAT_BATCH, "refit_every": demo.REFIT_EVERY,
-               "qat_learning_rate": demo.QAT_LEARNING_RATE, "qat_step_at": demo.QAT_STEP_AT,
-               "calibration_images": demo.CALIBRATION_IMAGES, "bits": list(demo.BITS)}
+    budgets = {"qat_iterations": experiment.QAT_ITERATIONS, "qat_batch": experiment.QAT_BATCH, "refit_every": experiment.REFIT_EVERY,
+               "qat_learning_rate": experiment.QAT_LEARNING_RATE, "qat_step_at": experiment.QAT_STEP_AT,
+               "calibration_images": experiment.CALIBRATION_IMAGES, "bits": list(experiment.BITS)}
     assert {key: results["settings"][key] for key in budgets} == budgets
 
 
@@ -77,7 +78,7 @@ def test_integer_rows_and_targets_are_consistent(results):
     verdicts are those the rows give (recomputed, not copied)."""
     quantized = [r for r in results["rows"] if r["mode"] != "float"]
     assert quantized and all(r["integer_mAP"] == r["mAP"] for r in quantized)
-    assert results["targets"] == demo.target_checks(results["rows"])
+    assert results["targets"] == report.target_checks(results["rows"])
 
 
 def test_report_and_figures_committed(results):

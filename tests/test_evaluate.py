@@ -3,7 +3,7 @@
 Independent truths: detections computed without refquant's network or decoder (OpenCV's
 Darknet importer runs the network up to the head's linear convolution; the head's
 activations and Darknet's decoding are written out here from ``region_layer.c``; OpenCV's
-``NMSBoxes`` does the per-class NMS) and scored by ``refquant.metrics.average_precision``;
+``NMSBoxes`` does the per-class NMS) and scored by ``refquant.detection.metrics.average_precision``;
 the pixels of the PNG that ``refquant detect`` writes; the shipped model's recorded mAP.
 """
 import configparser
@@ -21,9 +21,9 @@ from scipy.special import expit, softmax
 from refquant import cli, darknet
 from refquant.data.shapes import shapes_dataset
 from refquant.data.voc import ground_truth, load_image, load_voc, read_names
-from refquant.detect import detect_image
-from refquant.evaluate import MODELS_DIRS, SHIPPED_MODEL, evaluate, format_table, shipped_model
-from refquant.metrics import average_precision
+from refquant.detection.detect import detect_image
+from refquant.detection.evaluate import MODELS_DIRS, SHIPPED_MODEL, evaluate, format_table, shipped_model
+from refquant.detection.metrics import average_precision
 
 CFG, WEIGHTS, NAMES = shipped_model(".cfg"), shipped_model(".weights"), shipped_model(".names")
 

@@ -14,7 +14,12 @@ import numpy as np
 import pytest
 from scipy import integrate, stats
 
-from refquant import cli, golden
+from refquant import cli
+from refquant.golden import check
+from refquant.golden import export
+from refquant.golden import format
+from refquant.golden import numeric_vectors
+from refquant.golden import vectors
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +38,7 @@ def copy_of(exported, tmp_path):
 
 def rewrite_sha(directory, file_name):
     """Make the manifest agree with a modified file, so that only the recomputation can catch it."""
-    path = directory / golden.MANIFEST
+    path = directory / format.MANIFEST
     manifest = json.loads(path.read_text())
     manifest["files"][file_name]["sha256"] = hashlib.sha256((directory / file_name).read_bytes()).hexdigest()
     path.write_text(json.dumps(manifest))
@@ -46,7 +51,7 @@ def rewrite_sha(directory, file_name):
 def test_export_then_check_passes(exported, capsys):
     """Truth: an untouched export recomputes identically: check() finds nothing, and the command
     line says so with exit status 0."""
-    assert golden.check(exported) == []
+    assert check.check(exported) == []
     assert cli.main(["golden", "check", str(exported), "--no-progress", "--vector", "rounding"]) == 0
     assert "matches" in capsys.readouterr().out
 
@@ -61,9 +66,9 @@ def test_tampered_value_is_located(exported, tmp_path):
         arrays = {name: stored[name] for name in stored.files}
     original = int(arrays["uint8_3x3/acc"][0, 1, 2, 3])
     arrays["uint8_3x3/acc"][0, 1, 2, 3] += 1
-    golden.write_npz(path, arrays)
+    format.write_npz(path, arrays)
     rewrite_sha(directory, "integer_convolution.npz")
-    mismatches = golden.check(directory, vectors=["integer_convolution"])
+    mismatches = check.check(directory, vectors=["integer_convolution"])
     assert len(mismatches) == 1, [str(m) for m in mismatches]
     found = mismatches[0]
     assert (found.vector, found.array, found.index) == ("integer_convolution", "uint8_3x3/acc", (0, 1, 2, 3))
@@ -81,13 +86,13 @@ def test_tampered_input_and_float_tolerance(exported, tmp_path):
         arrays = {name: stored[name] for name in stored.files}
     means = arrays["leaky/means"]
     means[1] *= 1 + 1e-8                     # within rtol 1e-6
-    golden.write_npz(path, arrays)
+    format.write_npz(path, arrays)
     rewrite_sha(directory, "pgm_fits.npz")
-    assert golden.check(directory, vectors=["pgm_fits"]) == []
+    assert check.check(directory, vectors=["pgm_fits"]) == []
     means[1] *= 1 + 1e-4                     # outside it
-    golden.write_npz(path, arrays)
+    format.write_npz(path, arrays)
     rewrite_sha(directory, "pgm_fits.npz")
-    mismatches = golden.check(directory, vectors=["pgm_fits"])
+    mismatches = check.check(directory, vectors=["pgm_fits"])
     assert [(m.array, m.index) for m in mismatches] == [("leaky/means", (1,))]
     assert "rtol 1e-06" in mismatches[0].detail
 
@@ -100,7 +105,7 @@ def test_tampered_bytes_fail_the_hash(exported, tmp_path, capsys):
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0x01
     path.write_bytes(bytes(data))
-    mismatches = golden.check(directory, vectors=["rounding"])
+    mismatches = check.check(directory, vectors=["rounding"])
     hashes = [m for m in mismatches if m.vector == "rounding.npz"]
     assert len(hashes) == 1 and "sha256" in hashes[0].detail
     assert cli.main(["golden", "check", str(directory), "--no-progress", "--vector", "rounding"]) == 1
@@ -111,11 +116,11 @@ def test_missing_file_fails_clearly(exported, tmp_path):
     """Truth: a file deleted by hand is reported as missing, by path, and nothing raises."""
     directory = copy_of(exported, tmp_path)
     (directory / "layers.npz").unlink()
-    mismatches = golden.check(directory, vectors=["layers"])
+    mismatches = check.check(directory, vectors=["layers"])
     assert [m.vector for m in mismatches] == ["layers.npz"]
     assert "missing file" in mismatches[0].detail and str(directory / "layers.npz") in mismatches[0].detail
-    (directory / golden.MANIFEST).unlink()
-    [only] = golden.check(directory)
+    (directory / format.MANIFEST).unlink()
+    [only] = check.check(directory)
     assert "manifest.json: missing" in only.detail
 
 
@@ -142,14 +147,14 @@ def test_manifest_schema(exported):
     with its sha256; every array of every archive is listed with its role, shape, dtype and a
     tolerance with a reason (exact for integers, but for the calibration histogram counts);
     archives load without pickle; definitions name real refquant functions."""
-    manifest = json.loads((exported / golden.MANIFEST).read_text())
-    assert manifest["format"] == golden.FORMAT and manifest["format_version"] == golden.FORMAT_VERSION
+    manifest = json.loads((exported / format.MANIFEST).read_text())
+    assert manifest["format"] == format.FORMAT and manifest["format_version"] == format.FORMAT_VERSION
     assert manifest["refquant_version"] and manifest["numpy_version"] == np.__version__
-    on_disk = {p.name for p in exported.iterdir()} - {golden.MANIFEST}
+    on_disk = {p.name for p in exported.iterdir()} - {format.MANIFEST}
     assert set(manifest["files"]) == on_disk
     for name, entry in manifest["files"].items():
         assert entry["sha256"] == hashlib.sha256((exported / name).read_bytes()).hexdigest()
-    assert set(manifest["vectors"]) == set(golden.VECTORS)
+    assert set(manifest["vectors"]) == set(vectors.VECTORS)
     for name, vector in manifest["vectors"].items():
         assert set(vector) == {"file", "description", "definitions", "seeds", "parameters", "arrays"}
         assert vector["file"] in manifest["files"] and vector["description"]
@@ -174,19 +179,19 @@ def test_manifest_schema(exported):
 
 def test_load_gives_inputs_outputs_tolerances(exported):
     """Truth: the manifest. golden.load splits a vector by role and carries its tolerances."""
-    inputs, outputs, tolerances = golden.load(exported, "rounding")
+    inputs, outputs, tolerances = format.load(exported, "rounding")
     assert set(inputs) == {"round_half_even/x", "rounding_right_shift/value", "rounding_right_shift/shift"}
     assert set(outputs) == {"round_half_even/y", "rounding_right_shift/result"}
-    assert tolerances["round_half_even/y"] == golden.EXACT
+    assert tolerances["round_half_even/y"] == format.EXACT
     with pytest.raises(ValueError, match="no vector 'nonsense'"):
-        golden.load(exported, "nonsense")
+        format.load(exported, "nonsense")
 
 
 def test_two_exports_are_byte_identical(exported, tmp_path):
     """Truth: a second export, in a fresh cache, of the same refquant on the same machine: every
     array and every file (hence every sha256) is identical."""
     again = tmp_path / "again"
-    golden.export(again, progress=False)
+    export.export(again, progress=False)
     for path in exported.iterdir():
         assert path.read_bytes() == (again / path.name).read_bytes(), path.name
 
@@ -225,7 +230,7 @@ def test_integer_convolution_against_int64_einsum_and_fractions(exported):
     definition of a 22-bit multiplier (2**21 <= m < 2**22 unless the shift is capped at 62,
     |m 2**-shift / M - 1| <= 2**-22)."""
     v = vector(exported, "integer_convolution")
-    for case in golden.CONV_CASES:
+    for case in numeric_vectors.CONV_CASES:
         acc = correlate_int64(v[f"{case}/x"], v[f"{case}/w"], v[f"{case}/bias"], int(v[f"{case}/stride"]),
                               int(v[f"{case}/pad"]))
         np.testing.assert_array_equal(v[f"{case}/acc"], acc)

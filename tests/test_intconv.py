@@ -17,11 +17,9 @@ import pytest
 import scipy.signal
 import torch
 
-from refquant.intconv import (
-    MULTIPLIER_BITS, check_accumulator_range, code_dtype, conv2d, conv2d_reference,
-    leaky_multipliers, multiplier_value, quantize_bias, quantize_multiplier, quantize_shift,
-    requantize, requantize_code, requantize_leaky, requantize_leaky_code, requantize_shift,
-    rescale_codes, route_codes, value_range)
+from refquant.integer import conv as integer_conv
+from refquant.integer.requantize import MULTIPLIER_BITS, code_dtype, leaky_multipliers, multiplier_value, quantize_bias, quantize_multiplier, quantize_shift, requantize, requantize_code, requantize_leaky, requantize_leaky_code, requantize_shift, rescale_codes, route_codes
+from refquant.integer.conv import check_accumulator_range, conv2d, conv2d_reference, value_range
 
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 
@@ -131,8 +129,7 @@ def test_fast_kernel_batches_images_into_panels_and_chunks(monkeypatch):
     of 8-pixel multiples) and ``_CHUNK_PIXELS`` cuts the batch into GEMMs of several images, the
     last one short; the images have different ranges (one needs the two-byte path, one is all
     negative), so each chunk's offset and byte count differ from its neighbours'."""
-    from refquant import intconv
-    monkeypatch.setattr(intconv, "_CHUNK_PIXELS", 60)  # 2 images of 25 pixels per GEMM
+    monkeypatch.setattr(integer_conv, "_CHUNK_PIXELS", 60)  # 2 images of 25 pixels per GEMM
     rng = np.random.default_rng(6)
     x = random_codes(rng, (7, 4, 5, 5), np.int16) // 300
     x[2] = random_codes(rng, (4, 5, 5), np.int16)      # the two-byte path in the second chunk
@@ -140,7 +137,7 @@ def test_fast_kernel_batches_images_into_panels_and_chunks(monkeypatch):
     w = random_codes(rng, (9, 4, 3, 3), np.int8)
     bias = rng.integers(-1000, 1000, 9).astype(np.int32)
     np.testing.assert_array_equal(conv2d(x, w, 1, 1, bias=bias), numpy_correlation(x, w, 1, 1) + bias[:, None, None])
-    monkeypatch.setattr(intconv, "_CHUNK_PIXELS", 10 ** 6)  # the whole batch in one GEMM
+    monkeypatch.setattr(integer_conv, "_CHUNK_PIXELS", 10 ** 6)  # the whole batch in one GEMM
     np.testing.assert_array_equal(conv2d(x, w, 2, 0), numpy_correlation(x, w, 2, 0))
 
 

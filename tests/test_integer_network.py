@@ -9,15 +9,19 @@ import numpy as np
 import pytest
 import torch
 
-from refquant import darknet, qat
+from refquant import darknet
+from refquant import plan as plan_module
+from refquant import ptq
+from refquant.integer import lowering
+from refquant.integer import simulation as integer_simulation
 from refquant.data.shapes import shapes_dataset
 from refquant.data.voc import load_image, load_voc, read_names
-from refquant.decode import network_input
-from refquant.evaluate import shipped_model
-from refquant.integer_network import (IntegerNetwork, cost_totals, layer_costs, layer_sqnr, saturation_rates,
-                                      sqnr_db)
-from refquant.intervals import UniformQuantizer
-from refquant.pgm import ConvergenceWarning
+from refquant.detection.decode import network_input
+from refquant.detection.evaluate import shipped_model
+from refquant.integer.network import IntegerNetwork
+from refquant.integer.measures import cost_totals, layer_costs, layer_sqnr, saturation_rates, sqnr_db
+from refquant.quantizers.uniform import UniformQuantizer
+from refquant.density.em import ConvergenceWarning
 
 CFG_DIR = "refquant/cfg"
 
@@ -116,14 +120,14 @@ def randomize_batchnorm(net, seed=0):
 def plan_of(statistics, *args, **kwargs):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        return qat.quantization_plan(statistics, *args, **kwargs)
+        return ptq.quantization_plan(statistics, *args, **kwargs)
 
 
 def pow2_plan(plan, net):
     """The plan with every step rounded up to a power of two (zero points kept): hand-made fixed point."""
     def snapped(q):
         return UniformQuantizer(2.0 ** math.ceil(math.log2(q.step)), q.zero_point, q.qmin, q.qmax)
-    return qat.QuantizationPlan.for_network(net, {i: snapped(q) for i, q in plan.weights.items()},
+    return plan_module.QuantizationPlan.for_network(net, {i: snapped(q) for i, q in plan.weights.items()},
                                             {i: snapped(q) for i, q in plan.activations.items()},
                                             method="minmax-pow2", options=plan.options)
 
@@ -133,7 +137,7 @@ def tiny_voc():
     """yolov2-tiny-voc (float32, random weights and batch norm), 2 images at 64x64, its statistics."""
     net = randomize_batchnorm(darknet.load(f"{CFG_DIR}/yolov2-tiny-voc.cfg", seed=1), 1)
     images = np.random.default_rng(2).random((2, 3, 64, 64)).astype(np.float32)
-    statistics = qat.calibration_statistics(net, images, batch_size=2, baseline_samples=4096, progress=False)
+    statistics = ptq.calibration_statistics(net, images, batch_size=2, baseline_samples=4096, progress=False)
     return net, images, statistics
 
 
@@ -142,7 +146,7 @@ def voc():
     """yolov2-voc (route and reorg), float32, random weights and batch norm, one image at 64x64."""
     net = randomize_batchnorm(darknet.load(f"{CFG_DIR}/yolov2-voc.cfg", seed=2), 2)
     images = np.random.default_rng(3).random((1, 3, 64, 64)).astype(np.float32)
-    statistics = qat.calibration_statistics(net, images, batch_size=1, baseline_samples=4096, progress=False)
+    statistics = ptq.calibration_statistics(net, images, batch_size=1, baseline_samples=4096, progress=False)
     return net, images, statistics
 
 
@@ -152,7 +156,7 @@ def tiny(tmp_path_factory):
     path.write_text(TINY_CFG)
     net = randomize_batchnorm(darknet.load(path, seed=3), 3)
     images = np.random.default_rng(4).random((3, 3, 32, 32)).astype(np.float32)
-    statistics = qat.calibration_statistics(net, images, baseline_samples=4096, progress=False)
+    statistics = ptq.calibration_statistics(net, images, baseline_samples=4096, progress=False)
     return net, images, statistics
 
 
@@ -187,7 +191,7 @@ def test_tiny_yolo_integer_equals_simulation(tiny_voc, bits, method, pow2):
     integer_network = IntegerNetwork(statistics.net, plan)  # statistics.net: net folded once
     assert_code_for_code(integer_network, images)
     if pow2:
-        convs = [f for f in integer_network.fixed if isinstance(f, qat.FixedPointConvolution)]
+        convs = [f for f in integer_network.fixed if isinstance(f, lowering.FixedPointConvolution)]
         assert convs[0].multiplier != 1  # the input step is 1/255
         assert all(f.multiplier == 1 for f in convs[1:])
 
@@ -204,7 +208,7 @@ def test_yolo_voc_integer_equals_simulation(voc, bits, pow2):
         plan = pow2_plan(plan, net)
     integer_network = IntegerNetwork(statistics.net, plan)  # statistics.net: net folded once
     route = integer_network.fixed[28]
-    assert isinstance(route, qat.FixedPointRoute) and any(r is not None for r in route.rescalings)
+    assert isinstance(route, lowering.FixedPointRoute) and any(r is not None for r in route.rescalings)
     assert integer_network.fixed[25] is None and integer_network.grids[25] is integer_network.grids[16]
     assert_code_for_code(integer_network, images)
 
@@ -215,7 +219,7 @@ def signed_plan(plan, net):
     def signed(q):
         bound = 2 ** (q.num_levels.bit_length() - 2) - 1
         return UniformQuantizer(max(-q.lo, q.hi) / bound, 0, -bound, bound)
-    return qat.QuantizationPlan.for_network(net, plan.weights, {i: signed(q) for i, q in plan.activations.items()},
+    return plan_module.QuantizationPlan.for_network(net, plan.weights, {i: signed(q) for i, q in plan.activations.items()},
                                             method="signed", options=plan.options)
 
 
@@ -230,7 +234,7 @@ def test_tiny_network_integer_equals_simulation_at_3_bits(tiny, method):
         plan = signed_plan(plan, net)
         assert all(q.qmin < 0 for q in plan.activations.values())
     integer_network = IntegerNetwork.build(net, plan)
-    assert isinstance(integer_network.fixed[8], qat.FixedPointRoute)
+    assert isinstance(integer_network.fixed[8], lowering.FixedPointRoute)
     assert_code_for_code(integer_network, images)
 
 
@@ -239,7 +243,7 @@ def boundary_convolution(statistics, last_weight):
     and ``last_weight`` (the second output negated), bias (3, -5); its (M, K) int64 weights and
     input codes, the first image at the extreme (255 everywhere), three random."""
     plan = plan_of(statistics, 8, 8, "minmax")
-    conv = next(f for f in IntegerNetwork(statistics.net, plan).fixed if isinstance(f, qat.FixedPointConvolution))
+    conv = next(f for f in IntegerNetwork(statistics.net, plan).fixed if isinstance(f, lowering.FixedPointConvolution))
     k = 519
     weights = np.full((2, k), 127, dtype=np.int64)
     weights[:, -1] = last_weight
@@ -263,8 +267,8 @@ def test_simulation_float32_gemm_only_where_exact(tiny, last_weight, dtype):
     conv, weights, codes = boundary_convolution(statistics, last_weight)
     k = weights.shape[1]
     assert (int(np.abs(weights).sum(axis=1).max()) * 255 < 2 ** 24) == (dtype is np.float32)
-    assert qat.simulation_gemm_dtype(weights, conv.input_grid) is dtype
-    acc = qat.simulated_accumulator(conv, codes)
+    assert integer_simulation.simulation_gemm_dtype(weights, conv.input_grid) is dtype
+    acc = integer_simulation.simulated_accumulator(conv, codes)
     expected = np.einsum("mk,nkp->nmp", weights, codes.astype(np.int64).reshape(4, k, 4)) + np.array([3, -5])[:, None]
     assert acc.dtype == np.float64
     np.testing.assert_array_equal(acc, expected.astype(np.float64))
@@ -285,14 +289,14 @@ def test_fused_simulated_convolution_is_the_reference_bit_for_bit(tiny, bits, me
     rng = np.random.default_rng(bits)
     checked = 0
     for conv in simulation.fixed:
-        if not isinstance(conv, qat.FixedPointConvolution):
+        if not isinstance(conv, lowering.FixedPointConvolution):
             continue
         j = simulation.inputs[conv.index][0]
         produced = simulation.input_codes(images).astype(np.float64) if j < 0 else outputs[j]
         spread = rng.integers(conv.input_grid.qmin, conv.input_grid.qmax + 1, produced.shape).astype(np.float64)
         for codes in (produced, spread):
-            reference = qat.simulated_convolution(conv, codes)
-            fused = qat.simulated_convolution_fused(conv, codes)
+            reference = integer_simulation.simulated_convolution(conv, codes)
+            fused = integer_simulation.simulated_convolution_fused(conv, codes)
             assert fused.dtype == reference.dtype == np.float64
             np.testing.assert_array_equal(fused, reference)
             assert len(np.unique(reference)) > 1
@@ -307,7 +311,7 @@ def test_fused_simulated_convolution_on_both_gemm_dtypes(tiny, last_weight):
     accumulators of both signs near +-2**24 and a leaky pair."""
     net, images, statistics = tiny
     conv, _, codes = boundary_convolution(statistics, last_weight)
-    np.testing.assert_array_equal(qat.simulated_convolution_fused(conv, codes), qat.simulated_convolution(conv, codes))
+    np.testing.assert_array_equal(integer_simulation.simulated_convolution_fused(conv, codes), integer_simulation.simulated_convolution(conv, codes))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -328,7 +332,7 @@ def test_each_layer_matches_its_real_valued_definition_in_torch(tiny_voc):
     differing = 0
     total = 0
     for conv in integer_network.fixed:
-        if not isinstance(conv, qat.FixedPointConvolution):
+        if not isinstance(conv, lowering.FixedPointConvolution):
             continue
         j = integer_network.inputs[conv.index][0]
         codes = integer_network.plan.input.quantize(images) if j == -1 else outputs[j]
@@ -396,7 +400,7 @@ def test_accumulator_overflow_and_bias_overflow_are_refused_at_build(tmp_path):
     cfg.write_text("[net]\nwidth=8\nheight=8\nchannels=8000\n\n[convolutional]\nfilters=1\nsize=3\npad=1\n"
                    "activation=linear\n")
     net = darknet.load(cfg)
-    plan = qat.QuantizationPlan.for_network(net, {0: UniformQuantizer(0.01, 0, -128, 127)},
+    plan = plan_module.QuantizationPlan.for_network(net, {0: UniformQuantizer(0.01, 0, -128, 127)},
                                             {0: UniformQuantizer(0.1, 128, 0, 255)})
     with pytest.raises(ValueError, match=r"layer 0 \[convolutional\]: int32 accumulator could overflow"):
         IntegerNetwork.build(net, plan)
@@ -405,7 +409,7 @@ def test_accumulator_overflow_and_bias_overflow_are_refused_at_build(tmp_path):
                       "activation=leaky\n")
     net = darknet.load(narrow)
     net.layers[0].params["biases"][:] = 1e6
-    plan = qat.QuantizationPlan.for_network(net, {0: UniformQuantizer(1e-4, 0, -128, 127)},
+    plan = plan_module.QuantizationPlan.for_network(net, {0: UniformQuantizer(1e-4, 0, -128, 127)},
                                             {0: UniformQuantizer(0.1, 10, 0, 255)})
     with pytest.raises(ValueError, match=r"layer 0 \[convolutional\]: .*exceed int32"):
         IntegerNetwork.build(net, plan)
@@ -471,7 +475,7 @@ def test_evaluate_scores_integer_and_simulated_networks_identically(tmp_path):
     finds about as many detections (within 20 %), a sanity check of the 8-bit network."""
     from refquant.data.shapes import SHAPE_NAMES, shapes_dataset
     from refquant.data.voc import load_voc, read_names
-    from refquant.evaluate import evaluate
+    from refquant.detection.evaluate import evaluate
     root = shapes_dataset(tmp_path / "shapes", size=64, train=0, val=0, test=6, progress=False)
     names = read_names(root / "shapes.names")
     assert tuple(names) == SHAPE_NAMES
@@ -480,7 +484,7 @@ def test_evaluate_scores_integer_and_simulated_networks_identically(tmp_path):
     net = randomize_batchnorm(darknet.load(cfg, seed=5), 5)
     records = load_voc(root, "test", names)
     calibration = np.random.default_rng(6).random((4, 3, 32, 32)).astype(np.float32)
-    plan = plan_of(qat.calibration_statistics(net, calibration, progress=False, baseline_samples=4096),
+    plan = plan_of(ptq.calibration_statistics(net, calibration, progress=False, baseline_samples=4096),
                    8, 8, "minmax")
     integer_network = IntegerNetwork.build(net, plan)
     results = [evaluate(model, records, names, batch_size=4, progress=False)
@@ -505,7 +509,7 @@ def test_shipped_model_integer_equals_simulation():
         return np.stack([network_input(load_image(r["image_path"]), width, height)
                          for r in records]).astype(np.float32)
 
-    statistics = qat.calibration_statistics(net, batch("train"), batch_size=4, baseline_samples=4096,
+    statistics = ptq.calibration_statistics(net, batch("train"), batch_size=4, baseline_samples=4096,
                                             progress=False)
     plan = plan_of(statistics, 4, 4, "pgm")  # 4 bits inside, the first and last layers at 8
     assert_code_for_code(IntegerNetwork(statistics.net, plan), batch("test"))

@@ -13,13 +13,11 @@ import torch
 from scipy import integrate, stats
 from torch.ao.quantization.observer import MinMaxObserver
 
-from refquant.intervals import (UniformQuantizer, aciq_clipping, aciq_quantizer, code_range,
-                                empirical_mse, expanded_quantized_distribution, expected_mse,
-                                kl_divergence, kl_quantizer, kl_threshold, method_errors,
-                                minmax_quantizer, mse_search_quantizer, optimal_quantizer,
-                                percentile_quantizer, quantizer_from_interval, signed_quantizer,
-                                unsigned_quantizer)
-from refquant.pgm import PiecewiseGaussian
+from refquant.quantizers.uniform import UniformQuantizer, code_range, signed_quantizer, unsigned_quantizer
+from refquant.quantizers.baselines import aciq_clipping, aciq_quantizer, expanded_quantized_distribution, kl_divergence, kl_quantizer, kl_threshold, method_errors, minmax_quantizer, mse_search_quantizer, percentile_quantizer, quantizer_from_interval
+from refquant.quantizers.error import empirical_mse, expected_mse
+from refquant.quantizers.optimal import optimal_quantizer
+from refquant.density.pgm import PiecewiseGaussian
 
 # The densities of the tests. A leaky-ReLU activation (slope 0.1): the negative side is the
 # positive half-normal squeezed tenfold. Weights: a centre piece and two heavier tails.

@@ -12,8 +12,13 @@ import numpy as np
 import pytest
 from scipy import integrate, stats
 
-from refquant import darknet, intervals, qat
-from refquant.intervals import HistogramDensity
+from refquant import darknet
+from refquant import ptq
+from refquant.quantizers import baselines
+from refquant.quantizers import error as quantizers_error
+from refquant.quantizers import uniform
+from refquant.density.histogram import HistogramDensity
+from refquant import folding
 
 
 def data(seed=0, n=20000):
@@ -77,7 +82,7 @@ def test_expected_error_under_the_histogram_matches_quadrature():
     edge and every quantizer cell edge, for a 3-bit affine and a 4-bit signed quantizer."""
     counts, edges = irregular_histogram()
     density, rv = HistogramDensity(counts, edges), stats.rv_histogram((counts, edges), density=False)
-    for quantizer in (intervals.unsigned_quantizer(3, 0.45, 2), intervals.signed_quantizer(4, 0.3)):
+    for quantizer in (uniform.unsigned_quantizer(3, 0.45, 2), uniform.signed_quantizer(4, 0.3)):
         cells = np.concatenate([quantizer.levels[:-1] + quantizer.step / 2])
 
         def squared_error(t):
@@ -85,7 +90,7 @@ def test_expected_error_under_the_histogram_matches_quadrature():
         points = np.unique(np.concatenate([edges, cells]))
         points = points[(points >= edges[0]) & (points <= edges[-1])]
         truth = sum(integrate.quad(squared_error, a, b)[0] for a, b in zip(points[:-1], points[1:]))
-        assert intervals.expected_mse(density, quantizer) == pytest.approx(truth, rel=1e-9)
+        assert quantizers_error.expected_mse(density, quantizer) == pytest.approx(truth, rel=1e-9)
 
 
 def test_percentile_reads_the_cdf():
@@ -96,14 +101,14 @@ def test_percentile_reads_the_cdf():
     density = HistogramDensity(counts, edges)
     rv = stats.rv_histogram((counts, edges), density=False)
     for bits in (4, 8):
-        ours = intervals.percentile_quantizer_histogram(density, bits, 99.99)
+        ours = baselines.percentile_quantizer_histogram(density, bits, 99.99)
         lo, hi = rv.ppf([1e-4, 1 - 1e-4])
-        theirs = intervals.quantizer_from_interval(lo, hi, bits)
+        theirs = baselines.quantizer_from_interval(lo, hi, bits)
         assert ours.zero_point == theirs.zero_point and ours.step == pytest.approx(theirs.step, rel=1e-12)
     width = edges[1] - edges[0]
-    lo, hi = intervals.percentile_quantizer_histogram(density, 8, 99.0).interval
+    lo, hi = baselines.percentile_quantizer_histogram(density, 8, 99.0).interval
     assert abs(hi - np.percentile(x, 99.0)) < width + ours.step
-    symmetric = intervals.percentile_quantizer_histogram(density, 8, 99.5, symmetric=True)
+    symmetric = baselines.percentile_quantizer_histogram(density, 8, 99.5, symmetric=True)
     assert symmetric.zero_point == 0
     assert abs(symmetric.step * 128 - np.percentile(np.abs(x), 99.5)) < width
 
@@ -116,12 +121,12 @@ def test_aciq_from_exact_moments_equals_the_sample_rule():
     counts, edges = np.histogram(x, 1024)
     density = HistogramDensity(counts, edges)
     for bits in (3, 4, 8):
-        ours = intervals.aciq_quantizer_histogram(density, bits, "gaussian", mean=np.mean(x), std=np.std(x))
-        assert ours == intervals.aciq_quantizer(x, bits, "gaussian")
+        ours = baselines.aciq_quantizer_histogram(density, bits, "gaussian", mean=np.mean(x), std=np.std(x))
+        assert ours == baselines.aciq_quantizer(x, bits, "gaussian")
     b_numpy = np.mean(np.abs(x - np.mean(x)))
     assert abs(density.absolute_deviation(np.mean(x)) - b_numpy) < 0.5 * (edges[1] - edges[0])
-    laplace = intervals.aciq_quantizer_histogram(density, 4, "laplace", mean=np.mean(x))
-    assert laplace.step == pytest.approx(intervals.aciq_quantizer(x, 4, "laplace").step, rel=1e-3)
+    laplace = baselines.aciq_quantizer_histogram(density, 4, "laplace", mean=np.mean(x))
+    assert laplace.step == pytest.approx(baselines.aciq_quantizer(x, 4, "laplace").step, rel=1e-3)
 
 
 def test_mse_search_picks_the_least_error_by_quadrature():
@@ -130,10 +135,10 @@ def test_mse_search_picks_the_least_error_by_quadrature():
     counts, edges = irregular_histogram()
     density, rv = HistogramDensity(counts, edges), stats.rv_histogram((counts, edges), density=False)
     bits, candidates = 3, 5
-    ours = intervals.mse_search_quantizer_histogram(density, bits, num_candidates=candidates, progress=False)
+    ours = baselines.mse_search_quantizer_histogram(density, bits, num_candidates=candidates, progress=False)
     best, best_error = None, math.inf
-    for lo, hi in intervals.mse_search_intervals(edges[1], edges[-1], False, candidates):
-        quantizer = intervals.quantizer_from_interval(lo, hi, bits)
+    for lo, hi in baselines.mse_search_intervals(edges[1], edges[-1], False, candidates):
+        quantizer = baselines.quantizer_from_interval(lo, hi, bits)
         cells = quantizer.levels[:-1] + quantizer.step / 2
         points = np.unique(np.concatenate([edges, cells[(cells > edges[0]) & (cells < edges[-1])]]))
         error = sum(integrate.quad(lambda t: (t - quantizer.fake(np.array([t]))[0]) ** 2 * rv.pdf(t), a, b)[0]
@@ -145,7 +150,7 @@ def test_mse_search_picks_the_least_error_by_quadrature():
 
 
 def test_kl_on_tensorrt_histogram_equals_the_sample_rule():
-    """Truth: refquant.intervals.kl_quantizer on the samples, which histograms |x| in 2048 bins over
+    """Truth: refquant.quantizers.baselines.kl_quantizer on the samples, which histograms |x| in 2048 bins over
     [0, max |x|] with numpy: given that very histogram, the histogram entry point reads the same
     counts back (integer sums at the edges) and returns the same quantizer; on a signed histogram
     of the same data the threshold stays within 1 % of it."""
@@ -155,10 +160,10 @@ def test_kl_on_tensorrt_histogram_equals_the_sample_rule():
     density = HistogramDensity(counts, edges)
     np.testing.assert_array_equal(density.folded().counts_between(edges), counts)
     for bits in (4, 8):
-        assert intervals.kl_quantizer_histogram(density, bits) == intervals.kl_quantizer(x, bits)
+        assert baselines.kl_quantizer_histogram(density, bits) == baselines.kl_quantizer(x, bits)
     signed, signed_edges = np.histogram(x, 3000)
-    ours = intervals.kl_quantizer_histogram(HistogramDensity(signed, signed_edges), 8, extremes=(x.min(), x.max()))
-    assert ours.step == pytest.approx(intervals.kl_quantizer(x, 8).step, rel=0.01)
+    ours = baselines.kl_quantizer_histogram(HistogramDensity(signed, signed_edges), 8, extremes=(x.min(), x.max()))
+    assert ours.step == pytest.approx(baselines.kl_quantizer(x, 8).step, rel=0.01)
 
 
 def test_minmax_with_exact_extremes_equals_the_sample_rule():
@@ -167,8 +172,8 @@ def test_minmax_with_exact_extremes_equals_the_sample_rule():
     counts, edges = np.histogram(x, 100)
     density = HistogramDensity(counts, edges)
     for symmetric in (False, True):
-        assert (intervals.minmax_quantizer_histogram(density, 4, symmetric, extremes=(x.min(), x.max()))
-                == intervals.minmax_quantizer(x, 4, symmetric))
+        assert (baselines.minmax_quantizer_histogram(density, 4, symmetric, extremes=(x.min(), x.max()))
+                == baselines.minmax_quantizer(x, 4, symmetric))
 
 
 def test_bad_histograms_are_refused():
@@ -183,7 +188,7 @@ def test_bad_histograms_are_refused():
     with pytest.raises(ValueError, match="finite"):
         HistogramDensity([1, np.nan], [0, 1, 2])
     with pytest.raises(TypeError, match="HistogramDensity"):
-        intervals.percentile_quantizer_histogram(np.ones(10), 4)
+        baselines.percentile_quantizer_histogram(np.ones(10), 4)
     with pytest.raises(ValueError, match="q must be"):
         HistogramDensity([1, 2], [0, 1, 2]).ppf(1.5)
 
@@ -197,7 +202,7 @@ def test_activation_histogram_density_keeps_counts_and_exact_extremes():
     min, max, mean and std of the values."""
     rng = np.random.default_rng(4)
     values = np.concatenate([rng.normal(0.3, 1.0, 5000), rng.normal(5.0, 0.5, 300)])
-    histogram = qat.ActivationHistogram(64)
+    histogram = ptq.ActivationHistogram(64)
     for part in np.array_split(values, 5):
         histogram.add(part)
     density = histogram.density()
@@ -279,20 +284,20 @@ def test_baseline_plans_follow_the_full_activations(tmp_path):
     two-input route)."""
     net = small_network(tmp_path)
     images = np.random.default_rng(1).random((6, 3, 32, 32))
-    statistics = qat.calibration_statistics(net, images, batch_size=2, progress=False)
-    outputs = qat.fold_batchnorm(net).forward(images, return_all=True)
-    plans = {method: qat.quantization_plan(statistics, 4, 4, method, first_bits=None, last_bits=None)
+    statistics = ptq.calibration_statistics(net, images, batch_size=2, progress=False)
+    outputs = folding.fold_batchnorm(net).forward(images, return_all=True)
+    plans = {method: ptq.quantization_plan(statistics, 4, 4, method, first_bits=None, last_bits=None)
              for method in ("aciq-gauss", "percentile", "mse")}
     for index in plans["mse"].activations:
         values, width = outputs[index], statistics.histograms[index].bin_width
         ours = plans["aciq-gauss"].activations[index]
-        theirs = intervals.aciq_quantizer(values, 4, "gaussian")
+        theirs = baselines.aciq_quantizer(values, 4, "gaussian")
         assert ours.zero_point == theirs.zero_point and ours.step == pytest.approx(theirs.step, rel=1e-9)
         lo, hi = plans["percentile"].activations[index].interval
-        theirs = intervals.quantizer_from_interval(*np.percentile(values, [100 - qat.PERCENTILE, qat.PERCENTILE],
+        theirs = baselines.quantizer_from_interval(*np.percentile(values, [100 - baselines.PERCENTILE, baselines.PERCENTILE],
                                                                   method="inverted_cdf"), 4)
         assert abs(hi - theirs.hi) < width + theirs.step and abs(lo - theirs.lo) < width + theirs.step
     for index in (2, 5):  # the sample search costs 625 passes over the values: two layers
         values, ours = outputs[index], plans["mse"].activations[index]
-        theirs = intervals.mse_search_quantizer(values, 4, progress=False)
-        assert intervals.empirical_mse(values, ours) <= 1.05 * intervals.empirical_mse(values, theirs), index
+        theirs = baselines.mse_search_quantizer(values, 4, progress=False)
+        assert quantizers_error.empirical_mse(values, ours) <= 1.05 * quantizers_error.empirical_mse(values, theirs), index

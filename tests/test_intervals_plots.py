@@ -12,10 +12,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from refquant.intervals import UniformQuantizer, expected_mse, optimal_quantizer  # noqa: E402
-from refquant.intervals_plots import (clipping_errors, plot_error_vs_clipping,  # noqa: E402
-                                      plot_granular_vs_clipping, plot_method_errors, plot_quantizer)
-from refquant.pgm import PiecewiseGaussian  # noqa: E402
+from refquant.quantizers.uniform import UniformQuantizer
+from refquant.quantizers.error import expected_mse
+from refquant.quantizers.optimal import optimal_quantizer
+from refquant.quantizers.plots import clipping_errors, plot_error_vs_clipping, plot_granular_vs_clipping, plot_method_errors, plot_quantizer
+from refquant.density.pgm import PiecewiseGaussian
 
 WEIGHTS = PiecewiseGaussian([-1.0, 1.0], [0.2, 0.6, 0.2], [-0.5, 0.0, 0.5], [1.5, 0.7, 1.5])
 LEAKY = PiecewiseGaussian([0.0], [0.5, 0.5], [0.0, 0.0], [0.1, 1.0])

@@ -1,4 +1,4 @@
-"""VOC average precision (refquant.metrics) and the VOC IoU (refquant.boxes.voc_iou).
+"""VOC average precision (refquant.metrics) and the VOC IoU (refquant.detection.boxes.voc_iou).
 
 Independent truths: hand-worked examples (each worked in its docstring), and a
 transcription into Python of the VOC devkit's MATLAB (VOCcode/VOCevaldet.m with
@@ -10,8 +10,8 @@ import math
 import numpy as np
 import pytest
 
-from refquant.boxes import voc_iou
-from refquant.metrics import average_precision, format_table, voc_ap
+from refquant.detection.boxes import voc_iou
+from refquant.detection.metrics import average_precision, format_table, voc_ap
 
 
 def det(image, label, score, box):

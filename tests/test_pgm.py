@@ -11,8 +11,10 @@ import numpy as np
 import pytest
 from scipy import integrate, optimize, stats
 
-from refquant.pgm import (ConvergenceWarning, DegenerateDataError, GaussianMixture, PiecewiseGaussian,
-                          truncated_standard_normal)
+from refquant.density.em import ConvergenceWarning, DegenerateDataError
+from refquant.density.mixture import GaussianMixture
+from refquant.density.pgm import PiecewiseGaussian
+from refquant.density.truncated_normal import truncated_standard_normal
 
 # A three-piece model with a piece whose Gaussian centre lies outside it (piece 0), used by the
 # distribution tests.

@@ -15,8 +15,9 @@ from matplotlib.collections import PolyCollection  # noqa: E402
 from matplotlib.patches import StepPatch  # noqa: E402
 from scipy import stats  # noqa: E402
 
-from refquant.pgm import GaussianMixture, PiecewiseGaussian  # noqa: E402
-from refquant.pgm_plots import plot_comparison, plot_density, plot_layer_grid, plot_qq  # noqa: E402
+from refquant.density.mixture import GaussianMixture
+from refquant.density.pgm import PiecewiseGaussian
+from refquant.density.plots import plot_comparison, plot_density, plot_layer_grid, plot_qq
 
 MODEL = PiecewiseGaussian([0.0], [0.3, 0.7], [0.05, 0.5], [0.1, 1.0])
 

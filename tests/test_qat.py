@@ -8,10 +8,18 @@ import numpy as np
 import pytest
 import torch
 
-from refquant import darknet, intervals, qat
-from refquant.intervals import UniformQuantizer
-from refquant.pgm import ConvergenceWarning
+from refquant import darknet
+from refquant import plan as plan_module
+from refquant import ptq
+from refquant import qat
+from refquant import train
+from refquant.integer import simulation
+from refquant.quantizers import baselines
+from refquant.quantizers import error
+from refquant.quantizers.uniform import UniformQuantizer
+from refquant.density.em import ConvergenceWarning
 from refquant.train import sgd_update, trainable
+from refquant import folding
 
 CFG_DIR = "refquant/cfg"
 
@@ -121,14 +129,14 @@ def tiny(tmp_path_factory):
     """The tiny network (float64), 8 calibration images and its calibration statistics."""
     net = tiny_network(tmp_path_factory.mktemp("tiny"))
     images = np.random.default_rng(1).random((8, 3, 32, 32))
-    statistics = qat.calibration_statistics(net, images, batch_size=3, baseline_samples=4096, progress=False)
+    statistics = ptq.calibration_statistics(net, images, batch_size=3, baseline_samples=4096, progress=False)
     return net, images, statistics
 
 
 def quiet_plan(*args, **kwargs):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        return qat.quantization_plan(*args, **kwargs)
+        return ptq.quantization_plan(*args, **kwargs)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -141,13 +149,13 @@ def test_folded_network_reproduces_the_batchnorm_network():
     layer of the folded network matches within 1e-12 relative; the original is left unchanged."""
     net = randomize_batchnorm(darknet.load(f"{CFG_DIR}/yolov2-tiny-voc.cfg", dtype=np.float64, seed=3), 3)
     before = {(i, k): v.copy() for i, k, v in net.parameters()}
-    folded = qat.fold_batchnorm(net)
+    folded = folding.fold_batchnorm(net)
     x = np.random.default_rng(0).random((2, 3, 64, 64))
     expected = net.forward(x, return_all=True)
     got = folded.forward(x, return_all=True)
     for index, (a, b) in enumerate(zip(expected, got)):
         np.testing.assert_allclose(b, a, rtol=1e-12, atol=1e-12 * np.abs(a).max(), err_msg=f"layer {index}")
-    assert qat.is_folded(folded) and not qat.is_folded(net)
+    assert folding.is_folded(folded) and not folding.is_folded(net)
     assert all(np.array_equal(v, before[(i, k)]) for i, k, v in net.parameters())
     assert all(set(layer.params) == {"biases", "weights"} for layer in folded.layers if layer.type == "convolutional")
 
@@ -158,8 +166,8 @@ def test_folded_parameters_match_torch_conv_bn_fusion(tmp_path):
     ``sqrt(variance) + .000001`` instead), float64: the folded weights and biases of every layer
     agree within 1e-13 relative."""
     net = tiny_network(tmp_path)
-    folded = qat.fold_batchnorm(net)
-    for index in qat.conv_indices(net):
+    folded = folding.fold_batchnorm(net)
+    for index in plan_module.conv_indices(net):
         layer = net.layers[index]
         if not layer.batch_normalize:
             np.testing.assert_array_equal(folded.layers[index].params["weights"], layer.params["weights"])
@@ -188,7 +196,7 @@ def test_histogram_counts_equal_numpy_histogram_over_its_edges():
     rng = np.random.default_rng(5)
     batches = [rng.normal(0.0, 0.01, 5000), np.abs(rng.normal(0.0, 3.0, 5000)), -rng.exponential(10.0, 3000),
                np.array([0.0, 2.0**-20, -2.0**-20])]
-    histogram = qat.ActivationHistogram(max_bins=64)
+    histogram = ptq.ActivationHistogram(max_bins=64)
     for batch in batches:
         histogram.add(batch.reshape(10, -1) if batch.size % 10 == 0 else batch)
     values = np.concatenate(batches)
@@ -211,9 +219,9 @@ def test_histogram_counts_equal_numpy_histogram_over_its_edges():
 def test_histogram_rejects_nan_and_bad_bins():
     """Truth: the documented errors (ValueError naming the problem)."""
     with pytest.raises(ValueError, match="NaN or infinite"):
-        qat.ActivationHistogram().add(np.array([1.0, np.nan]))
+        ptq.ActivationHistogram().add(np.array([1.0, np.nan]))
     with pytest.raises(ValueError, match="max_bins"):
-        qat.ActivationHistogram(max_bins=4)
+        ptq.ActivationHistogram(max_bins=4)
 
 
 def test_histogram_sample_follows_the_data():
@@ -221,7 +229,7 @@ def test_histogram_sample_follows_the_data():
     holds the exact min and max and its quartiles lie within one bin width plus sampling noise."""
     rng = np.random.default_rng(2)
     values = np.where((x := rng.normal(0.0, 1.0, 200000)) > 0, x, 0.1 * x)
-    histogram = qat.ActivationHistogram().add(values)
+    histogram = ptq.ActivationHistogram().add(values)
     sample = histogram.sample(50000, rng=1)
     assert sample[-2] == values.min() and sample[-1] == values.max()
     assert sample.min() >= values.min() and sample.max() <= values.max()
@@ -235,10 +243,10 @@ def test_histogram_sample_follows_the_data():
 
 def collected_outputs(net, images):
     """Every layer's float output of the folded network on all images at once."""
-    return qat.fold_batchnorm(net).forward(images, return_all=True)
+    return folding.fold_batchnorm(net).forward(images, return_all=True)
 
 
-@pytest.mark.parametrize("method", qat.METHODS)
+@pytest.mark.parametrize("method", baselines.METHODS)
 def test_every_method_gives_a_valid_plan(tiny, method):
     """Truth: the plan's documented constraints, checked directly: signed zero-point-0 weight codes
     of the requested width (narrow-range for TensorRT's KL), activation codes of the requested width
@@ -247,7 +255,7 @@ def test_every_method_gives_a_valid_plan(tiny, method):
     net, _, statistics = tiny
     plan = quiet_plan(statistics, 4, 3, method)
     plan.check(net)
-    convs = qat.conv_indices(net)
+    convs = plan_module.conv_indices(net)
     assert sorted(plan.weights) == convs
     assert sorted(plan.activations) == sorted(convs + [8]) and 8 not in plan.weights and 5 not in plan.activations
     narrow = int(method == "kl")
@@ -268,9 +276,9 @@ def test_minmax_plan_is_exact_on_the_calibration_set(tiny):
     plan = quiet_plan(statistics, 4, 4, "minmax", first_bits=None, last_bits=None)
     outputs = collected_outputs(net, images)
     for index, quantizer in plan.activations.items():
-        assert quantizer == intervals.minmax_quantizer(outputs[index], 4), index
+        assert quantizer == baselines.minmax_quantizer(outputs[index], 4), index
     for index, quantizer in plan.weights.items():
-        assert quantizer == intervals.minmax_quantizer(statistics.weights(index), 4, symmetric=True), index
+        assert quantizer == baselines.minmax_quantizer(statistics.weights(index), 4, symmetric=True), index
 
 
 def test_pgm_plan_beats_minmax_at_4_bits_on_the_data(tiny):
@@ -286,15 +294,15 @@ def test_pgm_plan_beats_minmax_at_4_bits_on_the_data(tiny):
     outputs = collected_outputs(net, images)
     better = 0
     for index in pgm.activations:
-        ours = intervals.empirical_mse(outputs[index], pgm.activations[index])
-        theirs = intervals.empirical_mse(outputs[index], minmax.activations[index])
+        ours = error.empirical_mse(outputs[index], pgm.activations[index])
+        theirs = error.empirical_mse(outputs[index], minmax.activations[index])
         assert ours <= 1.01 * theirs, index
         better += ours < 0.95 * theirs
     for index in pgm.weights:
         w = statistics.weights(index)
         if w.size < 200:
             continue
-        ours, theirs = (intervals.empirical_mse(w, plan.weights[index]) for plan in (pgm, minmax))
+        ours, theirs = (error.empirical_mse(w, plan.weights[index]) for plan in (pgm, minmax))
         assert ours <= 1.01 * theirs, index
     assert better >= 4
     assert pgm.densities[("activations", 0)].breakpoints.tolist() == [0.0]
@@ -305,13 +313,13 @@ def test_pgm_plan_beats_minmax_at_4_bits_on_the_data(tiny):
 def test_layer_bits_first_and_last(tiny):
     """Truth: the documented rule, by hand for the tiny network (convs 0, 2, 4, 6, 9, 10; route 8)."""
     net = tiny[0]
-    assert qat.layer_bits(net, 3, 5) == {0: (8, 8), 2: (3, 5), 4: (3, 5), 6: (3, 5), 8: (None, 5),
+    assert plan_module.layer_bits(net, 3, 5) == {0: (8, 8), 2: (3, 5), 4: (3, 5), 6: (3, 5), 8: (None, 5),
                                          9: (3, 5), 10: (8, 8)}
-    assert qat.layer_bits(net, 3, 5, first_bits=None, last_bits=6)[0] == (3, 5)
-    assert qat.layer_bits(net, 3, 5, first_bits=None, last_bits=6)[10] == (6, 6)
+    assert plan_module.layer_bits(net, 3, 5, first_bits=None, last_bits=6)[0] == (3, 5)
+    assert plan_module.layer_bits(net, 3, 5, first_bits=None, last_bits=6)[10] == (6, 6)
     for bad in (1, 9, 4.0, True):
         with pytest.raises(ValueError, match="weight_bits"):
-            qat.layer_bits(net, bad, 4)
+            plan_module.layer_bits(net, bad, 4)
 
 
 def test_pow2_steps_are_powers_of_two_and_only_for_pgm(tiny):
@@ -321,9 +329,9 @@ def test_pow2_steps_are_powers_of_two_and_only_for_pgm(tiny):
     for quantizer in list(plan.weights.values()) + list(plan.activations.values()):
         assert math.frexp(quantizer.step)[0] == 0.5
     with pytest.raises(ValueError, match="pow2_step"):
-        qat.quantization_plan(statistics, 4, 4, "minmax", pow2_step=True)
+        ptq.quantization_plan(statistics, 4, 4, "minmax", pow2_step=True)
     with pytest.raises(ValueError, match="method must be one of"):
-        qat.quantization_plan(statistics, 4, 4, "magic")
+        ptq.quantization_plan(statistics, 4, 4, "magic")
 
 
 def test_plan_json_round_trip(tiny, tmp_path):
@@ -334,8 +342,8 @@ def test_plan_json_round_trip(tiny, tmp_path):
     path = tmp_path / "plan.json"
     plan.save(path)
     data = json.loads(path.read_text())
-    assert data["format"] == qat.PLAN_FORMAT and len(data["layers"]) == len(net.layers)
-    loaded = qat.QuantizationPlan.load(path)
+    assert data["format"] == plan_module.PLAN_FORMAT and len(data["layers"]) == len(net.layers)
+    loaded = plan_module.QuantizationPlan.load(path)
     assert loaded.input == plan.input and loaded.weights == plan.weights
     assert loaded.activations == plan.activations and loaded.options == plan.options
     assert loaded.layer_types == plan.layer_types and loaded.weight_shapes == plan.weight_shapes
@@ -351,10 +359,10 @@ def test_plan_errors_name_the_file_and_layer(tiny, tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text('{"format": "refquant-quantization-plan",\n "version": 1,\n "layers": [}')
     with pytest.raises(ValueError, match="bad.json:3"):
-        qat.QuantizationPlan.load(bad)
+        plan_module.QuantizationPlan.load(bad)
     bad.write_text(json.dumps({"format": "something else"}))
     with pytest.raises(ValueError, match="bad.json: not a refquant quantization plan"):
-        qat.QuantizationPlan.load(bad)
+        plan_module.QuantizationPlan.load(bad)
     plan = quiet_plan(statistics, 4, 4, "minmax")
     other = darknet.load(f"{CFG_DIR}/yolov2-tiny-voc.cfg")
     with pytest.raises(ValueError, match="plan for"):
@@ -362,15 +370,15 @@ def test_plan_errors_name_the_file_and_layer(tiny, tmp_path):
     weights = dict(plan.weights)
     weights[2] = UniformQuantizer(0.1, 3, -8, 7)
     with pytest.raises(ValueError, match="layer 2 .convolutional. weights"):
-        qat.QuantizationPlan.for_network(net, weights, plan.activations)
+        plan_module.QuantizationPlan.for_network(net, weights, plan.activations)
     activations = dict(plan.activations)
     activations[4] = UniformQuantizer(0.1, 20, 0, 15)
     with pytest.raises(ValueError, match="layer 4 .convolutional. outputs"):
-        qat.QuantizationPlan.for_network(net, plan.weights, activations)
+        plan_module.QuantizationPlan.for_network(net, plan.weights, activations)
     activations = dict(plan.activations)
     del activations[8]
     with pytest.raises(ValueError, match="layer 8 .route. has no output quantizer"):
-        qat.QuantizationPlan.for_network(net, plan.weights, activations)
+        plan_module.QuantizationPlan.for_network(net, plan.weights, activations)
 
 
 def test_unsupported_layers_are_refused_by_name(tmp_path):
@@ -378,14 +386,14 @@ def test_unsupported_layers_are_refused_by_name(tmp_path):
     logistic = tmp_path / "logistic.cfg"
     logistic.write_text(TINY_CFG.replace("activation=linear", "activation=logistic"))
     with pytest.raises(ValueError, match="layer 10 .convolutional.: activation 'logistic'"):
-        qat.check_supported(darknet.load(logistic))
+        plan_module.check_supported(darknet.load(logistic))
     residual = tmp_path / "residual.cfg"
     residual.write_text(TINY_CFG.split("[maxpool]")[0] + "[convolutional]\nfilters=8\nsize=1\n"
                         "activation=leaky\n\n[shortcut]\nfrom=-2\n")
     with pytest.raises(ValueError, match="residual.cfg: layer 2 .shortcut.: not supported"):
-        qat.check_supported(darknet.load(residual))
+        plan_module.check_supported(darknet.load(residual))
     with pytest.raises(ValueError, match="layer 2 .shortcut."):
-        qat.calibrate(darknet.load(residual), np.zeros((1, 3, 32, 32)), 4, 4, progress=False)
+        ptq.calibrate(darknet.load(residual), np.zeros((1, 3, 32, 32)), 4, 4, progress=False)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -403,7 +411,7 @@ def torch_fake_quant(x, quantizer):
 
 def torch_forward(folded, plan, x, params):
     """The fake-quantized tiny network written directly in torch (float32)."""
-    grids = qat.output_grids(folded, plan)
+    grids = plan_module.output_grids(folded, plan)
     outputs = []
     source = torch_fake_quant(x, plan.input)
     for index, layer in enumerate(folded.layers):
@@ -450,11 +458,11 @@ def test_fake_quant_backward_matches_torch_straight_through(tmp_path):
     sides of the leaky ReLU's kink.) Two grids have their step halved so that they clip."""
     net = tiny_network(tmp_path, dtype=np.float64, region=False, seed=4)
     images = np.random.default_rng(3).random((4, 3, 32, 32))
-    statistics = qat.calibration_statistics(net, images, progress=False)
+    statistics = ptq.calibration_statistics(net, images, progress=False)
     plan = quiet_plan(statistics, 4, 4, "pgm", pow2_step=True)
     halved = {i: UniformQuantizer(q.step / 2, q.zero_point, q.qmin, q.qmax) for i, q in plan.activations.items()
               if i in (2, 8)}
-    plan = qat.QuantizationPlan.for_network(statistics.net, plan.weights, {**plan.activations, **halved},
+    plan = plan_module.QuantizationPlan.for_network(statistics.net, plan.weights, {**plan.activations, **halved},
                                             input=UniformQuantizer(2.0**-8, 0, 0, 255), method="pgm",
                                             options=plan.options)
     folded = statistics.net
@@ -488,7 +496,7 @@ def test_fake_quant_forward_lies_on_the_grids_and_tracks_the_simulation(tiny):
     convolution, and the head outputs agree to 2 % of their range."""
     net, images, statistics = tiny
     plan = quiet_plan(statistics, 8, 8, "pgm")
-    folded32 = qat.fold_batchnorm(net)
+    folded32 = folding.fold_batchnorm(net)
     for layer in folded32.layers:
         for key in layer.params:
             layer.params[key] = layer.params[key].astype(np.float32)
@@ -496,7 +504,7 @@ def test_fake_quant_forward_lies_on_the_grids_and_tracks_the_simulation(tiny):
     network = qat.FakeQuantNetwork(folded32, plan)
     x = images[:2].astype(np.float32)
     outputs = network.forward(x, return_all=True)
-    simulated = qat.SimulatedNetwork.build(net, plan).run(images[:2])
+    simulated = simulation.SimulatedNetwork.build(net, plan).run(images[:2])
     for index, grid in plan.activations.items():
         codes = outputs[index] / grid.step + grid.zero_point
         assert np.abs(codes - np.round(codes)).max() < 1e-2, index
@@ -514,7 +522,7 @@ def test_fake_quant_network_trains_the_folded_network(tiny):
     network that still has batch norm."""
     net, images, statistics = tiny
     plan = quiet_plan(statistics, 4, 4, "minmax")
-    folded = qat.fold_batchnorm(net)
+    folded = folding.fold_batchnorm(net)
     network = qat.FakeQuantNetwork(folded, plan)
     y = network.forward(images[:2], training=True)
     network.backward(np.ones_like(y))
@@ -522,7 +530,7 @@ def test_fake_quant_network_trains_the_folded_network(tiny):
     assert network.backward(np.ones_like(y), input_gradient=False) is None  # as train.py calls it
     for (i, name), gradient in gradients.items():
         np.testing.assert_array_equal(network.layers[i].grads[name], gradient)
-    assert {key[0] for key in gradients} == set(qat.conv_indices(net))
+    assert {key[0] for key in gradients} == set(plan_module.conv_indices(net))
     weights = folded.layers[2].params["weights"]
     outside = ~plan.weights[2].straight_through_mask(weights)
     assert np.all(gradients[(2, "weights")][outside] == 0)
@@ -540,7 +548,7 @@ def test_refit_follows_the_weights(tiny):
     keeps its widths and method, and the other layers' weight steps stay (same tensors, same fits)."""
     net, images, statistics = tiny
     plan = quiet_plan(statistics, 4, 4, "pgm")
-    folded = qat.fold_batchnorm(net)
+    folded = folding.fold_batchnorm(net)
     network = qat.FakeQuantNetwork(folded, plan)
     folded.layers[4].params["weights"] *= 2.0
     with warnings.catch_warnings():
@@ -555,7 +563,6 @@ def test_train_iteration_runs_on_the_fake_quant_network(tmp_path):
     """Truth: refquant.train.train_iteration (Darknet's train_network: augmentation, region loss,
     backward, SGD update), called unchanged on a FakeQuantNetwork over 4 generated shapes images:
     a finite loss, the folded network's weights moved, its ``seen`` counts the images."""
-    from refquant import train
     from refquant.data.shapes import shapes_dataset
     from refquant.data.voc import load_voc, read_names
     root = shapes_dataset(tmp_path / "shapes", size=64, train=4, val=0, test=0, progress=False)
@@ -567,8 +574,8 @@ def test_train_iteration_runs_on_the_fake_quant_network(tmp_path):
     calibration = np.random.default_rng(0).random((2, 3, 32, 32)).astype(np.float32)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        plan = qat.calibrate(net, calibration, 4, 4, method="minmax", progress=False)
-    network = qat.FakeQuantNetwork(qat.fold_batchnorm(net), plan)
+        plan = ptq.calibrate(net, calibration, 4, 4, method="minmax", progress=False)
+    network = qat.FakeQuantNetwork(folding.fold_batchnorm(net), plan)
     options = train.training_options(network, {"batch": 2, "subdivisions": 1, "max_batches": 1})
     before = network.folded.layers[2].params["weights"].copy()
     loss = train.train_iteration(network, load_voc(root, "train", names), options, train.zero_updates(network), 1, 0)

@@ -12,12 +12,16 @@ import cv2
 import numpy as np
 import pytest
 
-from refquant import darknet, qat
+from refquant import darknet
+from refquant import plan as plan_module
+from refquant import ptq
+from refquant import qat
 from refquant.data.augment import load_batch
 from refquant.data.shapes import shapes_dataset
 from refquant.data.voc import load_voc, read_names
-from refquant.integer_network import IntegerNetwork
-from refquant.pgm import ConvergenceWarning
+from refquant.integer.network import IntegerNetwork
+from refquant.density.em import ConvergenceWarning
+from refquant import folding
 
 # A small tiny-YOLO-like network on 32x32 inputs: leaky batch-normalized convolutions, max pools,
 # a linear 1x1 convolution and a region head for the 7 shapes classes.
@@ -120,7 +124,7 @@ def setup(tmp_path_factory):
             layer.params["scales"][:] = rng.uniform(0.5, 1.5, layer.filters)
             layer.params["rolling_mean"][:] = rng.normal(0.0, 0.3, layer.filters)
             layer.params["rolling_variance"][:] = rng.uniform(0.5, 2.0, layer.filters)
-    plan = quiet(qat.calibrate, net, x, 4, 4, method="pgm", progress=False)
+    plan = quiet(ptq.calibrate, net, x, 4, 4, method="pgm", progress=False)
     return {"cfg": cfg, "net": net, "records": records, "x": x, "truths": truths, "plan": plan, "folder": folder}
 
 
@@ -138,7 +142,7 @@ def test_training_lowers_the_fake_quant_loss_and_leaves_the_float_network(setup)
     options are the cfg's with QAT_OPTIONS and the caller's on top."""
     net, x, truths, plan = setup["net"], setup["x"], setup["truths"], setup["plan"]
     weights = net.layers[0].params["weights"].copy()
-    before = fixed_batch_loss(qat.FakeQuantNetwork(qat.fold_batchnorm(net), plan), x, truths)
+    before = fixed_batch_loss(qat.FakeQuantNetwork(folding.fold_batchnorm(net), plan), x, truths)
     result = quiet(qat.quantization_aware_training, net, plan, setup["records"], 12, refit_every=None,
                    options={"batch": 4, "learning_rate": 0.01}, progress=False)
     after = fixed_batch_loss(qat.FakeQuantNetwork(result.folded, result.plan), x, truths)
@@ -149,7 +153,7 @@ def test_training_lowers_the_fake_quant_loss_and_leaves_the_float_network(setup)
     assert result.options["momentum"] == 0.9 and result.options["batch"] == 4
     np.testing.assert_array_equal(net.layers[0].params["weights"], weights)
     assert result.folded.seen == net.seen + 12 * 4
-    assert qat.is_folded(result.folded)
+    assert folding.is_folded(result.folded)
 
 
 def test_refits_follow_the_weights(setup):
@@ -162,11 +166,11 @@ def test_refits_follow_the_weights(setup):
                    options={"batch": 4, "learning_rate": 0.02}, progress=False)
     assert result.refits == [3] and len(result.plans) == 2 and result.plan is result.plans[1]
     start, refitted = result.plans
-    assert any(refitted.weights[i].step != start.weights[i].step for i in qat.conv_indices(net))
+    assert any(refitted.weights[i].step != start.weights[i].step for i in plan_module.conv_indices(net))
     assert refitted.method == "pgm" and refitted.options == start.options
     network = qat.FakeQuantNetwork(result.folded, result.plan)
     final = quiet(network.refit, x, progress=False)
-    fresh = quiet(qat.quantization_plan, qat.calibration_statistics(result.folded, x, progress=False), 4, 4, "pgm")
+    fresh = quiet(ptq.quantization_plan, ptq.calibration_statistics(result.folded, x, progress=False), 4, 4, "pgm")
     assert final.weights == fresh.weights
 
 
@@ -178,10 +182,10 @@ def test_saved_model_reads_back_and_opencv_runs_it(setup):
     net, x, plan, folder = setup["net"], setup["x"], setup["plan"], setup["folder"]
     result = quiet(qat.quantization_aware_training, net, plan, setup["records"], 2, refit_every=None,
                    options={"batch": 2}, progress=False)
-    paths = qat.save_quantized(result.folded, result.plan, setup["cfg"], folder / "saved")
+    paths = plan_module.save_quantized(result.folded, result.plan, setup["cfg"], folder / "saved")
     assert [p.split("saved")[-1] for p in paths] == [".cfg", ".weights", ".plan.json"]
     assert "batch_normalize" not in open(paths[0]).read()
-    folded, loaded_plan = qat.load_quantized(folder / "saved")
+    folded, loaded_plan = plan_module.load_quantized(folder / "saved")
     for ours, theirs in zip(folded.layers, result.folded.layers):
         for name, value in theirs.params.items():
             np.testing.assert_array_equal(ours.params[name], value)
@@ -191,7 +195,7 @@ def test_saved_model_reads_back_and_opencv_runs_it(setup):
 
     opencv = cv2.dnn.readNetFromDarknet(paths[0], paths[1])
     opencv.setInput(x[:3])
-    last = qat.conv_indices(folded)[-1]
+    last = plan_module.conv_indices(folded)[-1]
     theirs = opencv.forward(f"conv_{last}")
     ours = folded.forward(x[:3], return_all=True)[last]
     assert np.abs(ours - theirs).max() < 1e-4 * np.abs(theirs).max()
@@ -207,14 +211,14 @@ def test_bad_arguments_are_refused(setup):
     with pytest.raises(ValueError, match="records"):
         qat.quantization_aware_training(net, plan, [], 2, refit_every=None)
     with pytest.raises(ValueError, match="folded"):
-        qat.save_quantized(net, plan, setup["cfg"], setup["folder"] / "bad")
+        plan_module.save_quantized(net, plan, setup["cfg"], setup["folder"] / "bad")
     other = setup["folder"] / "other.cfg"
     other.write_text(CFG.replace("filters=16\nsize=3", "filters=12\nsize=3", 1))
-    paths = qat.save_quantized(qat.fold_batchnorm(net), plan, setup["cfg"], setup["folder"] / "mismatch")
-    (setup["folder"] / "mismatch.cfg").write_text(qat.folded_cfg_text(other))
-    darknet.save_weights(qat.fold_batchnorm(darknet.load(other)), paths[1])
+    paths = plan_module.save_quantized(folding.fold_batchnorm(net), plan, setup["cfg"], setup["folder"] / "mismatch")
+    (setup["folder"] / "mismatch.cfg").write_text(folding.folded_cfg_text(other))
+    darknet.save_weights(folding.fold_batchnorm(darknet.load(other)), paths[1])
     with pytest.raises(ValueError, match="mismatch.plan.json"):
-        qat.load_quantized(setup["folder"] / "mismatch")
+        plan_module.load_quantized(setup["folder"] / "mismatch")
 
 
 def test_auto_activation_breakpoints_fit_heavy_tails_better(setup):
@@ -223,18 +227,18 @@ def test_auto_activation_breakpoints_fit_heavy_tails_better(setup):
     with a heavy (Student-t, 4 degrees of freedom) positive side, at 8 bits: the "auto" policy
     gives that fit, records itself in the plan and its refits, and its interval errs less on the
     sample than the "kink" policy's two pieces, whose Gaussian tail is too light."""
-    from refquant.pgm import PiecewiseGaussian
+    from refquant.density.pgm import PiecewiseGaussian
     net, x, records = setup["net"], setup["x"], setup["records"]
     rng = np.random.default_rng(7)
     t = rng.standard_t(4, 400_000)
     values = np.where(t < 0, 0.1 * t, t)  # a leaky ReLU of heavy-tailed pre-activations
     policies = {}
-    for policy in qat.ACTIVATION_BREAKPOINTS:
-        statistics = qat.calibration_statistics(net, x, progress=False, activation_breakpoints=policy)
-        histogram = qat.ActivationHistogram()
+    for policy in ptq.ACTIVATION_BREAKPOINTS:
+        statistics = ptq.calibration_statistics(net, x, progress=False, activation_breakpoints=policy)
+        histogram = ptq.ActivationHistogram()
         histogram.add(values)
         statistics.histograms[0] = histogram  # layer 0 is a leaky convolution
-        policies[policy] = quiet(qat.quantization_plan, statistics, 8, 8, "pgm", first_bits=None, last_bits=None)
+        policies[policy] = quiet(ptq.quantization_plan, statistics, 8, 8, "pgm", first_bits=None, last_bits=None)
     auto = policies["auto"]
     expected = quiet(PiecewiseGaussian.fit_histogram, histogram.counts, histogram.edges, "auto", max_pieces=4)
     np.testing.assert_array_equal(auto.densities[("activations", 0)].breakpoints, expected.breakpoints)
@@ -242,10 +246,10 @@ def test_auto_activation_breakpoints_fit_heavy_tails_better(setup):
     errors = {policy: intervals_mse(values, plan.activations[0]) for policy, plan in policies.items()}
     assert errors["auto"] < 0.7 * errors["kink"], errors
     assert auto.options["activation_breakpoints"] == "auto"
-    refitted = quiet(qat.FakeQuantNetwork(qat.fold_batchnorm(net), auto).refit, x, progress=False)
+    refitted = quiet(qat.FakeQuantNetwork(folding.fold_batchnorm(net), auto).refit, x, progress=False)
     assert refitted.options["activation_breakpoints"] == "auto"
     with pytest.raises(ValueError, match="activation_breakpoints"):
-        qat.calibration_statistics(net, x, progress=False, activation_breakpoints="some")
+        ptq.calibration_statistics(net, x, progress=False, activation_breakpoints="some")
 
 
 def intervals_mse(values, quantizer):

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from refquant import cli, darknet, train
+from refquant import cli, darknet
+from refquant import train
 from refquant.data.shapes import shapes_dataset
 from refquant.data.voc import load_voc, read_names
 

@@ -5,7 +5,7 @@
 ``RUN_DIR`` is the ``--out`` folder of the ``refquant train`` command below; its checkpoint JSON
 gives the options, updates, images seen and training seconds. The committed weights
 (``shapes-tiny-yolo.weights``, a copy of the run's final weights) are evaluated on the test split
-by ``refquant.evaluate.evaluate`` (the VOC2010 area rule; the 11-point rule beside it) and their
+by ``refquant.detection.evaluate.evaluate`` (the VOC2010 area rule; the 11-point rule beside it) and their
 sha256 recorded, so ``tests/test_evaluate.py`` can check that the record describes the committed
 file and that its mAP is what evaluation gives today.
 """
@@ -20,8 +20,8 @@ import numpy as np
 from refquant import darknet
 from refquant.data.shapes import shapes_dataset
 from refquant.data.voc import ground_truth, load_voc, read_names
-from refquant.evaluate import SHIPPED_MODEL, evaluate
-from refquant.metrics import average_precision
+from refquant.detection.evaluate import SHIPPED_MODEL, evaluate
+from refquant.detection.metrics import average_precision
 from refquant.train import file_digest
 
 HERE = Path(__file__).resolve().parent

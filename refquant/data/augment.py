@@ -14,7 +14,7 @@ For each image of a batch, Darknet v2 (region layer) training:
    than 0.005 (``fill_truth_region``).
 
 Truths are the boxes Darknet's ``scripts/voc_label.py`` writes: non-difficult
-objects only, converted by :func:`refquant.boxes.voc_to_darknet`. A batch is
+objects only, converted by :func:`refquant.detection.boxes.voc_to_darknet`. A batch is
 ``x`` (N, 3, H, W) float32 in [0, 1] and ``truths``, a list of N float32 arrays
 (M_i, 5): x_center, y_center, w, h relative to the input, class id (the region
 loss's input, see ``/work/interfaces.md``).
@@ -26,7 +26,7 @@ truths in order).
 """
 import numpy as np
 
-from refquant.boxes import voc_to_darknet
+from refquant.detection.boxes import voc_to_darknet
 from refquant.data.image import crop_image, distort_image, flip_image, resize_image
 from refquant.data.voc import load_image
 

@@ -154,7 +154,7 @@ def load_voc(root, split, names):
 
 
 def ground_truth(records):
-    """The records' objects in the form :func:`refquant.metrics.average_precision` takes.
+    """The records' objects in the form :func:`refquant.detection.metrics.average_precision` takes.
 
     Returns a list of ``{"image": record id, "label": class name, "box", "difficult"}``.
     """

@@ -13,7 +13,7 @@ x, y, w, h (box), objectness, then the class scores. Viewed as
 Forward: logistic on x, y and objectness; softmax over the classes of each
 anchor and cell (logistic instead when ``softmax=0``); w and h stay raw.
 
-Decoding (``get_region_box``, defined in :func:`refquant.decode.region_boxes`),
+Decoding (``get_region_box``, defined in :func:`refquant.detection.decode.region_boxes`),
 relative to the image:
     bx = (col + x) / W,  by = (row + y) / H,
     bw = exp(w) * anchor_w / W,  bh = exp(h) * anchor_h / H.
@@ -30,8 +30,8 @@ import warnings
 
 import numpy as np
 
-from refquant.boxes import darknet_iou
-from refquant.decode import region_boxes
+from refquant.detection.boxes import darknet_iou
+from refquant.detection.decode import region_boxes
 from refquant.yolo import activations
 
 PRIOR_SEEN_LIMIT = 12800
@@ -263,7 +263,7 @@ class RegionLayer:
     def predicted_boxes(self):
         """Boxes of the last forward output, relative to the image: (N, num, H, W, 4) as (x, y, w, h).
 
-        Darknet's ``get_region_box``, defined once in :func:`refquant.decode.region_boxes`.
+        Darknet's ``get_region_box``, defined once in :func:`refquant.detection.decode.region_boxes`.
         """
         batch, _, h, w = self.output.shape
         boxes = region_boxes(self.output, self.anchors, self.classes, self.coords)[0]

@@ -1,11 +1,8 @@
-"""Plots of the integer network: per-layer error against the float network, code histograms,
-saturation rates. Each function takes ``ax=None`` (a new figure when None) and returns the Axes.
-
-Inputs come from ``refquant.integer_network``: :func:`~refquant.integer_network.layer_sqnr`,
-``IntegerNetwork.run`` with the layer's grid, :func:`~refquant.integer_network.saturation_rates`.
-"""
+"""TODO docstring (from refquant/integer_network_plots.py)."""
 import matplotlib.pyplot as plt
 import numpy as np
+
+
 
 
 def _axes(ax, size=(7, 3.5)):

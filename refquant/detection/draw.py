@@ -1,14 +1,10 @@
-"""Drawing detections onto an image with Pillow (``refquant detect``).
-
-Boxes are VOC pixel boxes (1-based, inclusive; :mod:`refquant.boxes`): pixel
-(xmin, ymin) is drawn at 0-based (xmin - 1, ymin - 1). Each label keeps one
-colour, spread around the hue circle in the order the labels are given.
-"""
+"""TODO docstring (from refquant/draw.py)."""
 import colorsys
 from pathlib import Path
-
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+
+
 
 
 def label_colours(labels):
@@ -24,7 +20,7 @@ def draw_detections(image, detections, labels=None, path=None, line_width=None):
     ``image``: a Pillow image, a file path, or an array (3, H, W) float in [0, 1]
     (the network's layout) or (H, W, 3) uint8. ``detections``: dicts with
     ``label``, ``score``, ``box`` (VOC pixels), e.g. from
-    :func:`refquant.decode.detections` at the drawing threshold.
+    :func:`refquant.detection.decode.detections` at the drawing threshold.
     ``labels``: all class names, to fix the colours (default: those present).
     ``line_width``: default max(1, height // 160) (Darknet draws ``im.h * .006``).
     """

@@ -1,39 +1,20 @@
-"""Region-head (YOLOv2) decoding: activated head output -> scored boxes, as Darknet does it.
-
-The head output layout is Darknet's (``region_layer.c``, ``entry_index``; see
-``/work/interfaces.md``): (N, num*(coords+1+classes), H, W); for anchor n,
-channel n*(coords+1+classes) + j holds j = 0..3 the box (x, y already logistic,
-w, h raw), j = 4 the objectness (logistic), j = 5.. the class probabilities.
-
-Darknet's path from the head to the boxes the devkit scores, one function each:
-
-1. :func:`region_boxes` (``get_region_box``): bx = (col + x) / W,
-   by = (row + y) / H, bw = exp(w) anchor_w / W, bh = exp(h) anchor_h / H,
-   relative to the network input; candidate index n*H*W + row*W + col.
-2. :func:`region_probabilities` (``get_region_detections``): objectness kept if
-   > thresh; probability of class j = objectness * class_prob_j, kept if > thresh.
-3. :func:`correct_region_boxes`: undo the letterbox, boxes relative to the image.
-4. :func:`nms_sort` (``box.c``, ``do_nms_sort``): per class, by descending
-   probability, zero the probability of every later box whose IoU with a kept
-   one exceeds ``nms`` (0.45 in ``examples/detector.c``).
-5. :func:`detections` (``print_detector_detections``): one detection per
-   (candidate, class) whose probability is still > 0, the box in VOC pixels
-   (:func:`refquant.boxes.darknet_to_voc`).
-
-Darknet sorts with ``qsort``, whose order among equal probabilities is
-unspecified; here ties keep candidate order (a stable sort), so results are
-reproducible.
-"""
+"""TODO docstring (from refquant/decode.py)."""
 import numba
 import numpy as np
 from tqdm import tqdm
-
-from refquant.boxes import darknet_iou, darknet_to_voc
+from refquant.detection.boxes import darknet_iou, darknet_to_voc
 from refquant.data.image import letterbox_image, letterbox_size, resize_image
 from refquant.data.voc import load_image
 
+
+
+
 VALIDATION_THRESHOLD = 0.005  # examples/detector.c, validate_detector: thresh for mAP
+
+
 DETECTION_THRESHOLD = 0.5  # examples/detector.c, test_detector: default -thresh for drawing
+
+
 NMS_THRESHOLD = 0.45  # examples/detector.c: nms = .45
 
 
@@ -108,7 +89,7 @@ def nms_sort(boxes, prob, nms=NMS_THRESHOLD):
     ``boxes`` (M, 4) Darknet (x, y, w, h); ``prob`` (M, classes). For each class,
     candidates in descending probability (stable on ties): a candidate with
     probability > 0 zeroes that class's probability of every later candidate with
-    IoU > ``nms`` (:func:`refquant.boxes.darknet_iou`); a zeroed candidate
+    IoU > ``nms`` (:func:`refquant.detection.boxes.darknet_iou`); a zeroed candidate
     suppresses nothing. Returns the new (M, classes) probabilities.
     """
     prob = np.array(prob, dtype=np.float64)
@@ -146,7 +127,7 @@ def detections(output, anchors, names, image_ids, image_sizes, net_width, net_he
     ``letterbox``: whether the images were letterboxed (else plainly resized).
     ``thresh`` 0.005 is Darknet's for mAP (``validate_detector``), 0.5 its default
     for drawing (``test_detector``). ``nms`` 0 or None skips suppression.
-    The output is what :func:`refquant.metrics.average_precision` takes.
+    The output is what :func:`refquant.detection.metrics.average_precision` takes.
     """
     boxes, objectness, class_prob = region_boxes(output, anchors, len(names), coords)
     found = []
@@ -172,7 +153,7 @@ def network_input(image, net_width, net_height, letterbox=True):
 
 def detect_records(predict, records, anchors, names, net_width, net_height, thresh=VALIDATION_THRESHOLD,
                    nms=NMS_THRESHOLD, letterbox=True, batch_size=16, progress=True):
-    """Run a detector over VOC records; the detections for :func:`refquant.metrics.average_precision`.
+    """Run a detector over VOC records; the detections for :func:`refquant.detection.metrics.average_precision`.
 
     ``predict``: a callable x (B, 3, net_height, net_width) float32 -> activated
     region head output (B, num*(5+classes), H, W), e.g. a network's forward.

@@ -1,20 +1,11 @@
-"""Plots of quantization intervals and errors (the figures of METHOD.md section 3).
-
-- :func:`plot_quantizer`: the density with the quantization grid and the interval over it.
-- :func:`plot_error_vs_clipping`: expected error against the clipping value, several bit widths,
-  the optimum of each marked.
-- :func:`plot_granular_vs_clipping`: the two parts of the error against the clipping value.
-- :func:`plot_method_errors`: the error of every method side by side, per layer.
-
-The clipping-value curves use signed symmetric codes (zero point 0, the weights' default):
-clipping value ``c = hi``, ``step = c / qmax``; the optimum marked is
-``optimal_quantizer(dist, bits, symmetric=True)``, a point of the same family.
-Every function takes ``ax=None`` (then makes a new figure) and returns the Axes.
-"""
+"""TODO docstring (from refquant/intervals_plots.py)."""
 import matplotlib.pyplot as plt
 import numpy as np
+from refquant.quantizers.uniform import code_range, signed_quantizer
+from refquant.quantizers.error import expected_mse
+from refquant.quantizers.optimal import optimal_quantizer
 
-from refquant.intervals import code_range, expected_mse, optimal_quantizer, signed_quantizer
+
 
 
 def _axes(ax):
@@ -96,7 +87,7 @@ def plot_granular_vs_clipping(dist, bits, ax=None, num_points=120):
 
 def plot_method_errors(errors, ax=None):
     """Grouped bars (log scale): ``errors[layer][method]`` = squared error, one group per layer
-    (e.g. from :func:`refquant.intervals.method_errors`), one colour per method."""
+    (e.g. from :func:`refquant.quantizers.baselines.method_errors`), one colour per method."""
     ax = _axes(ax)
     layers = list(errors)
     if not layers:

@@ -1,79 +1,24 @@
-"""Fixed-point convolution and requantization (METHOD.md, section 5).
-
-Integer codes in, int32 accumulation, int32 bias, then requantization of the
-accumulator to the next layer's codes by an integer multiplier and a rounding
-right shift, as in gemmlowp and TFLite. Two convolution kernels live side by
-side, as TFLite keeps ``reference/`` and ``optimized/`` kernels:
-
-* :func:`conv2d_reference` is a plain loop that reads as the definition;
-* :func:`conv2d` is the fast kernel (im2col to byte panels, blocked int32 GEMM
-  that LLVM vectorises, parallel over pixel panels and output channels),
-  tested bit for bit against the reference.
-
-Both compute the exact integer correlation (Darknet and PyTorch convolutions
-are correlations: the kernel is not flipped)::
-
-    out[n, o, y, x] = sum_{c, i, j} x[n, c, y*stride + i - pad, x*stride + j - pad] * w[o, c, i, j]
-
-with x = 0 outside the image (zero padding). The caller removes zero points
-first (``codes - zero_point``), so the sum above is the real-valued
-convolution divided by ``step_x * step_w``.
-
-Requantization, written once here for the whole project (the interface agreed
-in interfaces.md)::
-
-    code = clip(rounding_right_shift(acc * multiplier, shift) + zero_point, qmin, qmax)
-
-where ``multiplier * 2**-shift`` approximates ``step_x * step_w / step_y`` and
-``rounding_right_shift`` is refquant's one rounding rule (half to even,
-``refquant.rounding``). Multipliers have at most :data:`MULTIPLIER_BITS` = 22
-bits, so for any int32 ``acc`` the product ``|acc * multiplier| < 2**53``: a
-float64 simulation ``round_half_even(acc * (multiplier * 2.0**-shift))`` then
-computes exactly the same codes, which is what lets the integer network
-reproduce its float simulation bit for bit.
-
-Differences from gemmlowp/TFLite (on purpose): ties round to even rather than
-away from zero, and the multiplier has 22 bits rather than 31 (relative
-precision 2**-22, far below one code for codes of 16 bits or fewer).
-Differences from PyTorch's fbgemm (FBGEMM, include/fbgemm/OutputProcessing-inl.h,
-ReQuantizeOutput): fbgemm converts the int32 accumulator to float32, adds
-``bias / (step_x * step_w)`` in float32, multiplies by the float32
-``step_x * step_w / step_y`` and rounds with ``lrintf`` (half to even); we add an
-int32 bias rounded once and multiply exactly by a 22-bit multiplier. Both
-differ from the exact real product by a relative 2**-22 or less, so the codes
-agree except next to a rounding tie, where they differ by one code. Also,
-fbgemm's AVX2 kernel sums pairs of uint8 x int8 products in saturating int16
-(``vpmaddubsw``): with activation codes above 127 it can be off by many codes,
-which is why PyTorch quantizes activations to 7 bits for fbgemm
-(``reduce_range``). This kernel has no such limit.
-"""
-import math
-
+"""TODO docstring (from refquant/intconv.py)."""
 import numba
 import numpy as np
 from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
-from refquant.rounding import round_half_even, rounding_right_shift
+
+
 
 INT32_MIN = -(2**31)
+
+
 INT32_MAX = 2**31 - 1
-MULTIPLIER_BITS = 22
-"""Largest multiplier width keeping ``|acc * multiplier| < 2**53`` for every int32 ``acc``
-(2**31 * (2**22 - 1) < 2**53), so float64 simulates the requantization exactly."""
-MAX_SHIFT = 62
-"""``rounding_right_shift`` is exact for shifts 0..62 (int64 arithmetic)."""
-LEAKY_SLOPE = 0.1
-"""Darknet's leaky ReLU: ``(x > 0) ? x : .1*x`` (pjreddie/darknet, src/activations.h, leaky_activate)."""
+
 
 ACTIVATION_DTYPES = (np.dtype(np.uint8), np.dtype(np.int8), np.dtype(np.int16))
+
+
 WEIGHT_DTYPES = (np.dtype(np.int8),)
 
-
-# ---------------------------------------------------------------------------
-# Argument checks and the accumulator range
-# ---------------------------------------------------------------------------
 
 def value_range(dtype):
     """``(lo, hi)``: the inclusive range of an integer dtype, e.g. int8 -> (-128, 127)."""
@@ -190,10 +135,6 @@ def _prepare(x, w, stride, pad, bias, x_range, w_range):
     return shape, stride, pad, bias
 
 
-# ---------------------------------------------------------------------------
-# Reference kernel: the definition, as loops
-# ---------------------------------------------------------------------------
-
 @numba.njit(cache=True)
 def _correlate_reference(x, w, bias, stride, pad, out):
     n_images, channels, height, width = x.shape
@@ -232,20 +173,12 @@ def conv2d_reference(x, w, stride=1, pad=0, bias=None, x_range=None, w_range=Non
     return out
 
 
-# ---------------------------------------------------------------------------
-# Fast kernel: offset to unsigned bytes, im2col, blocked int32 GEMM
-# ---------------------------------------------------------------------------
-# Why bytes: LLVM turns an int32 multiply of a zero-extended byte by a
-# sign-extended byte into PMADDWD on x86 (a signed times signed int32 multiply
-# becomes PMULLD, several times slower). So x is offset to be non-negative
-# (x - offset, offset = min(x, 0)) and, when that needs more than 8 bits, cut
-# into two bytes; the byte weights and the offset are added back exactly:
-#     sum w*x = sum_b 256**b * (sum w*byte_b) + offset * sum w.
-# Sums are int32 with wrap-around: the true result fits int32 (checked before
-# computing) and is congruent mod 2**32 to the wrapped one, so it comes out exact.
-
 _RANK = 4                 # output channels and K steps per micro-kernel call (K, O padded to it)
+
+
 _MAX_PANEL = 256          # pixels per panel of im2col columns
+
+
 _MAX_K_BLOCK = 1152       # K rows of a panel swept by all output channels before the next
 
 
@@ -435,6 +368,7 @@ def conv2d(x, w, stride=1, pad=0, bias=None, x_range=None, w_range=None):
 
 
 _CHUNK_PIXELS = 8192
+
 """Output pixels per GEMM: small feature maps are batched, several images to a panel (the 128x128
 shapes detector's integer network about 10 % faster than one image at a time), and at most this
 many pixels' columns and accumulators are live at once."""
@@ -466,246 +400,3 @@ def _conv2d_images(x, w_packed, weight_sums, bias, kernel_shape, stride, pad, ou
     # (panels, Op, p_block) -> (O, n*Ho*Wo) -> (n, O, Ho, Wo): undo the panel layout
     acc = acc[:, :n_outputs].transpose(1, 0, 2).reshape(n_outputs, n_panels * p_block)[:, :n_pixels]
     return acc.reshape(n_outputs, n_images, out_height, out_width).transpose(1, 0, 2, 3)
-
-
-# ---------------------------------------------------------------------------
-# Requantization: int32 accumulator -> next layer's codes
-# ---------------------------------------------------------------------------
-
-def quantize_multiplier(real_multiplier, bits=MULTIPLIER_BITS):
-    """``(multiplier, shift)`` integers with ``multiplier * 2**-shift`` nearest to ``real_multiplier``.
-
-    ``real_multiplier`` > 0 is typically ``step_x * step_w / step_y``. The
-    multiplier is normalised to ``bits`` bits, ``2**(bits-1) <= multiplier < 2**bits``
-    (gemmlowp's QuantizeMultiplier with 22 instead of 31 bits), rounded half to
-    even, so the relative error is at most ``2**-bits``. ``bits <= 22`` keeps
-    ``|acc * multiplier| < 2**31 * 2**22 <= 2**53`` for any int32 ``acc``: the float64
-    product is then exact and a float simulation ``round_half_even(acc * multiplier * 2.0**-shift)``
-    equals the integer ``rounding_right_shift(acc * multiplier, shift)`` bit for bit.
-    ``shift`` lies in [0, 62]; multipliers below ``2**(bits-63)`` use fewer bits (shift capped at 62).
-    """
-    bits = _check_integer("bits", bits)
-    if not 1 <= bits <= MULTIPLIER_BITS:
-        raise ValueError(f"bits must be in [1, {MULTIPLIER_BITS}] so that |acc*multiplier| < 2**53 "
-                         f"for int32 acc, got {bits}")
-    real = float(real_multiplier)
-    if not (math.isfinite(real) and real > 0):
-        raise ValueError(f"real_multiplier must be finite and > 0, got {real_multiplier!r}")
-    mantissa, exponent = math.frexp(real)  # real = mantissa * 2**exponent, 0.5 <= mantissa < 1
-    shift = bits - exponent
-    if shift < 0:
-        raise ValueError(f"real_multiplier={real!r} is too large for a right shift: it must be "
-                         f"below 2**{bits} (bits={bits})")
-    shift = min(shift, MAX_SHIFT)
-    multiplier = int(round_half_even(math.ldexp(real, shift)))  # exact scaling by a power of two
-    if multiplier == 2**bits:  # rounding carried into a new bit: renormalise
-        multiplier, shift = multiplier // 2, shift - 1
-    if multiplier == 0:
-        raise ValueError(f"real_multiplier={real!r} is below 2**-63, too small to represent")
-    return multiplier, shift
-
-
-def multiplier_value(multiplier, shift):
-    """The real number ``multiplier * 2**-shift`` (exact in float64) that a float simulation multiplies by."""
-    return math.ldexp(float(multiplier), -int(shift))
-
-
-def quantize_shift(real_multiplier):
-    """``shift`` with ``2**-shift == real_multiplier`` exactly: the pure fixed-point case of power-of-two steps.
-
-    Requantize with ``multiplier=1`` (see :func:`requantize_shift`). Raises
-    ValueError unless ``real_multiplier`` is ``2**-s`` for an integer s in [0, 62].
-    """
-    real = float(real_multiplier)
-    mantissa, exponent = math.frexp(real) if math.isfinite(real) and real > 0 else (0.0, 0)
-    if mantissa != 0.5 or not 0 <= 1 - exponent <= MAX_SHIFT:
-        raise ValueError(f"real_multiplier={real_multiplier!r} is not 2**-s for an integer s in "
-                         f"[0, {MAX_SHIFT}]; use quantize_multiplier for other steps")
-    return 1 - exponent
-
-
-@numba.njit(cache=True, inline="always")
-def requantize_code(acc, multiplier, shift, zero_point, qmin, qmax):
-    """The requantization rule, once: ``clip(rounding_right_shift(acc*multiplier, shift) + zero_point, qmin, qmax)``.
-
-    Scalar integers in, the code out (int64); a Numba function, so integer
-    kernels call it directly. No argument checks here (see :func:`requantize`):
-    ``|acc| <= 2**31``, ``0 <= multiplier < 2**22``, ``0 <= shift <= 62``.
-    """
-    code = rounding_right_shift(np.int64(acc) * np.int64(multiplier), shift) + zero_point
-    return min(max(code, qmin), qmax)
-
-
-@numba.njit(cache=True, inline="always")
-def requantize_leaky_code(acc, multiplier, shift, negative_multiplier, negative_shift,
-                          zero_point, qmin, qmax):
-    """Requantization with Darknet's leaky ReLU fused in, on integers (scalar, Numba).
-
-    ``y = requantize_code(acc, multiplier, shift, ...)`` if ``acc >= 0``, else
-    ``requantize_code(acc, negative_multiplier, negative_shift, ...)``, where the
-    negative side's pair approximates ``LEAKY_SLOPE`` (0.1) times the positive
-    side's real multiplier (:func:`leaky_multipliers`). The sign of the
-    accumulator (bias included) is the sign of the real pre-activation, so this
-    is ``round(leaky(acc * M)) + zero_point`` with each side's M quantized.
-    """
-    negative = acc < 0
-    return requantize_code(acc, negative_multiplier if negative else multiplier,
-                           negative_shift if negative else shift, zero_point, qmin, qmax)
-
-
-def leaky_multipliers(real_multiplier, slope=LEAKY_SLOPE, bits=MULTIPLIER_BITS):
-    """``(multiplier, shift, negative_multiplier, negative_shift)`` for :func:`requantize_leaky`.
-
-    Each side quantized separately by :func:`quantize_multiplier`: the positive
-    side from ``real_multiplier``, the negative from ``slope * real_multiplier``
-    (computed in float64, as Darknet's ``.1*x`` is a double product).
-    """
-    multiplier, shift = quantize_multiplier(real_multiplier, bits)
-    negative_multiplier, negative_shift = quantize_multiplier(slope * float(real_multiplier), bits)
-    return multiplier, shift, negative_multiplier, negative_shift
-
-
-def code_dtype(qmin, qmax):
-    """Smallest of uint8, int8, uint16, int16, int32 holding every code in [qmin, qmax]."""
-    for dtype in (np.uint8, np.int8, np.uint16, np.int16, np.int32):
-        lo, hi = value_range(dtype)
-        if lo <= qmin and qmax <= hi:
-            return np.dtype(dtype)
-    raise ValueError(f"codes [{qmin}, {qmax}] do not fit in int32")
-
-
-def _check_requantize_arguments(acc, multipliers_and_shifts, zero_point, qmin, qmax):
-    acc = np.asarray(acc)
-    if acc.dtype.kind not in "iu":
-        raise TypeError(f"acc must be an integer array (int32 accumulators), got dtype {acc.dtype}")
-    if acc.size and (int(acc.min()) < INT32_MIN or int(acc.max()) > INT32_MAX):
-        raise ValueError(f"acc has values in [{acc.min()}, {acc.max()}], outside int32: the float64 "
-                         f"simulation would no longer be exact")
-    for name, value, limit in multipliers_and_shifts:
-        value = _check_integer(name, value, lo=0)
-        if value > limit:
-            raise ValueError(f"{name} must be in [0, {limit}], got {value}")
-    zero_point = _check_integer("zero_point", zero_point)
-    qmin, qmax = _check_integer("qmin", qmin), _check_integer("qmax", qmax)
-    if qmin > qmax:
-        raise ValueError(f"qmin={qmin} must be <= qmax={qmax}")
-    return acc, code_dtype(qmin, qmax)
-
-
-@numba.njit(cache=True, parallel=True)
-def _requantize_flat(acc, multiplier, shift, negative_multiplier, negative_shift,
-                     zero_point, qmin, qmax, codes):
-    for index in numba.prange(acc.size):
-        codes[index] = requantize_leaky_code(np.int64(acc[index]), multiplier, shift, negative_multiplier,
-                                             negative_shift, zero_point, qmin, qmax)
-
-
-def _requantize_array(acc, multiplier, shift, negative_multiplier, negative_shift,
-                      zero_point, qmin, qmax, dtype):
-    """Apply :func:`requantize_leaky_code` to every element, in parallel; codes in ``dtype``."""
-    acc = np.ascontiguousarray(acc)
-    codes = np.empty(acc.shape, dtype)
-    _requantize_flat(acc.reshape(-1), int(multiplier), int(shift), int(negative_multiplier),
-                     int(negative_shift), int(zero_point), int(qmin), int(qmax), codes.reshape(-1))
-    return codes
-
-
-def requantize(acc, multiplier, shift, zero_point, qmin, qmax):
-    """Codes ``clip(rounding_right_shift(acc * multiplier, shift) + zero_point, qmin, qmax)``.
-
-    acc: integer array within int32 (accumulators with the int32 bias added);
-    multiplier, shift from :func:`quantize_multiplier`. Returns the codes in
-    :func:`code_dtype` ``(qmin, qmax)`` (uint8 for [0, 255]). Exactly
-    ``clip(round_half_even(acc * multiplier_value(multiplier, shift)) + zero_point, qmin, qmax)``
-    computed in float64.
-    """
-    acc, dtype = _check_requantize_arguments(
-        acc, [("multiplier", multiplier, 2**MULTIPLIER_BITS - 1), ("shift", shift, MAX_SHIFT)],
-        zero_point, qmin, qmax)
-    # The leaky rule with the same pair on both sides is this rule (one parallel driver for both).
-    return _requantize_array(acc, multiplier, shift, multiplier, shift, zero_point, qmin, qmax, dtype)
-
-
-def requantize_shift(acc, shift, zero_point, qmin, qmax):
-    """Requantization by a shift alone (power-of-two steps, :func:`quantize_shift`): multiplier 1."""
-    return requantize(acc, 1, shift, zero_point, qmin, qmax)
-
-
-def requantize_leaky(acc, multiplier, shift, negative_multiplier, negative_shift, zero_point, qmin, qmax):
-    """Codes of leaky ReLU fused into requantization (:func:`requantize_leaky_code`, the definition).
-
-    ``acc >= 0``: ``clip(rounding_right_shift(acc*multiplier, shift) + zero_point, qmin, qmax)``;
-    ``acc < 0``: the same with ``negative_multiplier, negative_shift`` (:func:`leaky_multipliers`).
-    """
-    limit = 2**MULTIPLIER_BITS - 1
-    acc, dtype = _check_requantize_arguments(
-        acc, [("multiplier", multiplier, limit), ("shift", shift, MAX_SHIFT),
-              ("negative_multiplier", negative_multiplier, limit),
-              ("negative_shift", negative_shift, MAX_SHIFT)], zero_point, qmin, qmax)
-    return _requantize_array(acc, multiplier, shift, negative_multiplier, negative_shift,
-                             zero_point, qmin, qmax, dtype)
-
-
-def quantize_bias(bias, step_x, step_w):
-    """int32 bias at the accumulator's scale: ``round_half_even(bias / (step_x * step_w))``.
-
-    bias: (O,) float; step_w a scalar or (O,) per-channel steps. Raises
-    ValueError if a quantized bias falls outside int32 (no silent clipping).
-    """
-    bias = np.asarray(bias, np.float64)
-    scale = np.asarray(step_x, np.float64) * np.asarray(step_w, np.float64)
-    if not np.all(np.isfinite(bias)):
-        raise ValueError("bias must be finite")
-    if not np.all(scale > 0):
-        raise ValueError(f"step_x and step_w must be > 0, got step_x={step_x}, step_w={step_w}")
-    quantized = round_half_even(bias / scale)
-    outside = (quantized < INT32_MIN) | (quantized > INT32_MAX)
-    if np.any(outside):
-        raise ValueError(f"{int(outside.sum())} biases exceed int32 at scale step_x*step_w "
-                         f"(largest |bias/scale| = {np.abs(quantized).max():.4g})")
-    return quantized.astype(np.int32)
-
-
-# ---------------------------------------------------------------------------
-# Route on codes: concatenation after moving every input to a common grid
-# ---------------------------------------------------------------------------
-
-def rescale_codes(codes, zero_point, multiplier, shift, out_zero_point, qmin, qmax):
-    """Codes on grid (step_in, zero_point) -> codes on grid (step_out, out_zero_point).
-
-    ``(codes - zero_point)`` is an exact integer accumulator at scale step_in,
-    requantized with ``quantize_multiplier(step_in / step_out)``: the same rule
-    as after a convolution. With equal grids (multiplier * 2**-shift == 1 and
-    equal zero points) the codes come back unchanged.
-    """
-    codes = np.asarray(codes)
-    if codes.dtype.kind not in "iu":
-        raise TypeError(f"codes must be an integer array, got dtype {codes.dtype}")
-    return requantize(codes.astype(np.int64) - _check_integer("zero_point", zero_point),
-                      multiplier, shift, out_zero_point, qmin, qmax)
-
-
-def route_codes(inputs, rescalings, out_zero_point, qmin, qmax):
-    """Darknet's route on codes: concatenate (N, C_i, H, W) inputs along channels on one grid.
-
-    ``rescalings[i]`` is ``(zero_point_i, multiplier_i, shift_i)`` moving input i
-    to the output grid (:func:`rescale_codes`), or None if input i is already
-    on it. Returns (N, sum C_i, H, W) codes in ``code_dtype(qmin, qmax)``.
-    """
-    if len(inputs) != len(rescalings) or not inputs:
-        raise ValueError(f"need one rescaling per input: got {len(inputs)} inputs, "
-                         f"{len(rescalings)} rescalings")
-    dtype = code_dtype(qmin, qmax)
-    parts = []
-    for index, (codes, rescaling) in enumerate(zip(inputs, rescalings)):
-        codes = np.asarray(codes)
-        if codes.ndim != 4 or codes.shape[:1] + codes.shape[2:] != np.shape(inputs[0])[:1] + np.shape(inputs[0])[2:]:
-            raise ValueError(f"route input {index} has shape {codes.shape}; every input must be "
-                             f"(N, C_i, H, W) with the N, H, W of input 0 {np.shape(inputs[0])}")
-        if rescaling is None:
-            if codes.size and (int(codes.min()) < qmin or int(codes.max()) > qmax):
-                raise ValueError(f"route input {index} has codes outside [{qmin}, {qmax}] but no rescaling")
-            parts.append(codes.astype(dtype))
-        else:
-            parts.append(rescale_codes(codes, *rescaling, out_zero_point, qmin, qmax))
-    return np.concatenate(parts, axis=1)

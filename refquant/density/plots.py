@@ -1,23 +1,14 @@
-"""Plots of piecewise Gaussian fits (the paired module of :mod:`refquant.pgm`).
-
-- :func:`plot_density`: the data's histogram with the fitted density, on a linear or log scale,
-  breakpoints marked and each piece shaded in its own colour.
-- :func:`plot_qq`: the data's quantiles against the model's (a straight line when it fits).
-- :func:`plot_comparison`: a PGM and a Gaussian mixture fitted to the same data, with their
-  log-likelihoods and BIC.
-- :func:`plot_layer_grid`: one small density plot per layer of a network.
-
-``data`` is either samples (any array; flattened) or a histogram ``(counts, bin_edges)`` as
-taken by ``PiecewiseGaussian.fit_histogram``; infinite outer bins are not drawn (their counts
-still enter the normalisation). Every function takes an optional matplotlib ``ax`` (a new
-figure is made when it is None) and returns the Axes; the grid takes or returns a Figure.
-"""
+"""TODO docstring (from refquant/pgm_plots.py)."""
 import math
-
 import matplotlib.pyplot as plt
 import numpy as np
 
+
+
+
 _DATA_COLOUR = "0.75"
+
+
 _PIECE_COLOURS = plt.get_cmap("tab10").colors
 
 
@@ -94,7 +85,7 @@ def _set_scale(ax, scale, density, curves):
 def plot_density(data, model, ax=None, *, scale="linear", bins=200, points=2000, title=None):
     """Histogram of ``data`` (as a density) with ``model.pdf`` over it, on a linear or log y-scale.
 
-    For a :class:`~refquant.pgm.PiecewiseGaussian`, each piece's area under the density is shaded
+    For a :class:`~refquant.density.pgm.PiecewiseGaussian`, each piece's area under the density is shaded
     in its own colour and each breakpoint is a dashed vertical line. ``bins``: for samples, as
     ``numpy.histogram``. ``points``: resolution of the density curve. Returns the Axes.
     """

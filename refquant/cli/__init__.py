@@ -8,11 +8,11 @@ import importlib
 import sys
 
 SUBCOMMANDS = {
-    "demo": ("refquant.demo", "run the paper's experiment on the shipped data and model"),
-    "train": ("refquant.train", "train a detector from a Darknet cfg on a VOC-format tree"),
-    "eval": ("refquant.evaluate", "per-class AP and mAP of a model on a VOC-format tree"),
-    "detect": ("refquant.detect", "draw a model's detections on an image into a PNG"),
-    "golden": ("refquant.golden", "export or check golden vectors for other implementations"),
+    "demo": ("refquant.cli.demo", "run the paper's experiment on the shipped data and model"),
+    "train": ("refquant.cli.train", "train a detector from a Darknet cfg on a VOC-format tree"),
+    "eval": ("refquant.cli.eval", "per-class AP and mAP of a model on a VOC-format tree"),
+    "detect": ("refquant.cli.detect", "draw a model's detections on an image into a PNG"),
+    "golden": ("refquant.cli.golden", "export or check golden vectors for other implementations"),
 }
 
 

@@ -1,0 +1,68 @@
+"""TODO docstring (from refquant/evaluate.py)."""
+import json
+import sys
+from pathlib import Path
+import numpy as np
+from refquant import darknet
+from refquant.detection.decode import NMS_THRESHOLD, VALIDATION_THRESHOLD
+from refquant.data.voc import load_voc, read_names
+
+from refquant.detection.evaluate import SHIPPED_MODEL, check_names, evaluate, format_table, shipped_model
+
+
+def add_arguments(parser):
+    parser.add_argument("--cfg", default=None, help=f"Darknet cfg (default: the shipped {SHIPPED_MODEL}.cfg)")
+    parser.add_argument("--weights", default=None, help=f"Darknet weights (default: the shipped {SHIPPED_MODEL}.weights)")
+    parser.add_argument("--data", default=None, help="VOC-format tree (default: the shapes data set)")
+    parser.add_argument("--names", default=None,
+                        help="class names file (default: the only *.names file at the root of --data)")
+    parser.add_argument("--split", default="test", help="image set of ImageSets/Main (default test)")
+    parser.add_argument("--thresh", type=float, default=VALIDATION_THRESHOLD,
+                        help=f"score threshold (default {VALIDATION_THRESHOLD}, Darknet's for mAP)")
+    parser.add_argument("--nms", type=float, default=NMS_THRESHOLD, help=f"NMS IoU threshold (default {NMS_THRESHOLD})")
+    parser.add_argument("--iou", type=float, default=0.5, help="IoU a detection needs to match (default 0.5)")
+    parser.add_argument("--use-07", action="store_true", help="VOC2007 11-point AP instead of the VOC2010 area rule")
+    parser.add_argument("--no-letterbox", action="store_true", help="resize images to the input instead of letterboxing")
+    parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N images of the split")
+    parser.add_argument("--json", default=None, help="also write the APs to this JSON file")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def model_paths(args):
+    """(cfg, weights) from the arguments, the shipped model's for those not given."""
+    cfg = Path(args.cfg) if args.cfg else shipped_model(".cfg")
+    weights = Path(args.weights) if args.weights else (shipped_model(".weights") if not args.cfg else None)
+    if weights is None:
+        raise ValueError("--weights: required with --cfg (an untrained network detects nothing)")
+    return cfg, weights
+
+
+def run(args):
+    """``refquant eval``: 0 on success; 2, with the message on stderr, for bad input (ValueError, OSError)."""
+    try:
+        return _run(args)
+    except (ValueError, OSError) as error:
+        print(f"refquant eval: error: {error}", file=sys.stderr)
+        return 2
+
+
+def _run(args):
+    from refquant.cli.train import default_data, default_names
+    cfg, weights = model_paths(args)
+    data = Path(args.data) if args.data else default_data()
+    names_path = Path(args.names) if args.names else default_names(data)
+    names = read_names(names_path)
+    net = darknet.load(cfg, weights)
+    check_names(net, names, names_path)
+    records = load_voc(data, args.split, names)
+    if args.limit is not None:
+        records = records[:args.limit]
+    ap, found = evaluate(net, records, names, thresh=args.thresh, nms=args.nms, iou_threshold=args.iou,
+                         use_07=args.use_07, letterbox=not args.no_letterbox, progress=not args.no_progress)
+    rule = "VOC2007 11-point" if args.use_07 else "VOC2010 area"
+    print(f"{weights} on {data} split {args.split} ({len(records)} images, {len(found)} detections, "
+          f"IoU >= {args.iou}, {rule} rule)")
+    print(format_table(ap, names))
+    if args.json:
+        Path(args.json).write_text(json.dumps({k: (None if np.isnan(v) else v) for k, v in ap.items()}, indent=1) + "\n")
+    return 0

@@ -1,0 +1,83 @@
+"""TODO docstring (from refquant/train.py)."""
+import sys
+from pathlib import Path
+
+from refquant.train import train
+
+
+def add_arguments(parser):
+    parser.add_argument("--cfg", required=True, help="Darknet cfg of the network (its [net] gives the defaults)")
+    parser.add_argument("--data", default=None,
+                        help="VOC-format tree to train on (default: the shapes data set, generated on first use)")
+    parser.add_argument("--names", default=None,
+                        help="class names file (default: the only *.names file at the root of --data)")
+    parser.add_argument("--split", default="train", help="image set of ImageSets/Main to train on (default train)")
+    parser.add_argument("--weights", default=None, help="Darknet weights to start from (default: random init)")
+    parser.add_argument("--out", required=True, help="output directory for checkpoints and the final weights")
+    parser.add_argument("--name", default=None, help="file stem of the outputs (default: the cfg's)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the initialisation, images and augmentation")
+    parser.add_argument("--checkpoint-every", type=int, default=100, help="updates between checkpoints")
+    parser.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    for key, kind, text in (("batch", int, "images per update"), ("subdivisions", int, "passes per update"),
+                            ("learning-rate", float, "base learning rate"), ("momentum", float, "SGD momentum"),
+                            ("decay", float, "weight decay"), ("max-batches", int, "number of updates"),
+                            ("burn-in", int, "updates of the burn-in ramp"), ("power", float, "burn-in/poly power"),
+                            ("policy", str, "learning-rate policy"), ("jitter", float, "crop jitter"),
+                            ("hue", float, "hue shift"), ("saturation", float, "saturation scale"),
+                            ("exposure", float, "exposure scale")):
+        parser.add_argument(f"--{key}", type=kind, default=None, help=f"{text} (default: the cfg's)")
+    parser.add_argument("--steps", default=None, help="comma-separated updates where the rate is scaled (steps policy)")
+    parser.add_argument("--scales", default=None, help="comma-separated scales, one per step")
+
+
+def default_names(data):
+    """The class names file of a VOC tree: the only ``*.names`` file at its root."""
+    found = sorted(Path(data).glob("*.names"))
+    if len(found) != 1:
+        raise ValueError(f"{data}: expected exactly one *.names file at the root of the tree to name the classes, "
+                         f"found {len(found)}; give --names")
+    return found[0]
+
+
+def default_data():
+    """The shapes data set (:func:`refquant.data.shapes.shapes_dataset`, generated on first use)."""
+    from refquant.data.shapes import shapes_dataset
+    return shapes_dataset()
+
+
+def _parse_list(text, kind, option):
+    if text is None:
+        return None
+    try:
+        return [kind(item) for item in text.split(",") if item.strip()]
+    except ValueError:
+        raise ValueError(f"{option}={text!r}: expected comma-separated {kind.__name__} values") from None
+
+
+def run(args):
+    """``refquant train``: 0 on success; 2, with the message on stderr, for bad input (ValueError, OSError)."""
+    try:
+        return _run(args)
+    except (ValueError, OSError) as error:
+        print(f"refquant train: error: {error}", file=sys.stderr)
+        return 2
+
+
+def _run(args):
+    data = Path(args.data) if args.data else default_data()
+    names = Path(args.names) if args.names else default_names(data)
+    overrides = {key: getattr(args, key) for key in ("batch", "subdivisions", "learning_rate", "momentum", "decay",
+                                                      "max_batches", "burn_in", "power", "policy", "jitter", "hue",
+                                                      "saturation", "exposure")}
+    overrides["steps"] = _parse_list(args.steps, int, "--steps")
+    overrides["scales"] = _parse_list(args.scales, float, "--scales")
+    try:
+        result = train(args.cfg, data, names, args.out, split=args.split, weights=args.weights, seed=args.seed,
+                       overrides=overrides, checkpoint_every=args.checkpoint_every, resume=args.resume,
+                       name=args.name, progress=not args.no_progress)
+    except KeyboardInterrupt:
+        return 130
+    print(f"trained {result['iteration']} updates ({result['seen']} images seen) in {result['seconds']:.0f} s; "
+          f"weights: {result['weights']}")
+    return 0

@@ -1,0 +1,514 @@
+"""TODO docstring (from refquant/pgm.py)."""
+import dataclasses
+import math
+import warnings
+import numba
+import numpy as np
+
+from refquant.density.truncated_normal import _LOG_SQRT_2PI, _truncated_moments
+
+
+class DegenerateDataError(ValueError):
+    """The data cannot carry a density with a spread: empty, too few values, or all equal."""
+
+
+class ConvergenceWarning(RuntimeWarning):
+    """EM stopped at ``max_iter`` before reaching ``tol``; the numbers are in the message."""
+
+
+@dataclasses.dataclass(frozen=True)
+class FitInfo:
+    """How a fit went.
+
+    - ``source``: ``"samples"`` or ``"histogram"``; ``n_samples``: the number of values (sum of
+      counts for a histogram).
+    - ``log_likelihood``: of the data under the fitted model: ``sum_i log p(x_i)`` for samples,
+      ``sum_j c_j log P(bin j)`` for a histogram.
+    - ``iterations``: EM steps evaluated (the largest number over pieces; for the mixture, its
+      E-steps), at most ``max_iter``.
+    - ``converged``: every EM run stopped because it reached ``tol`` (not ``max_iter``).
+    - ``n_parameters``, ``bic``: ``-2 log_likelihood + n_parameters * log(n_samples)``.
+    - ``selection``: for ``breakpoints="auto"``, one row per K tried:
+      ``(K, breakpoints, log_likelihood, bic)``; empty otherwise.
+    - ``merged_breakpoints``: breakpoints dropped because a piece was degenerate.
+    """
+    source: str
+    n_samples: float
+    log_likelihood: float
+    iterations: int
+    converged: bool
+    n_parameters: int
+    bic: float
+    selection: tuple = ()
+    merged_breakpoints: tuple = ()
+
+
+@numba.njit(cache=True)
+def _em_step(piece_lo, piece_hi, mu, var, cell_lo, cell_hi, cell_count, cell_mean, cell_var,
+             censored, start, stop):
+    """One EM step for one piece. Returns ``(mu', var', log-likelihood, residual)``, the last two
+    at ``(mu, var)``.
+
+    E-step inside the piece: pool the cells' counts, means and variances (Chan, Golub & LeVeque's
+    pairwise update), filling censored cells from ``N(mu, var)`` restricted to the cell. E-step
+    outside: the truncation update of the module docstring. The log-likelihood is the piece's
+    ``sum log(phi((x - mu)/sigma) / (sigma Z))`` for exact cells, ``sum c log(P(cell) / Z)`` for
+    censored ones (its mass term ``n log pi`` is added by the caller). The residual
+    ``|xbar - E| / sigma + |v - V| / sigma^2`` measures how far the truncated Gaussian's mean and
+    variance are from the data's: it is 0 exactly at the maximum likelihood (a truncated Gaussian
+    is an exponential family, whose likelihood equations match these two moments).
+    """
+    sigma = math.sqrt(var)
+    n = 0.0
+    mean = 0.0
+    sum_squares = 0.0
+    log_likelihood = 0.0
+    for c in range(start, stop):
+        count = cell_count[c]
+        if count == 0.0:
+            continue
+        if censored[c]:
+            log_mass, m, v = _truncated_moments((cell_lo[c] - mu) / sigma, (cell_hi[c] - mu) / sigma,
+                                                (cell_hi[c] - cell_lo[c]) / sigma)
+            m = mu + sigma * m
+            v = var * v
+            log_likelihood += count * log_mass
+        else:
+            m = cell_mean[c]
+            v = cell_var[c]
+            log_likelihood += count * (-0.5 * math.log(var) - _LOG_SQRT_2PI
+                                       - (v + (m - mu) ** 2) / (2.0 * var))
+        total = n + count
+        delta = m - mean
+        mean += delta * count / total
+        sum_squares += count * v + delta * delta * n * count / total
+        n = total
+    variance = sum_squares / n
+    log_z, e_in, v_in = _truncated_moments((piece_lo - mu) / sigma, (piece_hi - mu) / sigma,
+                                           (piece_hi - piece_lo) / sigma)
+    e_in = mu + sigma * e_in
+    v_in = var * v_in
+    log_likelihood -= n * log_z
+    z = math.exp(log_z)
+    gap = mean - e_in
+    mu_next = mu + z * gap
+    var_next = var + z * (variance - v_in) + z * gap * ((mean - mu) + (e_in - mu) - z * gap)
+    residual = abs(gap) / sigma + abs(variance - v_in) / var
+    return mu_next, var_next, log_likelihood, residual
+
+
+@numba.njit(cache=True)
+def _usable(mu, var):
+    return math.isfinite(mu) and math.isfinite(var) and var > 0.0
+
+
+@numba.njit(cache=True)
+def _natural(mu, var):
+    """The natural parameters ``(mu / var, -1 / (2 var))`` of ``N(mu, var)``."""
+    return mu / var, -0.5 / var
+
+
+@numba.njit(cache=True)
+def _em_fit_piece(piece_lo, piece_hi, mu, var, cell_lo, cell_hi, cell_count, cell_mean, cell_var,
+                  censored, start, stop, max_steps, tol, accelerate):
+    """EM (SQUAREM-accelerated when ``accelerate``) for one piece from ``(mu, var)``.
+
+    Stops when the moment residual of :func:`_em_step` is at most ``tol`` (converged), or after
+    ``max_steps`` EM steps. SQUAREM, scheme S3 (Varadhan & Roland 2008, Scand. J. Statist.
+    35:335), applied to the natural parameters ``theta = (mu/var, -1/(2 var))``, in which the
+    log-likelihood is concave and a slowly converging EM path is nearly straight: from theta,
+    two EM steps give theta1, theta2; with ``r = theta1 - theta``, ``w = theta2 - 2 theta1 + theta``
+    and ``a = |r| / |w|``, the point ``theta + 2 a r + a^2 w`` is taken through one more EM step
+    and kept only if its likelihood is not below theta1's; otherwise theta2 is kept, so the
+    likelihood never decreases. Returns ``(mu, var, log_likelihood, steps, converged, residual)``.
+    """
+    args = (cell_lo, cell_hi, cell_count, cell_mean, cell_var, censored, start, stop)
+    mu1, var1, log_likelihood, residual = _em_step(piece_lo, piece_hi, mu, var, *args)
+    steps = 1
+    # Every pass evaluates the EM map at least once more (at the new point, to test it), so the
+    # extra SQUAREM evaluations are only made while two or more steps remain in the budget.
+    while residual > tol and steps < max_steps and _usable(mu1, var1):
+        mu_next, var_next = mu1, var1
+        if accelerate and steps < max_steps - 1:
+            mu2, var2, log_likelihood1, _ = _em_step(piece_lo, piece_hi, mu1, var1, *args)
+            steps += 1
+            if _usable(mu2, var2):
+                mu_next, var_next = mu2, var2
+                eta = _natural(mu, var)
+                eta1 = _natural(mu1, var1)
+                eta2 = _natural(mu2, var2)
+                # Scale each coordinate by the current iterate so that |r| / |w| is dimensionless.
+                r0, r1 = (eta1[0] - eta[0]) * math.sqrt(var), (eta1[1] - eta[1]) * var
+                w0 = (eta2[0] - 2 * eta1[0] + eta[0]) * math.sqrt(var)
+                w1 = (eta2[1] - 2 * eta1[1] + eta[1]) * var
+                r_norm = r0 * r0 + r1 * r1
+                w_norm = w0 * w0 + w1 * w1
+                if w_norm > 0.0 and r_norm > w_norm and steps < max_steps - 1:
+                    a = math.sqrt(r_norm / w_norm)
+                    eta_x0 = eta[0] + 2 * a * (eta1[0] - eta[0]) + a * a * (eta2[0] - 2 * eta1[0] + eta[0])
+                    eta_x1 = eta[1] + 2 * a * (eta1[1] - eta[1]) + a * a * (eta2[1] - 2 * eta1[1] + eta[1])
+                    if eta_x1 < 0.0:
+                        var_x = -0.5 / eta_x1
+                        mu_x = eta_x0 * var_x
+                        if _usable(mu_x, var_x):
+                            mu3, var3, log_likelihood_x, _ = _em_step(piece_lo, piece_hi, mu_x, var_x,
+                                                                      *args)
+                            steps += 1
+                            if log_likelihood_x >= log_likelihood1 and _usable(mu3, var3):
+                                mu_next, var_next = mu3, var3
+        mu, var = mu_next, var_next
+        mu1, var1, log_likelihood, residual = _em_step(piece_lo, piece_hi, mu, var, *args)
+        steps += 1
+    converged = residual <= tol
+    return mu, var, log_likelihood, steps, converged, residual
+
+
+@numba.njit(cache=True)
+def _em_fit_pieces(piece_lo, piece_hi, starts, stops, cell_lo, cell_hi, cell_count, cell_mean,
+                   cell_var, censored, mu0, var0, max_steps, tol, accelerate):
+    """:func:`_em_fit_piece` for each piece p, whose cells are ``starts[p]:stops[p]``."""
+    n_pieces = piece_lo.size
+    mu = np.empty(n_pieces)
+    var = np.empty(n_pieces)
+    log_likelihood = np.empty(n_pieces)
+    steps = np.empty(n_pieces, dtype=np.int64)
+    converged = np.empty(n_pieces, dtype=np.bool_)
+    residual = np.empty(n_pieces)
+    for p in range(n_pieces):
+        (mu[p], var[p], log_likelihood[p], steps[p], converged[p],
+         residual[p]) = _em_fit_piece(piece_lo[p], piece_hi[p], mu0[p], var0[p], cell_lo, cell_hi,
+                                    cell_count, cell_mean, cell_var, censored, starts[p],
+                                    stops[p], max_steps, tol, accelerate)
+    return mu, var, log_likelihood, steps, converged, residual
+
+
+@numba.njit(cache=True)
+def _bin_lookup_table(inner_edges, n_cells):
+    """``table[c]`` = number of edges ``<= lo + c * width`` on a uniform grid of ``n_cells`` over
+    ``[lo, hi] = [inner_edges[0], inner_edges[-1]]``: the bin at each grid cell's left end."""
+    lo = inner_edges[0]
+    width = (inner_edges[-1] - lo) / n_cells
+    table = np.empty(n_cells, dtype=np.int64)
+    k = 0
+    for c in range(n_cells):
+        while k < inner_edges.size and inner_edges[k] <= lo + c * width:
+            k += 1
+        table[c] = k
+    return table
+
+
+@numba.njit(cache=True)
+def _bin_statistics(x, inner_edges):
+    """Count, mean and variance of the values of ``x`` in each bin ``[e_(k-1), e_k)``.
+
+    ``x``: 1-D finite values; ``inner_edges``: (B-1,) strictly increasing (outer edges -inf, +inf).
+    One pass. A value's bin is the number of edges it reaches: counted directly for up to 4 edges,
+    else looked up on a uniform grid over the inner edges and corrected by a comparison or two (a
+    binary search would mispredict a branch at every level). Sums are taken
+    about each bin's first value (the shifted-data algorithm; Chan, Golub & LeVeque 1983), so
+    the variance does not cancel, and a bin whose values are all equal gets exactly 0.
+    Returns ``(count, mean, variance)``, each (B,).
+    """
+    n_edges = inner_edges.size
+    n_bins = n_edges + 1
+    count = np.zeros(n_bins)
+    reference = np.zeros(n_bins)
+    shifted = np.zeros(n_bins)
+    squares = np.zeros(n_bins)
+    n_cells = 64 * n_bins
+    if n_edges > 4:
+        table = _bin_lookup_table(inner_edges, n_cells)
+        lo = inner_edges[0]
+        hi = inner_edges[-1]
+        scale = n_cells / (hi - lo)
+    for value in x:
+        if n_edges <= 4:  # few edges (given breakpoints): count them, without a branch
+            k = 0
+            for edge in inner_edges:
+                k += value >= edge
+        elif value < inner_edges[0]:
+            k = 0
+        elif value >= inner_edges[-1]:
+            k = n_edges
+        else:
+            k = table[min(int((value - lo) * scale), n_cells - 1)]
+            while k > 0 and value < inner_edges[k - 1]:  # the grid point may round past an edge
+                k -= 1
+            while value >= inner_edges[k]:
+                k += 1
+        if count[k] == 0.0:
+            reference[k] = value
+        d = value - reference[k]
+        count[k] += 1.0
+        shifted[k] += d
+        squares[k] += d * d
+    mean = np.zeros(n_bins)
+    variance = np.zeros(n_bins)
+    for k in range(n_bins):
+        if count[k] > 0.0:
+            offset = shifted[k] / count[k]
+            mean[k] = reference[k] + offset
+            variance[k] = max(squares[k] / count[k] - offset * offset, 0.0)
+    return count, mean, variance
+
+
+@numba.njit(cache=True)
+def _runs_statistics(count, mean, variance):
+    """Pooled count, mean, variance of every run of consecutive bins ``i .. j-1``, ``i < j``.
+
+    Inputs (B,); outputs (B, B+1) indexed ``[i, j]`` (zeros where ``j <= i``), pooled with
+    Chan, Golub & LeVeque's pairwise update (no cancellation).
+    """
+    n_bins = count.size
+    run_count = np.zeros((n_bins, n_bins + 1))
+    run_mean = np.zeros((n_bins, n_bins + 1))
+    run_variance = np.zeros((n_bins, n_bins + 1))
+    for i in range(n_bins):
+        n = 0.0
+        m = 0.0
+        squares = 0.0
+        for j in range(i, n_bins):
+            if count[j] > 0.0:
+                total = n + count[j]
+                delta = mean[j] - m
+                m += delta * count[j] / total
+                squares += count[j] * variance[j] + delta * delta * n * count[j] / total
+                n = total
+            run_count[i, j + 1] = n
+            run_mean[i, j + 1] = m
+            run_variance[i, j + 1] = squares / n if n > 0.0 else 0.0
+    return run_count, run_mean, run_variance
+
+
+def _finite_samples(x, caller):
+    """``x`` flattened to a 1-D float array; errors for non-real dtypes, NaN/inf and emptiness."""
+    array = np.asarray(x)
+    if array.dtype == bool or not (np.issubdtype(array.dtype, np.integer)
+                                   or np.issubdtype(array.dtype, np.floating)):
+        raise TypeError(f"{caller}: x must hold real numbers, got dtype {array.dtype}")
+    if not np.issubdtype(array.dtype, np.floating):
+        array = array.astype(np.float64)
+    array = np.ascontiguousarray(array).reshape(-1)
+    if array.size == 0:
+        raise DegenerateDataError(f"{caller}: x is empty; a density cannot be fitted to no samples")
+    if not np.isfinite(array).all():
+        n_nan = int(np.isnan(array).sum())
+        n_inf = int(np.isinf(array).sum())
+        first = int(np.flatnonzero(~np.isfinite(array))[0])
+        raise ValueError(f"{caller}: x holds {n_nan} NaN and {n_inf} infinite values among "
+                         f"{array.size} (first at flat index {first}); remove them before fitting")
+    return array
+
+
+def _check_spread(x, min_samples, caller):
+    """Raise :class:`DegenerateDataError` if ``x`` has fewer than ``min_samples`` values or one value."""
+    if x.size < min_samples:
+        raise DegenerateDataError(f"{caller}: only {x.size} values; a fit needs at least "
+                                  f"min_piece_samples={min_samples}")
+    if x.min() == x.max():
+        raise DegenerateDataError(f"{caller}: x is constant (all {x.size} values equal {float(x[0])!r}); "
+                                  f"no density with a spread can be fitted")
+
+
+def _checked_histogram(counts, bin_edges, caller):
+    """``(counts (B,), bin_edges (B+1,))`` as float arrays, after checking them.
+
+    Counts: finite, ``>= 0``, not all 0. Edges: strictly increasing, finite except possibly the
+    two outer ones (``-inf``, ``+inf`` bins hold the overflow).
+    """
+    counts = np.asarray(counts, dtype=np.float64)
+    bin_edges = np.asarray(bin_edges, dtype=np.float64)
+    if counts.ndim != 1 or bin_edges.ndim != 1 or bin_edges.size != counts.size + 1:
+        raise ValueError(f"{caller}: counts must be 1-D (B,) and bin_edges (B+1,), got shapes "
+                         f"{counts.shape} and {bin_edges.shape}")
+    if not np.all(np.isfinite(counts)) or np.any(counts < 0):
+        raise ValueError(f"{caller}: counts must be finite and >= 0")
+    if np.any(np.isnan(bin_edges)) or not np.all(np.isfinite(bin_edges[1:-1])):
+        raise ValueError(f"{caller}: bin_edges must be finite except the two outer ones")
+    if bin_edges[0] == np.inf or bin_edges[-1] == -np.inf or np.any(np.diff(bin_edges) <= 0):
+        raise ValueError(f"{caller}: bin_edges must be strictly increasing")
+    if counts.sum() <= 0:
+        raise DegenerateDataError(f"{caller}: the histogram is empty (all counts are 0)")
+    return counts, bin_edges
+
+
+def _bin_centres(bin_edges):
+    """Centre of each bin; the finite edge for an infinite outer bin."""
+    lo, hi = bin_edges[:-1], bin_edges[1:]
+    with np.errstate(invalid="ignore"):
+        centre = 0.5 * (lo + hi)
+    centre = np.where(np.isinf(lo), hi, centre)
+    return np.where(np.isinf(hi), lo, centre)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Cells:
+    """The data of a fit as consecutive cells ``[lo, hi)`` (see the EM kernels), all (C,)."""
+    lo: np.ndarray
+    hi: np.ndarray
+    count: np.ndarray
+    mean: np.ndarray
+    var: np.ndarray
+    censored: np.ndarray
+
+
+def _sample_cells(count, mean, var, edges):
+    """Exact cells: the samples of each interval ``[edges[c], edges[c+1])``, summarised."""
+    return _Cells(edges[:-1], edges[1:], count, mean, var, np.zeros(count.size, dtype=bool))
+
+
+def _histogram_cells(counts, bin_edges):
+    """One censored cell per bin: its count and interval are known, positions inside it are not
+    (``mean`` holds the centre, used only to start EM)."""
+    return _Cells(bin_edges[:-1], bin_edges[1:], counts, _bin_centres(bin_edges),
+                  np.zeros(counts.size), np.ones(counts.size, dtype=bool))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Options:
+    max_iter: int
+    tol: float
+    accelerate: bool
+    min_piece_samples: int
+
+
+def _piece_of_cells(breakpoints, cells):
+    """Piece index of each cell (cells never straddle a breakpoint)."""
+    return np.searchsorted(breakpoints, cells.lo, side="right")
+
+
+def _piece_summaries(breakpoints, cells):
+    """Per piece: count, pooled mean and variance (censored cells at their centre), and whether
+    its samples take at least two distinct values."""
+    n_pieces = breakpoints.size + 1
+    piece = _piece_of_cells(breakpoints, cells)
+    count = np.bincount(piece, weights=cells.count, minlength=n_pieces)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.bincount(piece, weights=cells.count * cells.mean, minlength=n_pieces) / count
+        spread = cells.count * (cells.var + (cells.mean - mean[piece]) ** 2)
+        var = np.bincount(piece, weights=spread, minlength=n_pieces) / count
+    occupied = np.bincount(piece, weights=(cells.count > 0), minlength=n_pieces)
+    spread_inside = np.bincount(piece, weights=(cells.count > 0) & (cells.var > 0), minlength=n_pieces)
+    distinct = (occupied >= 2) | (spread_inside > 0)
+    return count, np.nan_to_num(mean), np.nan_to_num(var), distinct
+
+
+def _without_degenerate_pieces(breakpoints, cells, min_piece_samples, caller):
+    """Drop breakpoints until no piece holds 1..min-1 samples or a single repeated value.
+
+    Each such piece is merged into its neighbour holding more samples (a warning says which).
+    A piece with no sample at all is kept (mass 0). Raises :class:`DegenerateDataError` when
+    even one piece cannot hold the data (too few values, or all equal).
+    """
+    breakpoints = np.array(breakpoints, dtype=np.float64)
+    merged = []
+    while True:
+        count, mean, _, distinct = _piece_summaries(breakpoints, cells)
+        degenerate = (count > 0) & ((count < min_piece_samples) | ~distinct)
+        if not degenerate.any():
+            return breakpoints, tuple(merged)
+        if breakpoints.size == 0:
+            raise DegenerateDataError(_degenerate_message(count[0], mean[0], cells,
+                                                          min_piece_samples, caller))
+        k = int(np.flatnonzero(degenerate)[0])
+        neighbours = [j for j in (k - 1, k + 1) if 0 <= j <= breakpoints.size]
+        neighbour = max(neighbours, key=lambda j: count[j])
+        dropped = float(breakpoints[min(k, neighbour)])
+        edges = np.concatenate([[-np.inf], breakpoints, [np.inf]])
+        reason = (f"holds {count[k]:g} samples (fewer than min_piece_samples={min_piece_samples})"
+                  if count[k] < min_piece_samples else f"holds {count[k]:g} samples, all equal")
+        warnings.warn(f"{caller}: piece {k} [{edges[k]:g}, {edges[k + 1]:g}) {reason}: merged "
+                      f"into piece {neighbour}, breakpoint {dropped:g} dropped", stacklevel=4)
+        merged.append(dropped)
+        breakpoints = np.delete(breakpoints, min(k, neighbour))
+
+
+def _degenerate_message(count, mean, cells, min_piece_samples, caller):
+    if count < min_piece_samples:
+        return (f"{caller}: only {count:g} values; a fit needs at least "
+                f"min_piece_samples={min_piece_samples}")
+    if cells.censored.any():
+        j = int(np.flatnonzero(cells.count > 0)[0])
+        return (f"{caller}: all {count:g} counts fall in one bin [{cells.lo[j]:g}, {cells.hi[j]:g}); "
+                f"no density with a spread can be fitted")
+    return (f"{caller}: x is constant (all {count:g} values equal {mean!r}); no density with a "
+            f"spread can be fitted")
+
+
+@dataclasses.dataclass
+class PiecesFit:
+    """The maximum-likelihood parameters of a PGM with given breakpoints, and how the fit went
+    (:meth:`refquant.density.pgm.PiecewiseGaussian.fit` turns it into the model)."""
+    breakpoints: np.ndarray
+    weights: np.ndarray
+    means: np.ndarray
+    stds: np.ndarray
+    fit_info: FitInfo
+
+    @property
+    def n_pieces(self):
+        return self.weights.size
+
+
+def _fit_given_breakpoints(breakpoints, cells, source, options, caller, n_chosen_breakpoints=0):
+    """The PGM of maximum likelihood with these breakpoints, and its :class:`FitInfo`, as a :class:`PiecesFit`.
+
+    ``n_chosen_breakpoints`` counts the breakpoints that were selected from the data (they add
+    to the BIC's parameter count).
+    """
+    breakpoints, merged = _without_degenerate_pieces(breakpoints, cells, options.min_piece_samples,
+                                                     caller)
+    edges = np.concatenate([[-np.inf], breakpoints, [np.inf]])
+    piece = _piece_of_cells(breakpoints, cells)
+    n_pieces = edges.size - 1
+    starts = np.searchsorted(piece, np.arange(n_pieces), side="left")
+    stops = np.searchsorted(piece, np.arange(n_pieces), side="right")
+    count, mean, var, _ = _piece_summaries(breakpoints, cells)
+    n = count.sum()
+    fitted = count > 0
+    mu, piece_var, log_likelihood, steps, converged, residual = _em_fit_pieces(
+        edges[:-1][fitted], edges[1:][fitted], starts[fitted], stops[fitted], cells.lo, cells.hi,
+        cells.count, cells.mean, cells.var, cells.censored, mean[fitted], var[fitted],
+        options.max_iter, options.tol, options.accelerate)
+    if not converged.all():
+        _warn_not_converged(caller, np.flatnonzero(fitted)[~converged], mu[~converged],
+                            np.sqrt(piece_var[~converged]), np.sqrt(var[fitted][~converged]),
+                            residual[~converged], options)
+    overall_mean = np.dot(count, mean) / n
+    overall_std = math.sqrt(np.dot(count, var + (mean - overall_mean) ** 2) / n)
+    means, stds = _placeholder_parameters(edges, overall_std)
+    means[fitted] = mu
+    stds[fitted] = np.sqrt(piece_var)
+    weights = count / n
+    total_log_likelihood = float(np.sum(count[fitted] * np.log(weights[fitted])) + log_likelihood.sum())
+    n_parameters = 3 * int(fitted.sum()) - 1 + n_chosen_breakpoints
+    return PiecesFit(breakpoints, weights, means, stds, FitInfo(source=source, n_samples=float(n), log_likelihood=total_log_likelihood,
+                             iterations=int(steps.max()), converged=bool(converged.all()),
+                             n_parameters=n_parameters,
+                             bic=-2.0 * total_log_likelihood + n_parameters * math.log(n),
+                             merged_breakpoints=merged))
+
+
+def _warn_not_converged(caller, pieces, means, stds, sample_stds, residuals, options):
+    """The :class:`ConvergenceWarning` for pieces whose EM stopped at ``max_iter``, with the numbers."""
+    details = "; ".join(f"piece {k}: mean {m:.6g}, std {s:.6g} (samples' std {v:.6g}), moment "
+                        f"residual {r:.3g}" for k, m, s, v, r in zip(pieces, means, stds, sample_stds,
+                                                                    residuals))
+    warnings.warn(f"{caller}: EM did not converge for pieces {pieces.tolist()} within max_iter="
+                  f"{options.max_iter} steps (tol={options.tol:g}): {details}. The estimates are "
+                  f"usable but short of the maximum. If the std keeps growing far beyond the "
+                  f"samples' std, the piece's samples have a tail heavier than a Gaussian's: the "
+                  f"likelihood then has no maximum, only a supremum in the limit mean -> +-inf, "
+                  f"std -> inf (an exponential tail), which EM approaches without reaching.",
+                  ConvergenceWarning, stacklevel=4)
+
+
+def _placeholder_parameters(edges, spread):
+    """Mean and std for pieces without samples (mass 0): any values with a representable Z do;
+    the piece's finite edge (or centre) and the data's spread."""
+    lo, hi = edges[:-1], edges[1:]
+    with np.errstate(invalid="ignore"):
+        means = np.where(np.isinf(lo), hi, np.where(np.isinf(hi), lo, 0.5 * (lo + hi)))
+    means = np.where(np.isinf(means), 0.0, means)
+    spread = spread if spread > 0 and math.isfinite(spread) else 1.0
+    return means.astype(np.float64), np.full(means.size, spread)

@@ -1,0 +1,176 @@
+"""TODO docstring (from refquant/golden.py)."""
+import dataclasses
+import hashlib
+import json
+import zipfile
+from pathlib import Path
+import numpy as np
+
+
+
+
+FORMAT = "refquant-golden-vectors"
+
+
+FORMAT_VERSION = 1
+
+
+MANIFEST = "manifest.json"
+
+
+_ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # fixed member timestamps: reproducible archives
+
+
+@dataclasses.dataclass(frozen=True)
+class Tolerance:
+    """``|got - expected| <= atol + rtol * |expected|`` element by element; ``why`` justifies it."""
+    rtol: float
+    atol: float
+    why: str
+
+    def to_dict(self):
+        return {"rtol": self.rtol, "atol": self.atol, "why": self.why}
+
+
+EXACT = Tolerance(0.0, 0.0, "exact: integers, booleans, text, or floats that the rule defines bit for bit")
+
+
+DRAWN = Tolerance(0.0, 0.0, "exact: drawn from numpy.random.default_rng(seed) or written literally")
+
+
+@dataclasses.dataclass(frozen=True)
+class Vector:
+    """One golden vector: ``inputs() -> {name: array}`` regenerates the inputs from the seeds;
+    ``outputs(inputs) -> {name: array}`` computes refquant's outputs from (stored) inputs.
+    ``tolerances``: {key: Tolerance} for every float array, the key being the array's name, a
+    trailing part of it (``"means"`` for ``"leaky/means"``) or its first component (``"float"``)."""
+    name: str
+    description: str
+    definitions: tuple
+    seeds: dict
+    parameters: dict
+    inputs: object
+    outputs: object
+    tolerances: dict
+
+
+def tolerance_of(vector, name, array):
+    """The tolerance of array ``name`` of ``vector``: the one stated for it; integers without one,
+    booleans and text are exact; a float array must have one."""
+    if array.dtype.kind in "bUS":
+        return EXACT
+    parts = name.split("/")
+    for key in ["/".join(parts[k:]) for k in range(len(parts))] + [parts[0]]:
+        if key in vector.tolerances:
+            return vector.tolerances[key]
+    if array.dtype.kind in "iu":
+        return EXACT
+    raise KeyError(f"golden vector {vector.name}: no tolerance stated for float array {name!r}")
+
+
+def write_npz(path, arrays):
+    """An ``np.savez``-compatible archive (stored, not compressed) with fixed member timestamps."""
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as archive:
+        for name, value in arrays.items():
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=_ZIP_TIME)
+            info.external_attr = 0o644 << 16
+            with archive.open(info, "w", force_zip64=True) as f:
+                np.lib.format.write_array(f, np.asarray(value), allow_pickle=False)
+
+
+def sha256(path):
+    """Hex sha256 of a file's bytes."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+@dataclasses.dataclass(frozen=True)
+class Mismatch:
+    """One failed comparison: where (``vector``, ``array``, ``index``) and what."""
+    vector: str
+    array: str
+    index: tuple
+    expected: object
+    got: object
+    detail: str
+
+    def __str__(self):
+        where = f"{self.vector}: {self.array}" if self.array else self.vector
+        if self.index is not None:
+            where += "[" + ", ".join(str(i) for i in self.index) + "]"
+        if self.expected is None and self.got is None:
+            return f"{where}: {self.detail}"
+        return f"{where}: expected {self.expected!r}, got {self.got!r} ({self.detail})"
+
+
+def compare(expected, got, tolerance):
+    """None if ``got`` matches ``expected`` under ``tolerance``, else ``(index, expected, got, detail)``.
+
+    Shapes and dtypes must be equal; NaN matches only NaN; for floats (and integers given a
+    non-zero tolerance) ``|got - expected| <= atol + rtol * |expected|``; otherwise equality.
+    """
+    expected, got = np.asarray(expected), np.asarray(got)
+    if expected.shape != got.shape:
+        return None, expected.shape, got.shape, "shape differs"
+    if expected.dtype != got.dtype:
+        return None, expected.dtype.str, got.dtype.str, "dtype differs"
+    tolerant_integers = expected.dtype.kind in "iu" and (tolerance.rtol > 0 or tolerance.atol > 0)
+    if expected.dtype.kind in "fc" or tolerant_integers:
+        with np.errstate(invalid="ignore", over="ignore"):
+            difference = np.abs(got.astype(np.float64) - expected.astype(np.float64))
+            bound = tolerance.atol + tolerance.rtol * np.abs(expected.astype(np.float64))
+            same = (got == expected) | (np.isnan(got) & np.isnan(expected)) | (difference <= bound)
+    else:
+        same = got == expected
+    if np.all(same):
+        return None
+    bad = np.argwhere(~np.asarray(same))
+    index = tuple(int(i) for i in bad[0])
+    count = f"{len(bad)} of {same.size} elements differ"
+    exact = tolerance.rtol == 0 and tolerance.atol == 0
+    rule = "exact" if exact else f"rtol {tolerance.rtol:g}, atol {tolerance.atol:g}"
+    return index, expected[index].item(), got[index].item(), f"{rule}; {count}"
+
+
+def _load_npz(path):
+    with np.load(path, allow_pickle=False) as stored:
+        return {name: stored[name] for name in stored.files}
+
+
+def load(directory, name):
+    """One vector of an exported directory: ``(inputs, outputs, tolerances)``, three dicts keyed by
+    array name (arrays, arrays, :class:`Tolerance`), roles and tolerances as the manifest states them.
+
+    For a Python implementation under test: compute from ``inputs``, then
+    ``compare(outputs[key], mine[key], tolerances[key])`` for every output (None = match).
+    """
+    directory = Path(directory)
+    manifest = json.loads((directory / MANIFEST).read_text(encoding="utf-8"))
+    if name not in manifest.get("vectors", {}):
+        raise ValueError(f"{directory / MANIFEST}: no vector {name!r}; it has "
+                         f"{', '.join(manifest.get('vectors', {}))}")
+    entry = manifest["vectors"][name]
+    arrays = _load_npz(directory / entry["file"])
+    roles = {key: value["role"] for key, value in entry["arrays"].items()}
+    tolerances = {key: Tolerance(**value["tolerance"]) for key, value in entry["arrays"].items()}
+    return ({k: v for k, v in arrays.items() if roles.get(k) == "input"},
+            {k: v for k, v in arrays.items() if roles.get(k) == "output"}, tolerances)
+
+
+_OUTPUT_CACHE = {}
+
+
+def _digest(arrays):
+    h = hashlib.sha256()
+    for name in sorted(arrays):
+        value = np.ascontiguousarray(arrays[name])
+        h.update(f"{name}|{value.dtype.str}|{value.shape}|".encode())
+        h.update(value.tobytes())
+    return h.hexdigest()
+
+
+def _memoised_outputs(name, outputs, inputs):
+    """``outputs(inputs)`` of vector ``name``, computed once per distinct inputs within this process."""
+    key = (name, _digest(inputs))
+    if key not in _OUTPUT_CACHE:
+        _OUTPUT_CACHE[key] = outputs(inputs)
+    return _OUTPUT_CACHE[key]

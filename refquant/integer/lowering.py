@@ -1,0 +1,173 @@
+"""TODO docstring (from refquant/qat.py)."""
+import dataclasses
+import math
+import numpy as np
+from refquant.integer.requantize import MAX_SHIFT, leaky_multipliers, quantize_bias, quantize_multiplier, quantize_shift
+from refquant.integer.conv import check_accumulator_range
+from refquant.quantizers.uniform import UniformQuantizer
+from refquant.yolo.maxpool import maxpool_forward
+from refquant.yolo.network import NETWORK_INPUT
+from refquant.yolo.reorg import reorg_forward
+from refquant.yolo.upsample import upsample_forward
+
+from refquant.plan import INTEGER_ACTIVATIONS, output_grids
+from refquant.folding import is_folded
+
+
+@dataclasses.dataclass(frozen=True)
+class FixedPointConvolution:
+    """The integer parameters of one convolution (module docstring, point 4).
+
+    ``weight_codes`` (M, C, k, k) int8; ``bias`` (M,) int32 at scale ``s_in * s_w``;
+    ``multiplier, shift`` for ``acc >= 0``, ``negative_multiplier, negative_shift`` for
+    ``acc < 0``; the three grids; ``size``, ``stride``, ``padding`` as in the float layer.
+    """
+
+    index: int
+    weight_codes: np.ndarray
+    bias: np.ndarray
+    input_grid: UniformQuantizer
+    weight_grid: UniformQuantizer
+    output_grid: UniformQuantizer
+    real_multiplier: float
+    multiplier: int
+    shift: int
+    negative_multiplier: int
+    negative_shift: int
+    activation: str
+    size: int
+    stride: int
+    padding: int
+
+    @property
+    def input_range(self):
+        """``(qmin - z_in, qmax - z_in)``: the values of ``codes - z_in`` entering the convolution."""
+        grid = self.input_grid
+        return grid.qmin - grid.zero_point, grid.qmax - grid.zero_point
+
+
+@dataclasses.dataclass(frozen=True)
+class FixedPointRoute:
+    """A multi-input route: per input None (already on the output grid) or
+    ``(zero_point, multiplier, shift)`` rescaling it (``refquant.integer.requantize.rescale_codes``)."""
+
+    index: int
+    rescalings: tuple
+    output_grid: UniformQuantizer
+
+
+def requantization_pair(real_multiplier):
+    """``(1, shift)`` when ``real_multiplier == 2**-shift`` exactly (a shift alone), else
+    :func:`refquant.integer.requantize.quantize_multiplier`'s 22-bit pair. Both give the same codes."""
+    mantissa, exponent = math.frexp(real_multiplier)
+    if mantissa == 0.5 and 0 <= 1 - exponent <= MAX_SHIFT:
+        return 1, quantize_shift(real_multiplier)
+    return quantize_multiplier(real_multiplier)
+
+
+def requantization_pairs(activation, real_multiplier):
+    """(multiplier, shift, negative_multiplier, negative_shift) of a convolution (point 4): the
+    negative side repeats the positive for linear, is ``leaky_multipliers``' for leaky, (0, 0) for relu."""
+    positive = requantization_pair(real_multiplier)
+    if activation == "linear":
+        return positive + positive
+    if activation == "leaky":
+        return positive + tuple(leaky_multipliers(real_multiplier)[2:])
+    if activation == "relu":
+        return positive + (0, 0)
+    raise ValueError(f"activation {activation!r} has no integer form (supported: {', '.join(INTEGER_ACTIVATIONS)})")
+
+
+def fixed_point_layers(folded, plan):
+    """Per layer: FixedPointConvolution, FixedPointRoute (multi-input routes) or None.
+
+    ``folded``: a network without batch norm (:func:`fold_batchnorm`). Each convolution's int32
+    accumulator range is checked here (:func:`refquant.integer.conv.check_accumulator_range`), before
+    anything runs.
+    """
+    if not is_folded(folded):
+        raise ValueError(f"{folded.name}: fold batch norm first (qat.fold_batchnorm)")
+    grids = output_grids(folded, plan)
+    layers = []
+    for index, layer in enumerate(folded.layers):
+        sources = [plan.input if j == NETWORK_INPUT else grids[j] for j in folded.inputs[index]]
+        where = f"layer {index} [{layer.type}]"
+        if layer.type == "convolutional":
+            layers.append(_fixed_point_convolution(index, layer, sources[0], plan.weights[index],
+                                                   grids[index], where))
+        elif layer.type == "route" and len(sources) > 1:
+            rescalings = tuple(None if source == grids[index] else
+                               (source.zero_point,) + quantize_multiplier(source.step / grids[index].step)
+                               for source in sources)
+            layers.append(FixedPointRoute(index, rescalings, grids[index]))
+        else:
+            layers.append(None)
+    return layers
+
+
+def _fixed_point_convolution(index, layer, input_grid, weight_grid, output_grid, where):
+    weights = layer.params["weights"].astype(np.float64)
+    weight_codes = weight_grid.quantize(weights).astype(np.int8)
+    try:
+        bias = quantize_bias(layer.params["biases"], input_grid.step, weight_grid.step)
+    except ValueError as error:
+        raise ValueError(f"{where}: {error}") from None
+    real = input_grid.step * weight_grid.step / output_grid.step
+    try:
+        pairs = requantization_pairs(layer.activation, real)
+    except ValueError as error:
+        raise ValueError(f"{where}: multiplier {real!r}: {error}") from None
+    conv = FixedPointConvolution(index, weight_codes, bias, input_grid, weight_grid, output_grid, real,
+                                 *pairs, layer.activation, layer.size, layer.stride, layer.padding)
+    try:
+        check_accumulator_range(conv.input_range, (weight_grid.qmin, weight_grid.qmax), weights[0].size,
+                                (int(bias.min()), int(bias.max())))
+    except ValueError as error:
+        raise ValueError(f"{where}: {error}") from None
+    return conv
+
+
+def run_codes(net, fixed, input_codes, convolution, route, grids, input_grid):
+    """Run the layers of ``net`` on codes: the loop shared by the simulation and the integer network.
+
+    ``convolution(FixedPointConvolution, codes) -> codes`` and ``route(FixedPointRoute, [codes])
+    -> codes`` supply the arithmetic; maxpool, reorg and upsample use the engine's dtype-generic
+    functions on the codes; a head gets ``grid.dequantize(codes)`` (float64). Returns the list of
+    every layer's output (codes, the head's float output).
+    """
+    outputs = []
+    for index, layer in enumerate(net.layers):
+        sources = [input_codes if j == NETWORK_INPUT else outputs[j] for j in net.inputs[index]]
+        kind = layer.type
+        if kind == "convolutional":
+            out = convolution(fixed[index], sources[0])
+        elif kind == "route":
+            out = sources[0] if len(sources) == 1 else route(fixed[index], sources)
+        elif kind == "maxpool":
+            out = maxpool_forward(sources[0], layer.size, layer.stride, layer.padding)[0]
+        elif kind == "reorg":
+            out = reorg_forward(sources[0], layer.stride)
+        elif kind == "upsample":
+            out = upsample_forward(sources[0], layer.stride)
+        else:  # a head (output_grids has refused everything else)
+            j = net.inputs[index][0]
+            grid = input_grid if j == NETWORK_INPUT else grids[j]
+            out = layer.forward(grid.dequantize(np.asarray(sources[0]).astype(np.int64)), training=False)
+        outputs.append(out)
+    return outputs
+
+
+FLOAT32_EXACT_INTEGERS = 2 ** 24
+
+"""Every integer of magnitude up to 2**24 is a float32 (24-bit significand)."""
+
+
+def quantize_input(net, plan, images):
+    """``plan.input.quantize(images)`` as int32 codes after checking ``images`` against ``net``."""
+    if not isinstance(images, np.ndarray) or not np.issubdtype(images.dtype, np.floating):
+        raise TypeError(f"{net.name}: images must be a float numpy array (N, C, H, W), got "
+                        f"{getattr(images, 'dtype', type(images).__name__)}")
+    if images.ndim != 4 or images.shape[0] < 1:
+        raise ValueError(f"{net.name}: images must have shape (N, C, H, W) with N >= 1, got {images.shape}")
+    net.output_shapes(images.shape[1:])
+    return plan.input.quantize(images)

@@ -1,0 +1,93 @@
+"""TODO docstring (from refquant/integer_network.py)."""
+import numpy as np
+from refquant.integer.requantize import code_dtype, requantize_leaky, route_codes
+from refquant.integer.conv import conv2d
+from refquant.integer.simulation import SimulatedNetwork
+from refquant.plan import output_grids
+from refquant.integer.lowering import fixed_point_layers, quantize_input, run_codes
+from refquant.folding import fold_batchnorm
+
+
+
+
+def shifted_codes(codes, zero_point, value_range):
+    """``codes - zero_point`` in the narrowest dtype ``conv2d`` takes (uint8, int8 or int16)
+    for values in ``value_range = (qmin - zero_point, qmax - zero_point)``."""
+    lo, hi = value_range
+    if lo >= 0 and hi <= 255:
+        dtype = np.uint8
+    elif lo >= -128 and hi <= 127:
+        dtype = np.int8
+    else:
+        dtype = np.int16
+    if zero_point == 0 and codes.dtype == dtype:
+        return codes
+    return (codes.astype(np.int16) - np.int16(zero_point)).astype(dtype)
+
+
+def integer_convolution(conv, codes):
+    """One convolution in fixed point: codes (N, C, H, W) integers -> output codes (N, M, OH, OW).
+
+    ``conv``: a ``refquant.integer.lowering.FixedPointConvolution``. int32 accumulation with the int32 bias
+    (``conv2d`` checks the accumulator range first), then requantization with the leaky/linear/relu pair.
+    """
+    x = shifted_codes(codes, conv.input_grid.zero_point, conv.input_range)
+    acc = conv2d(x, conv.weight_codes, conv.stride, conv.padding, bias=conv.bias, x_range=conv.input_range,
+                 w_range=(conv.weight_grid.qmin, conv.weight_grid.qmax))
+    grid = conv.output_grid
+    return requantize_leaky(acc, conv.multiplier, conv.shift, conv.negative_multiplier, conv.negative_shift,
+                            grid.zero_point, grid.qmin, grid.qmax)
+
+
+def integer_route(route, inputs):
+    """A multi-input route on codes: every input moved to the route's grid, then concatenated."""
+    grid = route.output_grid
+    return route_codes(inputs, list(route.rescalings), grid.zero_point, grid.qmin, grid.qmax)
+
+
+class IntegerNetwork:
+    """A float network turned into fixed-point arithmetic by a quantization plan (module docstring).
+
+    ``IntegerNetwork.build(net, plan)``; ``run(images)`` -> every layer's output (integer codes,
+    the head's float64 output last); ``forward(images)`` -> the head's output alone, so that
+    ``refquant.detection.evaluate.evaluate(integer_network, records, names)`` scores it like a float network.
+    Attributes: ``net`` (the folded float network, for its structure and head), ``plan``,
+    ``grids`` (each layer's output grid), ``fixed`` (each layer's integer parameters).
+    """
+
+    def __init__(self, folded, plan):
+        self.net = folded
+        self.plan = plan
+        self.grids = output_grids(folded, plan)
+        self.fixed = fixed_point_layers(folded, plan)
+        self.layers = folded.layers
+        self.inputs = folded.inputs
+        self.input_shape = folded.input_shape
+        self.name = f"{folded.name} (integer {plan.method})"
+
+    @classmethod
+    def build(cls, net, plan):
+        """Fold ``net`` (a copy; ``net`` is unchanged) and derive the integer parameters of ``plan``."""
+        return cls(fold_batchnorm(net), plan)
+
+    def run(self, images):
+        """images (N, C, H, W) float in [0, 1] -> list of every layer's output (codes; the head's float64)."""
+        grid = self.plan.input
+        codes = quantize_input(self.net, self.plan, images).astype(code_dtype(grid.qmin, grid.qmax))
+        return run_codes(self.net, self.fixed, codes, integer_convolution, integer_route, self.grids,
+                         self.plan.input)
+
+    def forward(self, images, training=False):
+        """The last layer's output (the region head's activations, float64); inference only."""
+        if training:
+            raise ValueError(f"{self.name}: an integer network has no training mode (use qat.FakeQuantNetwork)")
+        return self.run(images)[-1]
+
+    def dequantized(self, outputs):
+        """Every layer's output as real values: ``step * (codes - zero_point)``; heads unchanged."""
+        return [out if grid is None else grid.dequantize(np.asarray(out).astype(np.int64))
+                for out, grid in zip(outputs, self.grids)]
+
+    def simulation(self):
+        """The float64 simulation of the same folded network and plan (``refquant.integer.simulation.SimulatedNetwork``)."""
+        return SimulatedNetwork(self.net, self.plan)

@@ -1,0 +1,354 @@
+"""TODO docstring (from refquant/qat.py)."""
+import dataclasses
+import json
+import math
+import os
+import numpy as np
+from refquant import darknet
+from refquant.quantizers.uniform import UniformQuantizer
+from refquant.density.pgm import PiecewiseGaussian
+from refquant.yolo.network import NETWORK_INPUT, Network
+
+from refquant.folding import is_folded
+from refquant.folding import folded_cfg_text
+
+
+DEFAULT_BITS_FIRST_LAST = 8
+
+"""Width of the first and last convolution (weights and output) unless told otherwise."""
+
+
+MIN_BITS, MAX_BITS = 2, 8
+
+"""Widths accepted for weights and activations (int8 weights, activation codes within int16)."""
+
+
+CODE_LAYERS = ("maxpool", "reorg", "upsample")
+
+"""Layers that move codes without changing their grid."""
+
+
+HEAD_LAYERS = ("region",)
+
+"""Heads that run in float on the dequantized codes of their input."""
+
+
+INTEGER_ACTIVATIONS = ("linear", "leaky", "relu")
+
+"""Convolution activations with an integer form (requantization with one or two multipliers)."""
+
+
+PLAN_FORMAT = "refquant-quantization-plan"
+
+
+PLAN_VERSION = 1
+
+
+def input_quantizer():
+    """The network input's grid: 8-bit codes 0..255, step 1/255, zero point 0 (8-bit images)."""
+    return UniformQuantizer(1.0 / 255.0, 0, 0, 255)
+
+
+def quantizer_bits(quantizer):
+    """Bits needed for the codes of ``quantizer``: ``ceil(log2(qmax - qmin + 1))``."""
+    return int(math.ceil(math.log2(quantizer.num_levels)))
+
+
+def _quantizer_to_dict(quantizer):
+    return {"step": quantizer.step, "zero_point": quantizer.zero_point,
+            "qmin": quantizer.qmin, "qmax": quantizer.qmax}
+
+
+def _quantizer_from_dict(data, where):
+    try:
+        return UniformQuantizer(float(data["step"]), data["zero_point"], int(data["qmin"]), int(data["qmax"]))
+    except (KeyError, TypeError, ValueError) as error:
+        raise ValueError(f"{where}: expected a quantizer {{step, zero_point, qmin, qmax}}, got {data!r} "
+                         f"({error})") from None
+
+
+def conv_indices(net_or_types):
+    """Indices of the convolutional layers (from a Network or a list of layer types)."""
+    types = _layer_types(net_or_types)
+    return [i for i, kind in enumerate(types) if kind == "convolutional"]
+
+
+def _layer_types(net_or_types):
+    if isinstance(net_or_types, Network):
+        return [layer.type for layer in net_or_types.layers]
+    return list(net_or_types)
+
+
+def quantized_outputs(net):
+    """Indices of the layers with their own output grid: convolutions and multi-input routes."""
+    return [i for i, layer in enumerate(net.layers)
+            if layer.type == "convolutional" or (layer.type == "route" and len(net.inputs[i]) > 1)]
+
+
+@dataclasses.dataclass
+class QuantizationPlan:
+    """Per-layer quantizers of a network (module docstring, point 2).
+
+    ``input``: the input grid; ``weights``: {conv index: signed quantizer}; ``activations``:
+    {conv or multi-input route index: output quantizer}; ``layer_types`` and ``weight_shapes``
+    ({conv index: (M, C, k, k)}) identify the network the plan belongs to (:meth:`check`);
+    ``method`` and ``options`` (the widths and flags it was made with) let a plan be refitted;
+    ``densities``: {(``"weights"`` or ``"activations"``, index): PiecewiseGaussian} fitted by
+    the ``"pgm"`` method; ``network``: the network's name. Saved as JSON (:meth:`save`).
+    """
+
+    input: UniformQuantizer
+    weights: dict
+    activations: dict
+    layer_types: list
+    weight_shapes: dict
+    method: str = "manual"
+    options: dict = dataclasses.field(default_factory=dict)
+    densities: dict = dataclasses.field(default_factory=dict)
+    network: str = ""
+
+    @classmethod
+    def for_network(cls, net, weights, activations, input=None, method="manual", options=None,
+                    densities=None):
+        """A plan for ``net`` from given quantizers (e.g. hand-made ones); checked against ``net``."""
+        plan = cls(input=input_quantizer() if input is None else input, weights=dict(weights),
+                   activations=dict(activations), layer_types=[layer.type for layer in net.layers],
+                   weight_shapes={i: tuple(net.layers[i].params["weights"].shape) for i in conv_indices(net)},
+                   method=method, options=dict(options or {}), densities=dict(densities or {}),
+                   network=net.name)
+        plan.check(net)
+        return plan
+
+    # -- validation ------------------------------------------------------------------------------
+
+    def check(self, net):
+        """ValueError naming the layer unless the plan fits ``net`` and every quantizer is usable.
+
+        Usable: weights signed with zero point 0 and codes within int8; activations with an
+        integer zero point inside their codes, at most 256 codes; every convolution and
+        multi-input route covered; the input grid integer with at most 256 codes.
+        """
+        types = [layer.type for layer in net.layers]
+        if types != list(self.layer_types):
+            raise ValueError(f"plan for {self.network or 'a network'} has layers {self.layer_types}, "
+                             f"but {net.name} has {types}")
+        for index in conv_indices(net):
+            shape = tuple(net.layers[index].params["weights"].shape)
+            if tuple(self.weight_shapes.get(index, ())) != shape:
+                raise ValueError(f"plan: layer {index} [convolutional] has weights {shape} in {net.name}, "
+                                 f"the plan was made for {self.weight_shapes.get(index)}")
+            if index not in self.weights:
+                raise ValueError(f"plan: layer {index} [convolutional] has no weight quantizer")
+            _check_weight_grid(self.weights[index], f"plan: layer {index} [convolutional] weights")
+        expected = set(quantized_outputs(net))
+        for index in sorted(expected):
+            if index not in self.activations:
+                raise ValueError(f"plan: layer {index} [{types[index]}] has no output quantizer")
+            _check_code_grid(self.activations[index], f"plan: layer {index} [{types[index]}] outputs")
+        extra = set(self.activations) - expected
+        if extra:
+            index = min(extra)
+            raise ValueError(f"plan: layer {index} [{types[index] if index < len(types) else '?'}] has an "
+                             f"output quantizer but keeps its input's grid (only convolutions and "
+                             f"multi-input routes have their own)")
+        extra = set(self.weights) - set(conv_indices(net))
+        if extra:
+            raise ValueError(f"plan: weight quantizers for layers {sorted(extra)}, which are not convolutions")
+        _check_code_grid(self.input, "plan: input")
+        return self
+
+    # -- JSON ------------------------------------------------------------------------------------
+
+    def to_dict(self):
+        """Plain data for ``json.dump``: the inverse of :meth:`from_dict`."""
+        layers = []
+        for index, kind in enumerate(self.layer_types):
+            entry = {"index": index, "type": kind}
+            if index in self.weights:
+                entry["weight_shape"] = list(self.weight_shapes[index])
+                entry["weights"] = _quantizer_to_dict(self.weights[index])
+            if index in self.activations:
+                entry["activations"] = _quantizer_to_dict(self.activations[index])
+            for kind_name in ("weights", "activations"):
+                density = self.densities.get((kind_name, index))
+                if density is not None:
+                    entry[f"{kind_name}_density"] = density.to_dict()
+            layers.append(entry)
+        return {"format": PLAN_FORMAT, "version": PLAN_VERSION, "network": self.network,
+                "method": self.method, "options": dict(self.options),
+                "input": _quantizer_to_dict(self.input), "layers": layers}
+
+    @classmethod
+    def from_dict(cls, data, where="plan"):
+        """Rebuild a plan from :meth:`to_dict`'s output; ValueError naming ``where`` and the key."""
+        if not isinstance(data, dict) or data.get("format") != PLAN_FORMAT:
+            raise ValueError(f"{where}: not a refquant quantization plan (expected \"format\": \"{PLAN_FORMAT}\")")
+        if data.get("version") != PLAN_VERSION:
+            raise ValueError(f"{where}: plan version {data.get('version')!r}, this refquant reads {PLAN_VERSION}")
+        weights, activations, shapes, densities, types = {}, {}, {}, {}, []
+        for position, entry in enumerate(data.get("layers", [])):
+            if entry.get("index") != position or "type" not in entry:
+                raise ValueError(f"{where}: layers[{position}] must have \"index\": {position} and a \"type\"")
+            types.append(entry["type"])
+            if "weights" in entry:
+                weights[position] = _quantizer_from_dict(entry["weights"], f"{where}: layers[{position}].weights")
+                shapes[position] = tuple(int(v) for v in entry.get("weight_shape", ()))
+            if "activations" in entry:
+                activations[position] = _quantizer_from_dict(entry["activations"],
+                                                             f"{where}: layers[{position}].activations")
+            for kind_name in ("weights", "activations"):
+                if f"{kind_name}_density" in entry:
+                    try:
+                        densities[(kind_name, position)] = PiecewiseGaussian.from_dict(entry[f"{kind_name}_density"])
+                    except (KeyError, TypeError, ValueError) as error:
+                        raise ValueError(f"{where}: layers[{position}].{kind_name}_density: {error}") from None
+        if "input" not in data:
+            raise ValueError(f"{where}: missing \"input\" quantizer")
+        return cls(input=_quantizer_from_dict(data["input"], f"{where}: input"), weights=weights,
+                   activations=activations, layer_types=types, weight_shapes=shapes,
+                   method=str(data.get("method", "manual")), options=dict(data.get("options", {})),
+                   densities=densities, network=str(data.get("network", "")))
+
+    def save(self, path):
+        """Write the plan as JSON to ``path``."""
+        with open(os.fspath(path), "w", encoding="utf-8") as f:
+            json.dump(self.to_dict(), f, indent=1)
+
+    @classmethod
+    def load(cls, path):
+        """Read a plan written by :meth:`save`; ValueError naming the file for anything malformed."""
+        path = os.fspath(path)
+        try:
+            with open(path, encoding="utf-8") as f:
+                data = json.load(f)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}:{error.lineno}: not valid JSON ({error.msg})") from None
+        return cls.from_dict(data, where=path)
+
+
+def _check_weight_grid(quantizer, where):
+    if not isinstance(quantizer, UniformQuantizer):
+        raise TypeError(f"{where}: expected a UniformQuantizer, got {type(quantizer).__name__}")
+    if quantizer.zero_point != 0 or quantizer.qmin < -128 or quantizer.qmax > 127:
+        raise ValueError(f"{where}: weights need signed codes within int8 and zero point 0, got "
+                         f"codes [{quantizer.qmin}, {quantizer.qmax}] zero point {quantizer.zero_point}")
+
+
+def _check_code_grid(quantizer, where):
+    if not isinstance(quantizer, UniformQuantizer):
+        raise TypeError(f"{where}: expected a UniformQuantizer, got {type(quantizer).__name__}")
+    if not isinstance(quantizer.zero_point, int) or not quantizer.qmin <= quantizer.zero_point <= quantizer.qmax:
+        raise ValueError(f"{where}: the zero point must be an integer code in [qmin, qmax] = "
+                         f"[{quantizer.qmin}, {quantizer.qmax}] (0 representable), got {quantizer.zero_point}")
+    if quantizer.num_levels > 256:
+        raise ValueError(f"{where}: at most 8-bit codes (256 levels), got {quantizer.num_levels} levels")
+
+
+def check_supported(net):
+    """ValueError naming the first layer the quantized network cannot run.
+
+    Supported: convolutions with a linear, leaky or relu activation, routes, maxpool, reorg,
+    upsample with scale 1, and a region head that no other layer reads.
+    """
+    consumers = {j for inputs in net.inputs for j in inputs}
+    for index, layer in enumerate(net.layers):
+        kind = layer.type
+        where = f"{net.name}: layer {index} [{kind}]"
+        if kind == "convolutional":
+            if layer.activation not in INTEGER_ACTIVATIONS:
+                raise ValueError(f"{where}: activation {layer.activation!r} has no integer form "
+                                 f"(supported: {', '.join(INTEGER_ACTIVATIONS)})")
+        elif kind in HEAD_LAYERS:
+            if index in consumers:
+                raise ValueError(f"{where}: a head must be an output layer, but another layer reads it")
+        elif kind == "upsample" and layer.scale != 1:
+            raise ValueError(f"{where}: scale={layer.scale} would leave the grid; only scale=1 is supported")
+        elif kind not in CODE_LAYERS and kind != "route":
+            raise ValueError(f"{where}: not supported by the quantized network (supported: convolutional, "
+                             f"route, {', '.join(CODE_LAYERS)}, region)")
+        if any(j != NETWORK_INPUT and net.layers[j].type in HEAD_LAYERS for j in net.inputs[index]):
+            raise ValueError(f"{where} reads a head's output")
+
+
+def output_grids(net, plan):
+    """The grid of every layer's output codes: list of UniformQuantizer, None for a head.
+
+    Convolutions and multi-input routes: their plan quantizer; maxpool, reorg, upsample and
+    single-input routes: their input's grid (:func:`check_supported` first, then the plan).
+    """
+    check_supported(net)
+    plan.check(net)
+    grids = []
+    for index, layer in enumerate(net.layers):
+        sources = [plan.input if j == NETWORK_INPUT else grids[j] for j in net.inputs[index]]
+        if index in plan.activations:
+            grids.append(plan.activations[index])
+        elif layer.type in HEAD_LAYERS:
+            grids.append(None)
+        else:
+            grids.append(sources[0])
+    return grids
+
+
+def layer_bits(net, weight_bits, activation_bits, first_bits=DEFAULT_BITS_FIRST_LAST,
+               last_bits=DEFAULT_BITS_FIRST_LAST):
+    """{layer index: (weight bits or None, activation bits)} for every quantized output.
+
+    The first and last convolutions get ``first_bits`` / ``last_bits`` for both (None: the
+    general widths); routes get ``activation_bits``.
+    """
+    for name, bits in (("weight_bits", weight_bits), ("activation_bits", activation_bits),
+                       ("first_bits", first_bits), ("last_bits", last_bits)):
+        if bits is None and name in ("first_bits", "last_bits"):
+            continue
+        if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) or not MIN_BITS <= bits <= MAX_BITS:
+            raise ValueError(f"{name} must be an int in [{MIN_BITS}, {MAX_BITS}], got {bits!r}")
+    convs = conv_indices(net)
+    widths = {}
+    for index in quantized_outputs(net):
+        bits = (int(weight_bits) if index in convs else None, int(activation_bits))
+        if index == convs[-1] and last_bits is not None:
+            bits = (int(last_bits), int(last_bits))
+        if index == convs[0] and first_bits is not None:
+            bits = (int(first_bits), int(first_bits))
+        widths[index] = bits
+    return widths
+
+
+def save_quantized(folded, plan, cfg_path, prefix):
+    """Save a quantized model without pickle: ``<prefix>.cfg`` (:func:`folded_cfg_text` of the
+    network's cfg ``cfg_path``), ``<prefix>.weights`` (Darknet's format, the folded float32
+    parameters) and ``<prefix>.plan.json`` (:meth:`QuantizationPlan.save`). Returns the three paths.
+
+    ``folded``: a folded network (e.g. ``TrainingResult.folded``) built from ``cfg_path``; the
+    plan is checked against it first.
+    """
+    if not is_folded(folded):
+        raise ValueError(f"{folded.name}: save_quantized writes a folded network; call fold_batchnorm first")
+    plan.check(folded)
+    prefix = os.fspath(prefix)
+    paths = (prefix + ".cfg", prefix + ".weights", prefix + ".plan.json")
+    text = folded_cfg_text(cfg_path)
+    with open(paths[0], "w", encoding="utf-8") as f:
+        f.write(text)
+    check = darknet.build_network(paths[0])
+    if [layer.type for layer in check.layers] != [layer.type for layer in folded.layers]:
+        raise ValueError(f"{cfg_path}: its layers are not those of {folded.name}")
+    darknet.save_weights(folded, paths[1])
+    plan.save(paths[2])
+    return paths
+
+
+def load_quantized(prefix, dtype=np.float32):
+    """Read what :func:`save_quantized` wrote: ``(folded network, plan)``, the plan checked
+    against the network (ValueError naming the file otherwise)."""
+    prefix = os.fspath(prefix)
+    folded = darknet.load(prefix + ".cfg", prefix + ".weights", dtype=dtype)
+    if not is_folded(folded):
+        raise ValueError(f"{prefix}.cfg: has batch-normalized convolutions; not a folded network")
+    plan = QuantizationPlan.load(prefix + ".plan.json")
+    try:
+        plan.check(folded)
+    except ValueError as error:
+        raise ValueError(f"{prefix}.plan.json: {error}") from None
+    return folded, plan

@@ -1,0 +1,381 @@
+"""TODO docstring (from refquant/qat.py)."""
+import math
+import warnings
+import numpy as np
+from tqdm import tqdm
+from refquant.density import histogram as density_histogram
+from refquant.quantizers import baselines
+from refquant.quantizers import optimal
+from refquant.density.em import ConvergenceWarning
+from refquant.density.pgm import PiecewiseGaussian
+from refquant.yolo.network import NETWORK_INPUT
+
+from refquant.plan import CODE_LAYERS, DEFAULT_BITS_FIRST_LAST, QuantizationPlan, check_supported, layer_bits, quantized_outputs
+from refquant.quantizers.baselines import METHODS, PERCENTILE
+from refquant.folding import fold_batchnorm
+
+
+DEFAULT_BINS = 2048
+
+"""Histogram bins per layer (TensorRT's calibration histograms use 2048 too)."""
+
+
+ACTIVATION_BREAKPOINTS = ("kink", "auto")
+
+"""Policies for the activations' PGM breakpoints (module docstring, point 3): ``"kink"`` (0 alone
+for leaky-ReLU outputs) or ``"auto"`` (chosen by BIC for every layer)."""
+
+
+DEFAULT_ACTIVATION_BREAKPOINTS = "kink"
+
+"""The policy used when none is given (and for plans saved without one)."""
+
+
+PGM_FIT_OPTIONS = {}
+
+"""Keyword arguments of the calibration's PGM fits (``max_iter``, ``tol``, ...): none, i.e.
+``refquant.pgm``'s defaults. A tail piece (the negative side of a leaky ReLU, a weight tail) can
+reach ``max_iter`` with a flat likelihood; such fits are listed in
+``CalibrationStatistics.fit_warnings`` and reported by one warning per plan."""
+
+
+class ActivationHistogram:
+    """Counts of a layer's values over a calibration set, in bounded memory (module docstring, 3).
+
+    Bin ``j`` is ``[j * bin_width, (j + 1) * bin_width)`` for ``j = first .. first + len(counts) - 1``;
+    ``bin_width`` is a power of two, doubled (pairs of bins merged) whenever the range would need
+    more than ``max_bins`` bins. Also kept exactly: ``count``, ``min``, ``max``, ``sum``,
+    ``sum_squares`` (float64).
+    """
+
+    def __init__(self, max_bins=DEFAULT_BINS):
+        if isinstance(max_bins, bool) or not isinstance(max_bins, (int, np.integer)) or max_bins < 16:
+            raise ValueError(f"ActivationHistogram: max_bins must be an int >= 16, got {max_bins!r}")
+        self.max_bins = int(max_bins)
+        self.bin_width = None
+        self.first = 0
+        self.counts = np.zeros(0, np.int64)
+        self.count = 0
+        self.min = math.inf
+        self.max = -math.inf
+        self.sum = 0.0
+        self.sum_squares = 0.0
+
+    @property
+    def edges(self):
+        """(B+1,) float64 bin edges ``(first + k) * bin_width``."""
+        return (self.first + np.arange(self.counts.size + 1, dtype=np.float64)) * self.bin_width
+
+    def _bins_needed(self, width):
+        return math.floor(self.max / width) - math.floor(self.min / width) + 1
+
+    def add(self, values):
+        """Count the values of an array of any shape (floats; NaN or inf is a ValueError)."""
+        x = np.asarray(values, dtype=np.float64).ravel()
+        if x.size == 0:
+            return self
+        lo, hi = float(x.min()), float(x.max())
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            bad = int(np.count_nonzero(~np.isfinite(x)))
+            raise ValueError(f"ActivationHistogram.add: {bad} values are NaN or infinite")
+        self.min, self.max = min(self.min, lo), max(self.max, hi)
+        self.count += x.size
+        self.sum += float(np.sum(x))
+        self.sum_squares += float(np.dot(x, x))
+        if self.bin_width is None:
+            self.bin_width = _initial_bin_width(lo, hi, self.max_bins)
+            self.first = math.floor(lo / self.bin_width)
+        while self._bins_needed(self.bin_width) > self.max_bins:
+            self._coarsen()
+        first = math.floor(self.min / self.bin_width)
+        last = math.floor(self.max / self.bin_width)
+        if first < self.first or last >= self.first + self.counts.size:
+            grown = np.zeros(last - first + 1, np.int64)
+            grown[self.first - first:self.first - first + self.counts.size] = self.counts
+            self.counts, self.first = grown, first
+        # x / bin_width is exact (a power of two), so floor puts each value in its bin exactly.
+        bins = np.floor(x / self.bin_width).astype(np.int64) - self.first
+        self.counts += np.bincount(bins, minlength=self.counts.size)
+        return self
+
+    def _coarsen(self):
+        """Double the bin width: bins 2k and 2k+1 become bin k."""
+        counts, first = self.counts, self.first
+        if first % 2:
+            counts, first = np.concatenate([[0], counts]), first - 1
+        if counts.size % 2:
+            counts = np.concatenate([counts, [0]])
+        self.counts = counts.reshape(-1, 2).sum(axis=1)
+        self.first = first // 2
+        self.bin_width *= 2.0
+
+    def mean(self):
+        """The exact mean of every value added."""
+        return self.sum / self.count
+
+    def std(self):
+        """The exact (population) standard deviation of every value added, from the sums."""
+        mean = self.mean()
+        return math.sqrt(max(self.sum_squares / self.count - mean * mean, 0.0))
+
+    def density(self):
+        """The histogram as a :class:`refquant.density.histogram.HistogramDensity` (uniform inside each bin).
+
+        The first bin's left edge becomes the exact minimum and the last bin's right edge the
+        exact maximum, unless that would empty the bin (a maximum lying exactly on the last
+        bin's left edge), where the bin keeps its width: the density never reaches past the
+        data by more than that one bin.
+        """
+        if self.count == 0:
+            raise ValueError("ActivationHistogram.density: the histogram is empty")
+        edges = self.edges
+        edges[0] = self.min
+        if self.max > edges[-2]:
+            edges[-1] = self.max
+        return density_histogram.HistogramDensity(self.counts, edges)
+
+    def sample(self, n, rng=0):
+        """``n`` values drawn from the histogram (bins by count, uniform inside, clipped to the
+        exact extremes), followed by the exact minimum and maximum: (n + 2,) float64."""
+        if self.count == 0:
+            raise ValueError("ActivationHistogram.sample: the histogram is empty")
+        rng = np.random.default_rng(rng)
+        bins = rng.choice(self.counts.size, size=int(n), p=self.counts / self.counts.sum())
+        values = (self.first + bins + rng.random(int(n))) * self.bin_width
+        return np.concatenate([np.clip(values, self.min, self.max), [self.min, self.max]])
+
+    def to_dict(self):
+        """Plain data (counts, edges and the exact statistics), e.g. for JSON."""
+        return {"bin_width": self.bin_width, "first": self.first, "counts": self.counts.tolist(),
+                "count": self.count, "min": self.min, "max": self.max, "sum": self.sum,
+                "sum_squares": self.sum_squares}
+
+
+def _initial_bin_width(lo, hi, max_bins):
+    """Smallest power of two giving at most ``max_bins`` bins over [lo, hi]."""
+    span = hi - lo
+    if span == 0.0:
+        return 2.0 ** math.floor(math.log2(abs(lo))) if lo != 0.0 else 1.0
+    width = 2.0 ** math.ceil(math.log2(span / (max_bins - 1)))
+    while math.floor(hi / width) - math.floor(lo / width) + 1 > max_bins:
+        width *= 2.0
+    return width
+
+
+class CalibrationStatistics:
+    """What calibration learns from the data, independent of the widths and the method.
+
+    ``net``: the folded network (weights are read from it when a plan is made: a snapshot valid
+    while its weights do not change); ``histograms``: {layer index: ActivationHistogram} of every
+    quantized output. PGM fits and histogram samples are cached, so plans at several widths and
+    methods cost one calibration pass (:func:`quantization_plan`).
+    """
+
+    def __init__(self, net, histograms, max_pieces_weights=3, max_pieces_activations=4,
+                 baseline_samples=2**17, seed=0, fit_options=None,
+                 activation_breakpoints=DEFAULT_ACTIVATION_BREAKPOINTS):
+        if activation_breakpoints not in ACTIVATION_BREAKPOINTS:
+            raise ValueError(f"activation_breakpoints must be one of {', '.join(ACTIVATION_BREAKPOINTS)}, "
+                             f"got {activation_breakpoints!r}")
+        self.activation_breakpoints = activation_breakpoints
+        self.net = net
+        self.fit_options = dict(PGM_FIT_OPTIONS if fit_options is None else fit_options)
+        self.histograms = histograms
+        self.max_pieces_weights = max_pieces_weights
+        self.max_pieces_activations = max_pieces_activations
+        self.baseline_samples = int(baseline_samples)
+        self.seed = seed
+        self.densities = {}
+        self._samples = {}
+        self.fit_warnings = {}
+
+    def weights(self, index):
+        """The folded weights of convolution ``index`` as float64 (M, C, k, k)."""
+        return self.net.layers[index].params["weights"].astype(np.float64)
+
+    def sample(self, index):
+        """The baselines' sample of layer ``index``'s outputs (:meth:`ActivationHistogram.sample`)."""
+        if index not in self._samples:
+            self._samples[index] = self.histograms[index].sample(self.baseline_samples, rng=[self.seed, index])
+        return self._samples[index]
+
+    def density(self, kind, index):
+        """The PGM of layer ``index``'s ``kind`` (``"weights"`` or ``"activations"``), fitted once."""
+        key = (kind, index)
+        if key not in self.densities:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", ConvergenceWarning)
+                if kind == "weights":
+                    density = PiecewiseGaussian.fit(self.weights(index), "auto",
+                                                    max_pieces=self.max_pieces_weights, **self.fit_options)
+                else:
+                    histogram = self.histograms[index]
+                    breakpoints = ([0.0] if self.activation_breakpoints == "kink" and _leaky_output(self.net, index)
+                                   and histogram.first < 0 < histogram.first + histogram.counts.size else "auto")
+                    density = PiecewiseGaussian.fit_histogram(histogram.counts, histogram.edges, breakpoints,
+                                                              max_pieces=self.max_pieces_activations,
+                                                              **self.fit_options)
+            for warning in caught:
+                if issubclass(warning.category, ConvergenceWarning):
+                    self.fit_warnings[key] = str(warning.message)
+                else:
+                    warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+            self.densities[key] = density
+        return self.densities[key]
+
+
+def _leaky_output(net, index):
+    """True when layer ``index`` outputs leaky-ReLU values (a leaky conv, or pools/routes of them)."""
+    layer = net.layers[index]
+    if layer.type == "convolutional":
+        return layer.activation == "leaky"
+    if layer.type in CODE_LAYERS or layer.type == "route":
+        return all(j != NETWORK_INPUT and _leaky_output(net, j) for j in net.inputs[index])
+    return False
+
+
+def image_batches(images, batch_size):
+    """Batches from an (N, C, H, W) array (cut into ``batch_size`` images) or an iterable of arrays."""
+    if isinstance(images, np.ndarray):
+        if images.ndim != 4 or images.shape[0] == 0:
+            raise ValueError(f"images must be (N, C, H, W) with N >= 1, got shape {images.shape}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+        return [images[i:i + batch_size] for i in range(0, images.shape[0], batch_size)]
+    return images
+
+
+def collect_histograms(batches, layer_outputs, indices, max_bins=DEFAULT_BINS, progress=True,
+                       description="calibration"):
+    """{index: ActivationHistogram} of ``layer_outputs(batch)[index]`` over every batch.
+
+    ``layer_outputs``: batch -> list of every layer's float output (before quantization).
+    """
+    histograms = {index: ActivationHistogram(max_bins) for index in indices}
+    total = None
+    if isinstance(batches, list):
+        total = sum(int(b.shape[0]) for b in batches)
+    seen = 0
+    with tqdm(total=total, desc=description, unit="image", disable=not progress, leave=False) as bar:
+        for batch in batches:
+            outputs = layer_outputs(batch)
+            for index in indices:
+                histograms[index].add(outputs[index])
+            seen += int(batch.shape[0])
+            bar.update(int(batch.shape[0]))
+    if seen == 0:
+        raise ValueError("calibration: no images")
+    return histograms
+
+
+def calibration_statistics(net, images, batch_size=4, max_bins=DEFAULT_BINS, baseline_samples=2**17,
+                           seed=0, progress=True, activation_breakpoints=DEFAULT_ACTIVATION_BREAKPOINTS):
+    """Fold ``net`` and histogram every quantized output over ``images`` (module docstring, 3).
+
+    ``images``: (N, C, H, W) float array in [0, 1], or an iterable of such batches. The folded
+    float network runs in inference mode. ``activation_breakpoints``: the PGM policy of the
+    activations (:data:`ACTIVATION_BREAKPOINTS`). Returns :class:`CalibrationStatistics`.
+    """
+    folded = fold_batchnorm(net)
+    check_supported(folded)  # before the long pass
+    histograms = collect_histograms(image_batches(images, batch_size),
+                                    lambda x: folded.forward(x, training=False, return_all=True),
+                                    quantized_outputs(folded), max_bins, progress)
+    return CalibrationStatistics(folded, histograms, baseline_samples=baseline_samples, seed=seed,
+                                 activation_breakpoints=activation_breakpoints)
+
+
+def quantization_plan(statistics, weight_bits, activation_bits, method="pgm",
+                      first_bits=DEFAULT_BITS_FIRST_LAST, last_bits=DEFAULT_BITS_FIRST_LAST,
+                      pow2_step=False, progress=False):
+    """The plan of one method and set of widths from :class:`CalibrationStatistics` (point 3)."""
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    if pow2_step and method != "pgm":
+        raise ValueError(f"pow2_step=True is supported by method='pgm' (optimal_quantizer), not {method!r}")
+    net = statistics.net
+    widths = layer_bits(net, weight_bits, activation_bits, first_bits, last_bits)
+    weights, activations, densities = {}, {}, {}
+    for index in tqdm(sorted(widths), desc=f"plan ({method})", disable=not progress, leave=False):
+        w_bits, a_bits = widths[index]
+        try:
+            if w_bits is not None:
+                weights[index] = _weight_quantizer(statistics, index, w_bits, method, pow2_step)
+            activations[index] = _activation_quantizer(statistics, index, a_bits, method, pow2_step)
+        except ValueError as error:
+            raise ValueError(f"layer {index} [{net.layers[index].type}], method {method!r}: {error}") from error
+        if method == "pgm":
+            for kind in ("weights", "activations"):
+                if (kind, index) in statistics.densities:
+                    densities[(kind, index)] = statistics.densities[(kind, index)]
+    short = sorted(key for key in statistics.fit_warnings if key in densities)
+    if short:
+        warnings.warn(f"PGM fits short of EM convergence (usable estimates) for {short}; "
+                      f"details in statistics.fit_warnings", ConvergenceWarning, stacklevel=2)
+    options = {"weight_bits": int(weight_bits), "activation_bits": int(activation_bits),
+               "first_bits": first_bits, "last_bits": last_bits, "pow2_step": bool(pow2_step),
+               "activation_breakpoints": statistics.activation_breakpoints}
+    return QuantizationPlan.for_network(net, weights, activations, method=method, options=options,
+                                        densities=densities)
+
+
+def _baseline(method, samples, bits, symmetric):
+    """The intervals module's baseline quantizer for ``method`` (called unchanged)."""
+    if method == "minmax":
+        return baselines.minmax_quantizer(samples, bits, symmetric)
+    if method == "percentile":
+        return baselines.percentile_quantizer(samples, bits, PERCENTILE, symmetric)
+    if method == "aciq":
+        return baselines.aciq_quantizer(samples, bits, "laplace", symmetric)
+    if method == "aciq-gauss":
+        return baselines.aciq_quantizer(samples, bits, "gaussian", symmetric)
+    if method == "mse":
+        return baselines.mse_search_quantizer(samples, bits, symmetric, progress=False)
+    if method == "kl":
+        return baselines.kl_quantizer(samples, bits)
+    raise ValueError(f"unknown method {method!r}")
+
+
+def _weight_quantizer(statistics, index, bits, method, pow2_step):
+    if method == "pgm":
+        return optimal.optimal_quantizer(statistics.density("weights", index), bits, symmetric=True,
+                                           pow2_step=pow2_step)
+    return _baseline(method, statistics.weights(index), bits, symmetric=True)
+
+
+def _activation_quantizer(statistics, index, bits, method, pow2_step):
+    if method == "pgm":
+        return optimal.optimal_quantizer(statistics.density("activations", index), bits,
+                                           zero_representable=True, pow2_step=pow2_step)
+    return _histogram_baseline(method, statistics.histograms[index], bits)
+
+
+def _histogram_baseline(method, histogram, bits):
+    """The intervals module's histogram entry point for ``method`` on an ActivationHistogram
+    (affine codes; ``"kl"`` symmetric narrow-range), with its exact statistics (point 3)."""
+    density = histogram.density()
+    extremes = (histogram.min, histogram.max)
+    if method == "minmax":
+        return baselines.minmax_quantizer_histogram(density, bits, extremes=extremes)
+    if method == "percentile":
+        return baselines.percentile_quantizer_histogram(density, bits, PERCENTILE)
+    if method in ("aciq", "aciq-gauss"):
+        prior = "laplace" if method == "aciq" else "gaussian"
+        return baselines.aciq_quantizer_histogram(density, bits, prior, mean=histogram.mean(), std=histogram.std())
+    if method == "mse":
+        return baselines.mse_search_quantizer_histogram(density, bits, extremes=extremes, progress=False)
+    if method == "kl":
+        return baselines.kl_quantizer_histogram(density, bits, extremes=extremes)
+    raise ValueError(f"unknown method {method!r}")
+
+
+def calibrate(net, images, weight_bits, activation_bits, method="pgm", first_bits=DEFAULT_BITS_FIRST_LAST,
+              last_bits=DEFAULT_BITS_FIRST_LAST, pow2_step=False, batch_size=4, max_bins=DEFAULT_BINS,
+              baseline_samples=2**17, seed=0, progress=True):
+    """Post-training calibration: :func:`calibration_statistics` then :func:`quantization_plan`.
+
+    For several methods or widths on the same images, call those two directly (one pass).
+    """
+    statistics = calibration_statistics(net, images, batch_size, max_bins, baseline_samples, seed, progress)
+    return quantization_plan(statistics, weight_bits, activation_bits, method, first_bits, last_bits,
+                             pow2_step, progress)
