@@ -1,4 +1,6 @@
-"""TODO."""
+"""Batch-norm folding (docs/SPECIFICATION.md, section 11.1): a copy of the float network whose batch-normalized
+convolutions are plain convolutions with bias, and the cfg text of such a network.
+"""
 from refquant.yolo.network import Network
 from refquant.yolo import batchnorm
 from refquant import darknet

@@ -1,4 +1,7 @@
-"""TODO docstring (from refquant/qat.py)."""
+"""The quantization plan: one uniform quantizer per quantized tensor of a network, and its JSON
+file (docs/SPECIFICATION.md, section 11.2). Also the files of a quantized model (the folded Darknet cfg and weights
+beside the plan's JSON): :func:`save_quantized`, :func:`load_quantized`.
+"""
 import dataclasses
 import json
 import math

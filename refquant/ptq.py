@@ -1,4 +1,8 @@
-"""TODO docstring (from refquant/qat.py)."""
+"""Post-training calibration (docs/SPECIFICATION.md, section 11.3): the folded float network runs over calibration
+images, every quantized layer's outputs are accumulated into histograms with power-of-two bins,
+and a plan is made from those statistics by the PGM method or a baseline
+(:func:`calibration_statistics`, :func:`quantization_plan`, :func:`calibrate`).
+"""
 import math
 import warnings
 import numpy as np

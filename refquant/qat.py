@@ -1,4 +1,7 @@
-"""TODO docstring (from refquant/qat.py)."""
+"""Quantization-aware training (docs/SPECIFICATION.md, section 11.7): the float32 fake-quantized network
+(:class:`FakeQuantNetwork`, straight-through gradients) and the training loop that refits the
+plan's densities and intervals as the weights move (:func:`quantization_aware_training`).
+"""
 import contextlib
 import dataclasses
 import math

@@ -1,4 +1,38 @@
-"""TODO docstring (from refquant/train.py)."""
+"""Training as Darknet does it: SGD with momentum and weight decay, its learning-rate policies,
+batch and subdivisions, atomic checkpoints and exact resume.
+
+The update rule is Darknet's ``update_convolutional_layer`` (src/convolutional_layer.c), written
+with our gradients g = dL/dp of a loss summed over the batch (Darknet accumulates -g in
+``*_updates``):
+
+    update <- momentum * update - g                 (all trainable parameters)
+    update <- update - decay * batch * weights      (weights only, not biases or scales)
+    p      <- p + learning_rate / batch * update
+
+The learning rate is ``get_current_rate`` (src/network.c): a burn-in ramp
+``rate * (iteration / burn_in) ** power`` for the first ``burn_in`` iterations, then the policy.
+
+One iteration is Darknet's ``train_network`` (src/network.c): ``batch`` images per update,
+split into ``subdivisions`` forward/backward passes of ``batch / subdivisions`` images each
+(Darknet's ``net->batch``); ``seen`` grows by that mini-batch before each forward pass (the
+region loss reads it); the gradients of the mini-batches add up; then one update. Darknet's
+``get_current_batch`` = seen / batch is then the number of updates including this one, so
+the k-th update (k = 1, 2, ...) uses ``learning_rate(options, k)``, and training runs while
+``get_current_batch < max_batches``: updates 1 .. max_batches.
+
+Which images, and how augmented, is drawn from ``numpy.random.default_rng([seed, k])`` for
+update k alone (Darknet draws ``batch`` random images with replacement, ``get_random_paths``),
+so the run after a resume is the run without interruption, bit for bit.
+
+Checkpoints, every ``checkpoint_every`` updates and on Ctrl-C, in the output directory:
+``<name>_<k>.weights`` (Darknet format, :func:`refquant.darknet.save_weights`),
+``<name>_<k>.optimizer.npz`` (the momentum buffers ``update``, no pickle), then
+``<name>.checkpoint.json`` naming them, with the update count, ``seen`` and the seed. Each
+file is written to a temporary file and renamed into place (``os.replace``, atomic), the JSON
+last, so a crash at any moment leaves the previous checkpoint whole and named. Older
+checkpoint files are removed once the JSON no longer names them. At the end,
+``<name>_final.weights`` (Darknet's name for the last weights).
+"""
 import concurrent.futures
 import hashlib
 import json

@@ -277,7 +277,7 @@ def test_simulation_float32_gemm_only_where_exact(tiny, last_weight, dtype):
 
 @pytest.mark.parametrize("bits, method", [(8, "pgm"), (6, "minmax"), (4, "aciq"), (3, "percentile")])
 def test_fused_simulated_convolution_is_the_reference_bit_for_bit(tiny, bits, method):
-    """Truth: the reference ``simulated_convolution`` (NumPy, formula in its docstring; itself
+    """Truth: the reference ``simulated_convolution_reference`` (NumPy, formula in its docstring; itself
     equal to the integer network code for code above). The fused Numba kernel must give the same
     float64 codes at all six convolutions of the tiny network (leaky and linear pairs, 3x3 and 1x1,
     negative and positive accumulators), on codes the network produced and on random codes over
@@ -295,8 +295,8 @@ def test_fused_simulated_convolution_is_the_reference_bit_for_bit(tiny, bits, me
         produced = simulation.input_codes(images).astype(np.float64) if j < 0 else outputs[j]
         spread = rng.integers(conv.input_grid.qmin, conv.input_grid.qmax + 1, produced.shape).astype(np.float64)
         for codes in (produced, spread):
-            reference = integer_simulation.simulated_convolution(conv, codes)
-            fused = integer_simulation.simulated_convolution_fused(conv, codes)
+            reference = integer_simulation.simulated_convolution_reference(conv, codes)
+            fused = integer_simulation.simulated_convolution(conv, codes)
             assert fused.dtype == reference.dtype == np.float64
             np.testing.assert_array_equal(fused, reference)
             assert len(np.unique(reference)) > 1
@@ -306,12 +306,12 @@ def test_fused_simulated_convolution_is_the_reference_bit_for_bit(tiny, bits, me
 
 @pytest.mark.parametrize("last_weight", [7, 8])
 def test_fused_simulated_convolution_on_both_gemm_dtypes(tiny, last_weight):
-    """Truth: the reference ``simulated_convolution`` on the 2**24 boundary convolution of
+    """Truth: the reference ``simulated_convolution_reference`` on the 2**24 boundary convolution of
     ``test_simulation_float32_gemm_only_where_exact`` (float32 GEMM with 7, float64 with 8), with
     accumulators of both signs near +-2**24 and a leaky pair."""
     net, images, statistics = tiny
     conv, _, codes = boundary_convolution(statistics, last_weight)
-    np.testing.assert_array_equal(integer_simulation.simulated_convolution_fused(conv, codes), integer_simulation.simulated_convolution(conv, codes))
+    np.testing.assert_array_equal(integer_simulation.simulated_convolution(conv, codes), integer_simulation.simulated_convolution_reference(conv, codes))
 
 
 # ------------------------------------------------------------------------------------------------

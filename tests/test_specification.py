@@ -21,12 +21,17 @@ CONSTANT_ROW = re.compile(r"^\| `(refquant/[\w/]+\.py)` — `(\w+)` \| `([^`]+)`
 PATH = re.compile(r"`((?:refquant|tests)/[\w/]+\.py)`")
 
 REQUIRED_MODULES = [
-    "refquant/rounding.py", "refquant/pgm.py", "refquant/intervals.py", "refquant/intconv.py", "refquant/qat.py",
-    "refquant/integer_network.py", "refquant/darknet.py", "refquant/yolo/batchnorm.py",
-    "refquant/yolo/convolutional.py", "refquant/yolo/maxpool.py", "refquant/yolo/reorg.py", "refquant/yolo/route.py",
-    "refquant/yolo/upsample.py", "refquant/yolo/region.py", "refquant/yolo/activations.py",
-    "refquant/yolo/network.py", "refquant/boxes.py", "refquant/decode.py", "refquant/metrics.py",
-    "refquant/train.py", "refquant/golden.py",
+    "refquant/rounding.py", "refquant/density/truncated_normal.py", "refquant/density/em.py",
+    "refquant/density/breakpoints.py", "refquant/density/pgm.py", "refquant/density/mixture.py",
+    "refquant/density/histogram.py", "refquant/quantizers/uniform.py", "refquant/quantizers/error.py",
+    "refquant/quantizers/optimal.py", "refquant/quantizers/baselines.py", "refquant/folding.py", "refquant/plan.py",
+    "refquant/ptq.py", "refquant/qat.py", "refquant/integer/conv.py", "refquant/integer/requantize.py",
+    "refquant/integer/lowering.py", "refquant/integer/simulation.py", "refquant/integer/network.py",
+    "refquant/darknet.py", "refquant/yolo/batchnorm.py", "refquant/yolo/convolutional.py", "refquant/yolo/maxpool.py",
+    "refquant/yolo/reorg.py", "refquant/yolo/route.py", "refquant/yolo/upsample.py", "refquant/yolo/region.py",
+    "refquant/yolo/activations.py", "refquant/yolo/network.py", "refquant/detection/boxes.py",
+    "refquant/detection/decode.py", "refquant/detection/metrics.py", "refquant/train.py",
+    "refquant/golden/format.py", "refquant/golden/export.py", "refquant/golden/check.py",
 ]
 
 

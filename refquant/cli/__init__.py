@@ -1,11 +1,12 @@
-"""The ``refquant`` command line.
-
-Each subcommand lives in the module that owns its concept; that module provides
-``add_arguments(parser)`` and ``run(args) -> int``. This file only dispatches.
+"""The ``refquant`` command line: one module per subcommand in this package, each providing
+``add_arguments(parser)`` and ``run(args) -> int``; :func:`main` dispatches and turns the errors a
+user can cause into one line on stderr and exit status 2 (:func:`user_errors`).
 """
 import argparse
 import importlib
 import sys
+from pathlib import Path
+from refquant.detection.evaluate import shipped_model
 
 SUBCOMMANDS = {
     "demo": ("refquant.cli.demo", "run the paper's experiment on the shipped data and model"),
@@ -16,15 +17,6 @@ SUBCOMMANDS = {
 }
 
 
-def _load(module_name):
-    try:
-        return importlib.import_module(module_name)
-    except ModuleNotFoundError as error:
-        if error.name != module_name:
-            raise
-        return None
-
-
 def build_parser(command=None):
     """The parser; only the chosen subcommand's module is imported (they pull in Numba)."""
     parser = argparse.ArgumentParser(prog="refquant", description="Low-precision YOLO, reference implementation.")
@@ -33,26 +25,57 @@ def build_parser(command=None):
         sub_parser = sub.add_parser(name, help=help_text, description=help_text)
         if name != command:
             continue
-        module = _load(module_name)
-        if module is None or not hasattr(module, "run"):
-            sub_parser.set_defaults(run=lambda args, n=name, m=module_name: _not_built(n, m))
-            continue
+        module = importlib.import_module(module_name)
         module.add_arguments(sub_parser)
         sub_parser.set_defaults(run=module.run)
     return parser
 
 
-def _not_built(name, module_name):
-    print(f"refquant {name}: not built yet in this version ({module_name} provides no run()).", file=sys.stderr)
-    return 2
+USER_ERRORS = (ValueError, OSError)
+"""What bad input raises (a malformed file, a missing path, an argument out of range): reported in
+one line naming the command, not as a traceback. Anything else is a bug and keeps its traceback."""
+
+
+def user_errors(command, run, args):
+    """``run(args)``, with :data:`USER_ERRORS` turned into ``refquant COMMAND: error: MESSAGE`` on
+    stderr and exit status 2 (argparse's status for bad arguments)."""
+    try:
+        return run(args)
+    except USER_ERRORS as error:
+        print(f"refquant {command}: error: {error}", file=sys.stderr)
+        return 2
 
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     command = argv[0] if argv and argv[0] in SUBCOMMANDS else None
     args = build_parser(command).parse_args(argv)
-    return args.run(args)
+    return user_errors(args.command, args.run, args)
 
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def default_names(data):
+    """The class names file of a VOC tree: the only ``*.names`` file at its root."""
+    found = sorted(Path(data).glob("*.names"))
+    if len(found) != 1:
+        raise ValueError(f"{data}: expected exactly one *.names file at the root of the tree to name the classes, "
+                         f"found {len(found)}; give --names")
+    return found[0]
+
+
+def default_data():
+    """The shapes data set (:func:`refquant.data.shapes.shapes_dataset`, generated on first use)."""
+    from refquant.data.shapes import shapes_dataset
+    return shapes_dataset()
+
+
+def model_paths(args):
+    """(cfg, weights) from the arguments, the shipped model's for those not given."""
+    cfg = Path(args.cfg) if args.cfg else shipped_model(".cfg")
+    weights = Path(args.weights) if args.weights else (shipped_model(".weights") if not args.cfg else None)
+    if weights is None:
+        raise ValueError("--weights: required with --cfg (an untrained network detects nothing)")
+    return cfg, weights

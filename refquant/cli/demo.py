@@ -1,11 +1,12 @@
-"""TODO docstring (from refquant/demo.py)."""
+"""``refquant demo``: arguments of the paper's experiment (:mod:`refquant.demo`).
+"""
 import datetime
-import sys
 from pathlib import Path
 
 from refquant.demo.experiment import BITS, CALIBRATION_IMAGES, PTQ_METHODS, QAT_BATCH, QAT_BITS, QAT_ITERATIONS, QAT_LEARNING_RATE, QAT_STEP_AT, QUICK, REFIT_EVERY, Settings
 from refquant.demo import run_experiment
 from refquant.demo.report import summary_lines
+from refquant.cli import default_data, default_names
 
 
 def add_arguments(parser):
@@ -64,7 +65,6 @@ def settings_from_arguments(args):
     ``--quick``'s budgets where no explicit value is given."""
     from refquant.detection.evaluate import shipped_model
     from refquant.quantizers.baselines import METHODS
-    from refquant.cli.train import default_data, default_names
     weights = args.weights or (None if args.cfg else str(shipped_model(".weights")))
     if weights is None:
         raise ValueError("--weights: required with --cfg (the demo quantizes a trained model)")
@@ -102,14 +102,10 @@ def settings_from_arguments(args):
 
 
 def run(args):
-    try:
-        settings = settings_from_arguments(args)
-        out = Path(settings.out)
-        if out.exists() and any(out.iterdir()):
-            raise FileExistsError(f"--out: {out} exists and is not empty; choose a new folder")
-    except (ValueError, OSError) as error:
-        print(f"refquant demo: {error}", file=sys.stderr)
-        return 2
+    settings = settings_from_arguments(args)
+    out = Path(settings.out)
+    if out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"--out: {out} exists and is not empty; choose a new folder")
     print(f"refquant demo: {settings.cfg} with {settings.weights}; results in {out}/")
     results = run_experiment(settings)
     print()

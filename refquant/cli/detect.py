@@ -1,12 +1,13 @@
-"""TODO docstring (from refquant/detect.py)."""
-import sys
+"""``refquant detect IMAGE``: a model's detections drawn into a PNG
+(:func:`refquant.detection.detect.detect_image`).
+"""
 from pathlib import Path
 from refquant import darknet
 from refquant.data.voc import load_image, read_names
 from refquant.detection.decode import DETECTION_THRESHOLD, NMS_THRESHOLD
 from refquant.detection.draw import draw_detections
 from refquant.detection.evaluate import SHIPPED_MODEL
-from refquant.cli.eval import model_paths
+from refquant.cli import model_paths
 
 from refquant.detection.detect import detect_image
 
@@ -33,15 +34,7 @@ def default_names_for(cfg):
 
 
 def run(args):
-    """``refquant detect``: 0 on success; 2, with the message on stderr, for bad input (ValueError, OSError)."""
-    try:
-        return _run(args)
-    except (ValueError, OSError) as error:
-        print(f"refquant detect: error: {error}", file=sys.stderr)
-        return 2
-
-
-def _run(args):
+    """``refquant detect``: 0 on success (bad input is reported by :func:`refquant.cli.main`)."""
     cfg, weights = model_paths(args)
     names = read_names(Path(args.names) if args.names else default_names_for(cfg))
     net = darknet.load(cfg, weights)

@@ -1,13 +1,15 @@
-"""TODO docstring (from refquant/evaluate.py)."""
+"""``refquant eval``: per-class AP and mAP of a model on a VOC-format tree
+(:func:`refquant.detection.evaluate.evaluate`).
+"""
 import json
-import sys
 from pathlib import Path
 import numpy as np
 from refquant import darknet
 from refquant.detection.decode import NMS_THRESHOLD, VALIDATION_THRESHOLD
 from refquant.data.voc import load_voc, read_names
 
-from refquant.detection.evaluate import SHIPPED_MODEL, check_names, evaluate, format_table, shipped_model
+from refquant.detection.evaluate import SHIPPED_MODEL, check_names, evaluate, format_table
+from refquant.cli import default_data, default_names, model_paths
 
 
 def add_arguments(parser):
@@ -28,26 +30,8 @@ def add_arguments(parser):
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def model_paths(args):
-    """(cfg, weights) from the arguments, the shipped model's for those not given."""
-    cfg = Path(args.cfg) if args.cfg else shipped_model(".cfg")
-    weights = Path(args.weights) if args.weights else (shipped_model(".weights") if not args.cfg else None)
-    if weights is None:
-        raise ValueError("--weights: required with --cfg (an untrained network detects nothing)")
-    return cfg, weights
-
-
 def run(args):
-    """``refquant eval``: 0 on success; 2, with the message on stderr, for bad input (ValueError, OSError)."""
-    try:
-        return _run(args)
-    except (ValueError, OSError) as error:
-        print(f"refquant eval: error: {error}", file=sys.stderr)
-        return 2
-
-
-def _run(args):
-    from refquant.cli.train import default_data, default_names
+    """``refquant eval``: 0 on success (bad input is reported by :func:`refquant.cli.main`)."""
     cfg, weights = model_paths(args)
     data = Path(args.data) if args.data else default_data()
     names_path = Path(args.names) if args.names else default_names(data)

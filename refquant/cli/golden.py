@@ -1,4 +1,5 @@
-"""TODO docstring (from refquant/golden.py)."""
+"""``refquant golden export DIR`` and ``refquant golden check DIR`` (:mod:`refquant.golden`).
+"""
 import sys
 import refquant
 

@@ -1,8 +1,9 @@
-"""TODO docstring (from refquant/train.py)."""
-import sys
+"""``refquant train``: arguments of a training run (:func:`refquant.train.train`).
+"""
 from pathlib import Path
 
 from refquant.train import train
+from refquant.cli import default_data, default_names
 
 
 def add_arguments(parser):
@@ -31,21 +32,6 @@ def add_arguments(parser):
     parser.add_argument("--scales", default=None, help="comma-separated scales, one per step")
 
 
-def default_names(data):
-    """The class names file of a VOC tree: the only ``*.names`` file at its root."""
-    found = sorted(Path(data).glob("*.names"))
-    if len(found) != 1:
-        raise ValueError(f"{data}: expected exactly one *.names file at the root of the tree to name the classes, "
-                         f"found {len(found)}; give --names")
-    return found[0]
-
-
-def default_data():
-    """The shapes data set (:func:`refquant.data.shapes.shapes_dataset`, generated on first use)."""
-    from refquant.data.shapes import shapes_dataset
-    return shapes_dataset()
-
-
 def _parse_list(text, kind, option):
     if text is None:
         return None
@@ -56,15 +42,7 @@ def _parse_list(text, kind, option):
 
 
 def run(args):
-    """``refquant train``: 0 on success; 2, with the message on stderr, for bad input (ValueError, OSError)."""
-    try:
-        return _run(args)
-    except (ValueError, OSError) as error:
-        print(f"refquant train: error: {error}", file=sys.stderr)
-        return 2
-
-
-def _run(args):
+    """``refquant train``: 0 on success (bad input is reported by :func:`refquant.cli.main`)."""
     data = Path(args.data) if args.data else default_data()
     names = Path(args.names) if args.names else default_names(data)
     overrides = {key: getattr(args, key) for key in ("batch", "subdivisions", "learning_rate", "momentum", "decay",

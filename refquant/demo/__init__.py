@@ -1,3 +1,8 @@
+"""``refquant demo``: the paper's experiment end to end on the shipped data and model
+(docs/demo.md): FP32, post-training quantization by the PGM method and the baselines at each
+width, quantization-aware training, every quantized model run as the integer network and as its
+float64 simulation. :func:`run_experiment` runs it and writes the results, report and plots.
+"""
 from refquant.demo.experiment import Experiment
 from pathlib import Path
 import json

@@ -1,4 +1,6 @@
-"""TODO docstring (from refquant/demo.py)."""
+"""The demo's figures: mAP per method and width, per-layer intervals and errors, detections.
+Each plotting function takes an optional Axes; figures are drawn without pyplot.
+"""
 import math
 import numpy as np
 from matplotlib.figure import Figure

@@ -1,4 +1,6 @@
-"""TODO docstring (from refquant/demo.py)."""
+"""The demo's results: the ``results.json`` dictionary, the printed table, the targets and
+``report.md``.
+"""
 import dataclasses
 import datetime
 import os

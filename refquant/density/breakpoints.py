@@ -1,4 +1,10 @@
-"""TODO docstring (from refquant/pgm.py)."""
+"""Choosing a PGM's number of pieces and breakpoints by BIC: ``breakpoints="auto"``
+(docs/SPECIFICATION.md, section 3.6).
+
+Candidate breakpoints are quantiles at :data:`CANDIDATE_LEVELS` (plus 0 when the data straddle it);
+dynamic programming finds the best segmentation for each K, each K is refitted on the exact
+likelihood, and the least ``BIC = -2 log L + (4K - 2) log n`` wins.
+"""
 import dataclasses
 import warnings
 import numpy as np

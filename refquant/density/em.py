@@ -1,4 +1,13 @@
-"""TODO docstring (from refquant/pgm.py)."""
+"""Fitting a PGM's pieces by EM, with given breakpoints (docs/SPECIFICATION.md, section 3).
+
+Each piece's (mu, sigma) is the maximum-likelihood truncated Gaussian, found by EM with the draws
+that fell outside the piece as missing data, accelerated by SQUAREM (Varadhan & Roland 2008, a
+two-step extrapolation of EM that falls back to plain EM when it does not raise the likelihood).
+Samples enter only through per-cell sufficient statistics (count, mean, variance), so a step costs
+the same for 100 samples or 10^9; histogram bins are cells whose positions are missing data too.
+Also here: the fit's outcome (:class:`FitInfo`, :class:`DegenerateDataError`,
+:class:`ConvergenceWarning`) and the input checks of every fit.
+"""
 import dataclasses
 import math
 import warnings

@@ -1,4 +1,9 @@
-"""TODO docstring (from refquant/intervals.py)."""
+"""The histogram read as a piecewise-uniform density (:class:`HistogramDensity`).
+
+Calibration accumulates activations into histograms; the baselines of
+:mod:`refquant.quantizers.baselines` read percentiles, moments and errors from this density
+(docs/SPECIFICATION.md, sections 7 and 11.3).
+"""
 import math
 import numpy as np
 

@@ -1,4 +1,8 @@
-"""TODO docstring (from refquant/pgm.py)."""
+"""The Gaussian mixture, the comparison model of the PGM (docs/SPECIFICATION.md, section 3.7).
+
+:class:`GaussianMixture` has the PGM's interface (``pdf``, ``cdf``, ``partial_moments``, ``fit``,
+``fit_histogram``); its EM iterates are scikit-learn's ``GaussianMixture``'s, which the tests check.
+"""
 import math
 import warnings
 import numba

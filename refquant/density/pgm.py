@@ -1,4 +1,12 @@
-"""TODO docstring (from refquant/pgm.py)."""
+"""The piecewise Gaussian model (PGM) of a layer's weights or activations (docs/SPECIFICATION.md, section 2).
+
+:class:`PiecewiseGaussian`: K Gaussians, each truncated to its piece ``[b_(k-1), b_k)`` and carrying
+the mass ``pi_k``. It behaves like a frozen ``scipy.stats`` distribution (``pdf``, ``logpdf``, ``cdf``,
+``sf``, ``ppf``, ``mean``, ``var``, ``sample``) and adds ``partial_moments(lo, hi)``, the integrals of
+``x**j p(x)`` over an interval: all the quantizers need for the expected error in closed form.
+``PiecewiseGaussian.fit`` and ``fit_histogram`` fit it to samples or a histogram
+(:mod:`refquant.density.em`, :mod:`refquant.density.breakpoints`).
+"""
 import math
 import numpy as np
 from scipy import special

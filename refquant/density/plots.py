@@ -1,4 +1,14 @@
-"""TODO docstring (from refquant/pgm_plots.py)."""
+"""Plots of densities and their fits.
+
+- :func:`plot_density`: the data's histogram with the fitted density, linear or log scale,
+  breakpoints marked and each piece shaded in its own colour.
+- :func:`plot_qq`: the data's quantiles against the model's (a straight line when it fits).
+- :func:`plot_comparison`: a PGM and a Gaussian mixture fitted to the same data.
+- :func:`plot_layer_grid`: one small density plot per layer of a network.
+
+``data`` is samples or a histogram ``(counts, bin_edges)``. Every function takes an optional
+matplotlib ``ax`` (a new figure when None) and returns the Axes; the grid takes or returns a Figure.
+"""
 import math
 import matplotlib.pyplot as plt
 import numpy as np

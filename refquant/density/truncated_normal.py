@@ -1,4 +1,10 @@
-"""TODO docstring (from refquant/pgm.py)."""
+"""Integrals of a Gaussian over an interval, accurate far in the tails and on tiny intervals.
+
+The masses, means and variances of a truncated normal, from which the PGM's density, its EM steps
+and the expected quantization error are all built (docs/SPECIFICATION.md, section 2). Log-space masses, the scaled
+complementary error function in the tails and a Gauss-Legendre rule on narrow intervals keep full
+precision 40 or 3000 standard deviations out and on intervals 1e-8 wide.
+"""
 import math
 import numba
 import numpy as np

@@ -1,4 +1,26 @@
-"""TODO docstring (from refquant/boxes.py)."""
+"""Box conventions: the one place that says what a box's numbers mean.
+
+Two conventions meet in a VOC detector, and every module converts through here.
+
+**VOC pixel boxes** ``(xmin, ymin, xmax, ymax)``: 1-based, inclusive pixel indices,
+as the annotation XML writes them. A box covering the single pixel in column 0,
+row 0 is ``(1, 1, 1, 1)`` and has width ``xmax - xmin + 1 = 1``. The VOC devkit
+(``VOCcode/VOCevaldet.m``; its Python port ``voc_eval.py`` in py-faster-rcnn)
+computes every area and intersection with that ``+ 1``: see :func:`voc_iou`.
+
+**Darknet boxes** ``(x, y, w, h)``: centre and size, continuous, relative to the
+image (in [0, 1]), the format of Darknet's label files, of the region head and
+of the truths given to the region loss. Pixel centres sit at integer
+coordinates (0-based), so a box's edges run through the centres of its first and
+last pixels. Darknet's IoU (``box.c``: ``box_iou``) has no ``+ 1``: see
+:func:`darknet_iou`.
+
+The bridges between them are Darknet's own: ``scripts/voc_label.py``
+(``convert``) turns a VOC box into a Darknet box, and ``examples/detector.c``
+(``print_detector_detections``) turns a detection back into the VOC pixel box
+the devkit scores. They are exact inverses (:func:`voc_to_darknet`,
+:func:`darknet_to_voc`).
+"""
 import numpy as np
 
 

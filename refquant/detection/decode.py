@@ -1,4 +1,29 @@
-"""TODO docstring (from refquant/decode.py)."""
+"""Region-head (YOLOv2) decoding: activated head output -> scored boxes, as Darknet does it.
+
+The head output layout is Darknet's (``region_layer.c``, ``entry_index``; see
+``/work/interfaces.md``): (N, num*(coords+1+classes), H, W); for anchor n,
+channel n*(coords+1+classes) + j holds j = 0..3 the box (x, y already logistic,
+w, h raw), j = 4 the objectness (logistic), j = 5.. the class probabilities.
+
+Darknet's path from the head to the boxes the devkit scores, one function each:
+
+1. :func:`region_boxes` (``get_region_box``): bx = (col + x) / W,
+   by = (row + y) / H, bw = exp(w) anchor_w / W, bh = exp(h) anchor_h / H,
+   relative to the network input; candidate index n*H*W + row*W + col.
+2. :func:`region_probabilities` (``get_region_detections``): objectness kept if
+   > thresh; probability of class j = objectness * class_prob_j, kept if > thresh.
+3. :func:`correct_region_boxes`: undo the letterbox, boxes relative to the image.
+4. :func:`nms_sort` (``box.c``, ``do_nms_sort``): per class, by descending
+   probability, zero the probability of every later box whose IoU with a kept
+   one exceeds ``nms`` (0.45 in ``examples/detector.c``).
+5. :func:`detections` (``print_detector_detections``): one detection per
+   (candidate, class) whose probability is still > 0, the box in VOC pixels
+   (:func:`refquant.boxes.darknet_to_voc`).
+
+Darknet sorts with ``qsort``, whose order among equal probabilities is
+unspecified; here ties keep candidate order (a stable sort), so results are
+reproducible.
+"""
 import numba
 import numpy as np
 from tqdm import tqdm

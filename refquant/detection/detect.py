@@ -1,4 +1,10 @@
-"""TODO docstring (from refquant/detect.py)."""
+"""``refquant detect IMAGE``: a detector's boxes, labelled, drawn into a PNG.
+
+As Darknet's ``test_detector`` (examples/detector.c): the image is letterboxed into the
+network input, the region head decoded with the drawing threshold 0.5 and NMS 0.45
+(:func:`refquant.decode.detections`), and the boxes drawn with their labels and scores
+(:func:`refquant.draw.draw_detections`).
+"""
 from refquant.detection.decode import DETECTION_THRESHOLD, NMS_THRESHOLD, detections, network_input
 from refquant.detection.evaluate import check_names, region_head
 

@@ -1,4 +1,12 @@
-"""TODO docstring (from refquant/evaluate.py)."""
+"""``refquant eval``: per-class AP and mAP of a detector on a split of a VOC-format tree.
+
+The path is Darknet's ``validate_detector`` (examples/detector.c) followed by the VOC
+devkit: every image of the split is letterboxed into the network input, the region head
+is decoded with the validation threshold 0.005 and per-class NMS at 0.45
+(:func:`refquant.decode.detect_records`), and the detections are scored against the
+split's annotations by :func:`refquant.metrics.average_precision` (IoU >= 0.5; the area
+rule of VOC2010 and later by default, the 11-point rule of VOC2007 with ``use_07``).
+"""
 import math
 import sys
 from pathlib import Path

@@ -1,4 +1,28 @@
-"""TODO docstring (from refquant/metrics.py)."""
+"""Pascal VOC average precision, the devkit's rule exactly.
+
+The rule is the one of the VOC devkit's ``VOCcode/VOCevaldet.m`` (matching and
+precision/recall) with ``VOCap.m`` (area rule, VOC2010 and later) or the 11-point
+rule of VOC2007 (the loop at the end of the 2007 ``VOCevaldet.m``):
+
+1. Detections of one label are taken by descending score; ties keep their input
+   order (MATLAB's ``sort`` is stable).
+2. Each detection is compared with every ground-truth object of its image and
+   label; it goes to the one of highest IoU (the first one on a tie), the IoU
+   computed with the devkit's ``+ 1`` pixel areas (:func:`refquant.boxes.voc_iou`).
+3. IoU >= threshold: a true positive if that object is not yet detected, a false
+   positive if it is (duplicate); neither if the object is ``difficult``.
+   IoU below the threshold, or no object of that label in the image: a false
+   positive.
+4. recall = cumsum(tp) / (number of non-difficult objects),
+   precision = cumsum(tp) / (cumsum(tp) + cumsum(fp)).
+5. AP: area under the precision envelope (area rule), or the mean over
+   t = 0, 0.1, ..., 1 of the highest precision at recall >= t (11-point rule).
+
+Where MATLAB and NumPy differ, MATLAB wins: ``max`` ignores the NaN precision of
+the leading detections that matched only difficult objects (0/0), which
+py-faster-rcnn's ``voc_eval.py`` does not; and the devkit's threshold test is
+``>=`` where ``voc_eval.py`` has ``>``.
+"""
 import math
 from collections import defaultdict
 import numpy as np

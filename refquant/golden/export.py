@@ -1,4 +1,5 @@
-"""TODO docstring (from refquant/golden.py)."""
+"""``refquant golden export DIR``: every vector's arrays, the network files and the manifest.
+"""
 import json
 from pathlib import Path
 import numpy as np

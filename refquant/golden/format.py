@@ -1,4 +1,18 @@
-"""TODO docstring (from refquant/golden.py)."""
+"""The golden-vector directory's format and its comparison rule (docs/SPECIFICATION.md, section 16).
+
+- ``manifest.json``: ``format``, ``format_version``, ``refquant_version``, ``numpy_version``,
+  ``comparison``, ``files`` (every other file with its sha256 and size) and ``vectors``: per vector
+  its ``file``, ``description``, ``definitions``, ``seeds``, ``parameters`` and ``arrays``; per array
+  its ``role`` (``"input"``: what an implementation is given; ``"output"``: what it must produce),
+  ``shape``, ``dtype`` and ``tolerance`` (``rtol``, ``atol`` and ``why``).
+- ``<vector>.npz``: the arrays, named ``case/name``, readable by ``numpy.load(path,
+  allow_pickle=False)``, written with a fixed timestamp (byte-identical exports).
+- ``network.cfg``, ``network.weights``, ``plan_<name>.json``: the small network and its plans.
+
+Comparison (:func:`compare`): shapes and dtypes equal; ``|got - expected| <= atol + rtol |expected|``
+element by element, NaN only where NaN is expected, infinities equal; booleans, text and integers
+exactly. :func:`load` splits a stored vector into its inputs and outputs.
+"""
 import dataclasses
 import hashlib
 import json

@@ -1,4 +1,7 @@
-"""TODO docstring (from refquant/golden.py)."""
+"""Golden vectors of the layers and networks: Darknet layers and folding, the region head and loss,
+a small network's calibration and plans, its integer network, decoding and VOC AP
+(docs/SPECIFICATION.md, sections 8 to 13).
+"""
 import math
 import tempfile
 import warnings

@@ -1,4 +1,6 @@
-"""TODO docstring (from refquant/golden.py)."""
+"""Golden vectors of the numeric rules: rounding, PGM fits, expected errors, optimal quantizers,
+fake quantization, integer convolution and requantization (docs/SPECIFICATION.md, sections 1 to 6 and 11.4).
+"""
 import numpy as np
 from refquant.integer import conv
 from refquant.integer import requantize

@@ -1,4 +1,11 @@
-"""TODO docstring (from refquant/intconv.py)."""
+"""Integer convolution: codes in, int32 accumulators out (docs/SPECIFICATION.md, section 11.5).
+
+Two kernels side by side, as TFLite keeps reference and optimized kernels:
+:func:`conv2d_reference`, a plain loop that reads as the definition, and :func:`conv2d`, the fast
+kernel (im2col into byte panels, a blocked int32 GEMM that LLVM vectorises, parallel over panels
+and output channels), equal bit for bit. Both compute the exact correlation (Darknet's and
+PyTorch's convolutions do not flip the kernel), zero padding, after the caller removed the zero points.
+"""
 import numba
 import numpy as np
 from llvmlite import ir

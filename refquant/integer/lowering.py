@@ -1,4 +1,8 @@
-"""TODO docstring (from refquant/qat.py)."""
+"""Lowering a folded network and its plan to fixed-point parameters (docs/SPECIFICATION.md, section 11.4): weight
+codes, int32 biases and (multiplier, shift) pairs per convolution and route, and
+:func:`run_codes`, the one executor that runs those layers on codes for both the float64
+simulation and the integer network.
+"""
 import dataclasses
 import math
 import numpy as np

@@ -1,4 +1,7 @@
-"""TODO docstring (from refquant/integer_network.py)."""
+"""What a quantized network costs and how far it is from the float one: model size and bit
+operations per layer (:func:`layer_costs`), signal-to-quantization-noise ratio per layer
+(:func:`layer_sqnr`) and the rate of saturated codes (:func:`saturation_rates`).
+"""
 import math
 import numpy as np
 from refquant.plan import conv_indices, output_grids, quantizer_bits

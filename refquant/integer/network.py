@@ -1,4 +1,9 @@
-"""TODO docstring (from refquant/integer_network.py)."""
+"""The integer network: a quantized YOLO run in fixed point (docs/SPECIFICATION.md, section 11.5).
+
+uint8 input codes, int8 weights, int32 accumulation, requantization by multiplier and shift, leaky
+ReLU inside the requantization, routes rescaled to their grid, the region head in float on the
+dequantized codes. It reproduces :class:`refquant.integer.simulation.SimulatedNetwork` code for code.
+"""
 import numpy as np
 from refquant.integer.requantize import code_dtype, requantize_leaky, route_codes
 from refquant.integer.conv import conv2d

@@ -1,4 +1,6 @@
-"""TODO docstring (from refquant/integer_network_plots.py)."""
+"""Plots of the integer network: per-layer error against the float network, code histograms,
+saturation rates, costs. Each function takes ``ax=None`` (a new figure when None) and returns the Axes.
+"""
 import matplotlib.pyplot as plt
 import numpy as np
 

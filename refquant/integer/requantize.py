@@ -1,4 +1,8 @@
-"""TODO docstring (from refquant/intconv.py)."""
+"""Requantization: an int32 accumulator to the next layer's codes by an integer multiplier and a
+rounding right shift (docs/SPECIFICATION.md, section 11.4), as in gemmlowp and TFLite but rounding half to even
+with a 22-bit multiplier, so that a float64 simulation computes exactly the same codes.
+Also the int32 bias, the leaky ReLU's second multiplier and a route's rescaling.
+"""
 import math
 import numba
 import numpy as np

@@ -1,4 +1,8 @@
-"""TODO docstring (from refquant/qat.py)."""
+"""The exact float64 simulation of the integer network (docs/SPECIFICATION.md, section 11.6): integer-valued
+float64 tensors, the engine's im2col and GEMM (in float32 where every partial sum provably stays an
+integer below 2**24), then the requantization rule. ``simulated_convolution`` (one Numba pass) and
+``simulated_convolution_reference`` (NumPy) are equal bit for bit.
+"""
 import numba
 import numpy as np
 from refquant.integer.requantize import multiplier_value
@@ -57,7 +61,7 @@ def _output_size(conv, codes):
     return tuple(convolution_output_size(n, conv.size, conv.stride, conv.padding) for n in codes.shape[2:])
 
 
-def simulated_convolution(conv, codes, weight_codes=None):
+def simulated_convolution_reference(conv, codes, weight_codes=None):
     """The simulation's convolution (point 4): float64 codes in, float64 codes out (integer-valued).
 
     acc from :func:`simulated_accumulator`, then, in float64,
@@ -74,8 +78,8 @@ def simulated_convolution(conv, codes, weight_codes=None):
     return out.reshape(codes.shape[0], -1, out_h, out_w)
 
 
-def simulated_convolution_fused(conv, codes, weight_codes=None):
-    """:func:`simulated_convolution`, equal bit for bit, with everything after the GEMM in one
+def simulated_convolution(conv, codes, weight_codes=None):
+    """:func:`simulated_convolution_reference`, equal bit for bit, with everything after the GEMM in one
     parallel Numba pass: the optimized kernel :class:`SimulatedNetwork` runs.
 
     The reference makes about eight full-size float64 passes after the GEMM (cast, bias, two
@@ -157,7 +161,7 @@ class SimulatedNetwork:
     def _convolution(self, conv, codes):
         if conv.index not in self._weight_codes:
             self._weight_codes[conv.index] = gemm_weight_codes(conv)
-        return simulated_convolution_fused(conv, codes, self._weight_codes[conv.index])
+        return simulated_convolution(conv, codes, self._weight_codes[conv.index])
 
     def forward(self, images, training=False):
         """The last layer's output (the region head's activations) for ``images``; inference only."""

@@ -1,4 +1,9 @@
-"""TODO docstring (from refquant/intervals.py, refquant/qat.py)."""
+"""The calibration rules the method is compared with (docs/SPECIFICATION.md, section 7), on samples and on
+histograms, and the one registry of calibration methods (:data:`METHODS`).
+
+min-max and percentile (PyTorch's observer rule), ACIQ (Banner et al. 2019, analytical clipping
+for a Laplace or Gaussian prior), brute-force MSE search, and TensorRT's KL-divergence calibration.
+"""
 import math
 import numpy as np
 from scipy import optimize, special

@@ -1,4 +1,6 @@
-"""TODO docstring (from refquant/intervals.py)."""
+"""The expected squared quantization error under a density, in closed form, and the empirical
+error of data (docs/SPECIFICATION.md, section 5): granular error inside the interval, clipping error outside.
+"""
 import numpy as np
 
 

@@ -1,4 +1,13 @@
-"""TODO docstring (from refquant/intervals_plots.py)."""
+"""Plots of quantization intervals and errors.
+
+- :func:`plot_quantizer`: the density with the quantization grid and the interval over it.
+- :func:`plot_error_vs_clipping`: expected error against the clipping value, several widths.
+- :func:`plot_granular_vs_clipping`: the two parts of the error against the clipping value.
+- :func:`plot_method_errors`: the error of every method side by side, per layer.
+
+The clipping curves use signed symmetric codes (zero point 0): clipping value ``c = hi``,
+``step = c / qmax``. Every function takes ``ax=None`` (then makes a new figure) and returns the Axes.
+"""
 import matplotlib.pyplot as plt
 import numpy as np
 from refquant.quantizers.uniform import code_range, signed_quantizer

@@ -1,4 +1,10 @@
-"""TODO docstring (from refquant/intervals.py)."""
+"""The uniform quantizer (docs/SPECIFICATION.md, section 4).
+
+:class:`UniformQuantizer`: integer codes in ``[qmin, qmax]``, a step and a zero point;
+``quantize``, ``dequantize``, fake quantization and the straight-through gradient rule.
+``fake_with_mask`` (one Numba pass) stands beside ``fake_with_mask_reference`` (``fake`` then
+``straight_through_mask``), equal bit for bit. Rounding is :func:`refquant.rounding.round_half_even`.
+"""
 import dataclasses
 import math
 import numba
@@ -136,12 +142,16 @@ class UniformQuantizer:
         """``dL/dx = dout * straight_through_mask(x)`` (same shape and dtype as ``dout``)."""
         return masked_gradient(self.straight_through_mask(x), dout)
 
+    def fake_with_mask_reference(self, x):
+        """``(fake(x), straight_through_mask(x))``: the reference of :meth:`fake_with_mask`."""
+        return self.fake(x), self.straight_through_mask(x)
+
     # -- the optimized kernel of training -------------------------------------------------------
 
     def fake_with_mask(self, x):
         """``(fake(x), straight_through_mask(x))`` in one parallel pass (Numba): the training kernel.
 
-        Equal bit for bit to the reference methods above (the same float64 operations in the same
+        Equal bit for bit to :meth:`fake_with_mask_reference` (the same float64 operations in the same
         order, no fast-math; ``tests/test_intervals.py`` compares them), about four times faster on
         the activations of a training batch, where the reference makes eight full-size passes
         (``benchmarks/bench_qat.py``).
