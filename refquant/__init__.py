@@ -2,10 +2,10 @@
 
 Training and running Darknet v2-generation detectors (tiny YOLO, YOLO) with
 low-precision weights and activations: each layer's values are modelled by a
-piecewise Gaussian density fitted by EM (``refquant.pgm``), the optimal
-quantization interval and step are computed from it (``refquant.intervals``),
+piecewise Gaussian density fitted by EM (``refquant.density.pgm``), the optimal
+quantization interval and step are computed from it (``refquant.quantizers``),
 the network is trained with the quantizers in the loop (``refquant.qat``) and
-the convolutions run in fixed point (``refquant.intconv``).
+the convolutions run in fixed point (``refquant.integer``).
 """
 import os
 

@@ -1,17 +1,19 @@
 """Batch-norm folding (docs/SPECIFICATION.md, section 11.1): a copy of the float network whose batch-normalized
 convolutions are plain convolutions with bias, and the cfg text of such a network.
 """
-from refquant.yolo.network import Network
-from refquant.yolo import batchnorm
-from refquant import darknet
-import numpy as np
 import os
+
+import numpy as np
+
+from refquant import darknet
+from refquant.yolo import batchnorm
+from refquant.yolo.network import Network
 
 
 def fold_batchnorm(net):
     """A copy of ``net`` whose batch-normalized convolutions are plain convolutions with bias.
 
-    Folded in float64 with the engine's normaliser (module docstring, point 1), then stored in
+    Folded in float64 with the engine's normaliser (docs/SPECIFICATION.md, section 11.1), then stored in
     the network's dtype. Layers without batch norm are copied unchanged. The copy shares nothing
     with ``net``; its inference-mode forward equals ``net``'s (to float rounding).
     """

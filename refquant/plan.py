@@ -6,38 +6,32 @@ import dataclasses
 import json
 import math
 import os
+
 import numpy as np
+
 from refquant import darknet
-from refquant.quantizers.uniform import UniformQuantizer
 from refquant.density.pgm import PiecewiseGaussian
+from refquant.folding import folded_cfg_text, is_folded
+from refquant.quantizers.uniform import UniformQuantizer
 from refquant.yolo.network import NETWORK_INPUT, Network
 
-from refquant.folding import is_folded
-from refquant.folding import folded_cfg_text
-
-
 DEFAULT_BITS_FIRST_LAST = 8
-
 """Width of the first and last convolution (weights and output) unless told otherwise."""
 
 
 MIN_BITS, MAX_BITS = 2, 8
-
 """Widths accepted for weights and activations (int8 weights, activation codes within int16)."""
 
 
 CODE_LAYERS = ("maxpool", "reorg", "upsample")
-
 """Layers that move codes without changing their grid."""
 
 
 HEAD_LAYERS = ("region",)
-
 """Heads that run in float on the dequantized codes of their input."""
 
 
 INTEGER_ACTIVATIONS = ("linear", "leaky", "relu")
-
 """Convolution activations with an integer form (requantization with one or two multipliers)."""
 
 
@@ -90,7 +84,7 @@ def quantized_outputs(net):
 
 @dataclasses.dataclass
 class QuantizationPlan:
-    """Per-layer quantizers of a network (module docstring, point 2).
+    """Per-layer quantizers of a network (docs/SPECIFICATION.md, section 11.2).
 
     ``input``: the input grid; ``weights``: {conv index: signed quantizer}; ``activations``:
     {conv or multi-input route index: output quantizer}; ``layer_types`` and ``weight_shapes``

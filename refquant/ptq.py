@@ -5,46 +5,48 @@ and a plan is made from those statistics by the PGM method or a baseline
 """
 import math
 import warnings
+
 import numpy as np
 from tqdm import tqdm
+
 from refquant.density import histogram as density_histogram
-from refquant.quantizers import baselines
-from refquant.quantizers import optimal
 from refquant.density.em import ConvergenceWarning
 from refquant.density.pgm import PiecewiseGaussian
+from refquant.folding import fold_batchnorm
+from refquant.plan import (
+    CODE_LAYERS,
+    DEFAULT_BITS_FIRST_LAST,
+    QuantizationPlan,
+    check_supported,
+    layer_bits,
+    quantized_outputs,
+)
+from refquant.quantizers import optimal
+from refquant.quantizers.baselines import METHODS
 from refquant.yolo.network import NETWORK_INPUT
 
-from refquant.plan import CODE_LAYERS, DEFAULT_BITS_FIRST_LAST, QuantizationPlan, check_supported, layer_bits, quantized_outputs
-from refquant.quantizers.baselines import METHODS, PERCENTILE
-from refquant.folding import fold_batchnorm
-
-
 DEFAULT_BINS = 2048
-
 """Histogram bins per layer (TensorRT's calibration histograms use 2048 too)."""
 
 
 ACTIVATION_BREAKPOINTS = ("kink", "auto")
-
-"""Policies for the activations' PGM breakpoints (module docstring, point 3): ``"kink"`` (0 alone
+"""Policies for the activations' PGM breakpoints (docs/SPECIFICATION.md, section 11.3): ``"kink"`` (0 alone
 for leaky-ReLU outputs) or ``"auto"`` (chosen by BIC for every layer)."""
 
 
 DEFAULT_ACTIVATION_BREAKPOINTS = "kink"
-
 """The policy used when none is given (and for plans saved without one)."""
 
 
 PGM_FIT_OPTIONS = {}
-
 """Keyword arguments of the calibration's PGM fits (``max_iter``, ``tol``, ...): none, i.e.
-``refquant.pgm``'s defaults. A tail piece (the negative side of a leaky ReLU, a weight tail) can
+``refquant.density.pgm``'s defaults. A tail piece (the negative side of a leaky ReLU, a weight tail) can
 reach ``max_iter`` with a flat likelihood; such fits are listed in
 ``CalibrationStatistics.fit_warnings`` and reported by one warning per plan."""
 
 
 class ActivationHistogram:
-    """Counts of a layer's values over a calibration set, in bounded memory (module docstring, 3).
+    """Counts of a layer's values over a calibration set, in bounded memory (docs/SPECIFICATION.md, section 11.3).
 
     Bin ``j`` is ``[j * bin_width, (j + 1) * bin_width)`` for ``j = first .. first + len(counts) - 1``;
     ``bin_width`` is a power of two, doubled (pairs of bins merged) whenever the range would need
@@ -274,7 +276,7 @@ def collect_histograms(batches, layer_outputs, indices, max_bins=DEFAULT_BINS, p
 
 def calibration_statistics(net, images, batch_size=4, max_bins=DEFAULT_BINS, baseline_samples=2**17,
                            seed=0, progress=True, activation_breakpoints=DEFAULT_ACTIVATION_BREAKPOINTS):
-    """Fold ``net`` and histogram every quantized output over ``images`` (module docstring, 3).
+    """Fold ``net`` and histogram every quantized output over ``images`` (docs/SPECIFICATION.md, section 11.3).
 
     ``images``: (N, C, H, W) float array in [0, 1], or an iterable of such batches. The folded
     float network runs in inference mode. ``activation_breakpoints``: the PGM policy of the
@@ -292,7 +294,7 @@ def calibration_statistics(net, images, batch_size=4, max_bins=DEFAULT_BINS, bas
 def quantization_plan(statistics, weight_bits, activation_bits, method="pgm",
                       first_bits=DEFAULT_BITS_FIRST_LAST, last_bits=DEFAULT_BITS_FIRST_LAST,
                       pow2_step=False, progress=False):
-    """The plan of one method and set of widths from :class:`CalibrationStatistics` (point 3)."""
+    """The plan of one method and set of widths from :class:`CalibrationStatistics` (docs/SPECIFICATION.md, section 11.3)."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
     if pow2_step and method != "pgm":
@@ -323,54 +325,18 @@ def quantization_plan(statistics, weight_bits, activation_bits, method="pgm",
                                         densities=densities)
 
 
-def _baseline(method, samples, bits, symmetric):
-    """The intervals module's baseline quantizer for ``method`` (called unchanged)."""
-    if method == "minmax":
-        return baselines.minmax_quantizer(samples, bits, symmetric)
-    if method == "percentile":
-        return baselines.percentile_quantizer(samples, bits, PERCENTILE, symmetric)
-    if method == "aciq":
-        return baselines.aciq_quantizer(samples, bits, "laplace", symmetric)
-    if method == "aciq-gauss":
-        return baselines.aciq_quantizer(samples, bits, "gaussian", symmetric)
-    if method == "mse":
-        return baselines.mse_search_quantizer(samples, bits, symmetric, progress=False)
-    if method == "kl":
-        return baselines.kl_quantizer(samples, bits)
-    raise ValueError(f"unknown method {method!r}")
-
-
 def _weight_quantizer(statistics, index, bits, method, pow2_step):
     if method == "pgm":
         return optimal.optimal_quantizer(statistics.density("weights", index), bits, symmetric=True,
                                            pow2_step=pow2_step)
-    return _baseline(method, statistics.weights(index), bits, symmetric=True)
+    return METHODS[method].from_samples(statistics.weights(index), bits, True, 24)
 
 
 def _activation_quantizer(statistics, index, bits, method, pow2_step):
     if method == "pgm":
         return optimal.optimal_quantizer(statistics.density("activations", index), bits,
                                            zero_representable=True, pow2_step=pow2_step)
-    return _histogram_baseline(method, statistics.histograms[index], bits)
-
-
-def _histogram_baseline(method, histogram, bits):
-    """The intervals module's histogram entry point for ``method`` on an ActivationHistogram
-    (affine codes; ``"kl"`` symmetric narrow-range), with its exact statistics (point 3)."""
-    density = histogram.density()
-    extremes = (histogram.min, histogram.max)
-    if method == "minmax":
-        return baselines.minmax_quantizer_histogram(density, bits, extremes=extremes)
-    if method == "percentile":
-        return baselines.percentile_quantizer_histogram(density, bits, PERCENTILE)
-    if method in ("aciq", "aciq-gauss"):
-        prior = "laplace" if method == "aciq" else "gaussian"
-        return baselines.aciq_quantizer_histogram(density, bits, prior, mean=histogram.mean(), std=histogram.std())
-    if method == "mse":
-        return baselines.mse_search_quantizer_histogram(density, bits, extremes=extremes, progress=False)
-    if method == "kl":
-        return baselines.kl_quantizer_histogram(density, bits, extremes=extremes)
-    raise ValueError(f"unknown method {method!r}")
+    return METHODS[method].from_histogram(statistics.histograms[index], bits)
 
 
 def calibrate(net, images, weight_bits, activation_bits, method="pgm", first_bits=DEFAULT_BITS_FIRST_LAST,

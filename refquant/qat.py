@@ -6,20 +6,28 @@ import contextlib
 import dataclasses
 import math
 import time
+
 import numpy as np
 from tqdm import tqdm
+
 from refquant import train
+from refquant.folding import fold_batchnorm, is_folded
 from refquant.integer.requantize import quantize_bias
+from refquant.plan import QuantizationPlan, output_grids, quantized_outputs
+from refquant.ptq import (
+    DEFAULT_ACTIVATION_BREAKPOINTS,
+    DEFAULT_BINS,
+    CalibrationStatistics,
+    collect_histograms,
+    image_batches,
+    quantization_plan,
+)
 from refquant.quantizers.uniform import masked_gradient
 from refquant.yolo.network import NETWORK_INPUT, Network
 
-from refquant.plan import QuantizationPlan, output_grids, quantized_outputs
-from refquant.ptq import CalibrationStatistics, DEFAULT_ACTIVATION_BREAKPOINTS, DEFAULT_BINS, collect_histograms, image_batches, quantization_plan
-from refquant.folding import fold_batchnorm, is_folded
-
 
 class FakeQuantConvolution:
-    """A folded convolution in training: ``Q_a(f(conv(x, Q_w(W)) + Q_b(b)))`` (point 5).
+    """A folded convolution in training: ``Q_a(f(conv(x, Q_w(W)) + Q_b(b)))`` (docs/SPECIFICATION.md, section 11.7).
 
     Shares ``params`` and ``grads`` with the wrapped layer, so an optimiser updating the wrapper's
     parameters updates the folded network's. Other attributes are the wrapped layer's.
@@ -231,7 +239,6 @@ class FakeQuantNetwork(Network):
 
 
 QAT_OPTIONS = {"learning_rate": 0.001, "burn_in": 0, "policy": "constant"}
-
 """Training options of :func:`quantization_aware_training` over the cfg's ``[net]`` ones (batch,
 momentum, decay, augmentation are the cfg's): fine-tuning from a trained network, so a constant
 rate without burn-in, a tenth of Darknet's usual 0.01 ``learning_rate`` (the caller's options win)."""
@@ -259,7 +266,7 @@ class TrainingResult:
 
 def quantization_aware_training(net, plan, records, iterations, refit_every=100, refit_images=None, options=None,
                                 seed=0, refit_batch_size=16, progress=True):
-    """Train ``net`` with ``plan``'s quantizers in the loop (METHOD.md section 4; module docstring 5).
+    """Train ``net`` with ``plan``'s quantizers in the loop (docs/SPECIFICATION.md, section 11.7).
 
     ``net``: the float network (batch norm or not; it is folded into a copy, ``net`` is left
     unchanged); ``plan``: the starting plan, e.g. the post-training PGM plan; ``records``: VOC

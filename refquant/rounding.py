@@ -1,8 +1,8 @@
 """The one rounding rule of refquant: round half to even.
 
 Every place that turns a real number into an integer code goes through this
-module: the quantizer (``refquant.intervals``), the requantization of int32
-accumulators (``refquant.intconv``), the integer network and its float
+module: the quantizer (``refquant.quantizers``), the requantization of int32
+accumulators (``refquant.integer``), the integer network and its float
 simulation. Changing the rule here changes it everywhere, and nowhere else.
 
 Why half to even: it is IEEE 754's default rounding (``numpy.rint``,

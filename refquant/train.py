@@ -42,20 +42,18 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
+
 import numpy as np
 from tqdm import tqdm
+
 from refquant import darknet
 from refquant.data.augment import load_batch
 from refquant.data.voc import load_voc, read_names
-
-
-
 
 POLICIES = ("constant", "step", "steps", "exp", "poly", "sig")
 
 
 DECAYED = ("weights",)
-
 """Parameters under weight decay: Darknet's ``update_convolutional_layer`` decays the
 weights only, not the biases nor the batch-norm scales."""
 
@@ -105,7 +103,6 @@ def learning_rate(options, iteration):
 TRAINING_KEYS = ("batch", "subdivisions", "learning_rate", "momentum", "decay", "policy", "burn_in",
                  "power", "max_batches", "step", "scale", "steps", "scales", "gamma",
                  "jitter", "hue", "saturation", "exposure")
-
 """The options that define a training run: the ``[net]`` hyperparameters plus the augmentation
 (``jitter`` from the last ``[region]`` layer, as Darknet's ``train_detector`` reads it)."""
 
@@ -485,7 +482,6 @@ def _region_stats(head):
 
 SCHEDULE_KEYS = ("learning_rate", "policy", "burn_in", "power", "max_batches", "step", "scale", "steps", "scales",
                  "gamma")
-
 """Options that only shape the learning-rate schedule (and its length)."""
 
 

@@ -6,6 +6,7 @@ import argparse
 import importlib
 import sys
 from pathlib import Path
+
 from refquant.detection.evaluate import shipped_model
 
 SUBCOMMANDS = {

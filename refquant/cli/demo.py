@@ -3,10 +3,22 @@
 import datetime
 from pathlib import Path
 
-from refquant.demo.experiment import BITS, CALIBRATION_IMAGES, PTQ_METHODS, QAT_BATCH, QAT_BITS, QAT_ITERATIONS, QAT_LEARNING_RATE, QAT_STEP_AT, QUICK, REFIT_EVERY, Settings
-from refquant.demo import run_experiment
-from refquant.demo.report import summary_lines
 from refquant.cli import default_data, default_names
+from refquant.demo import run_experiment
+from refquant.demo.experiment import (
+    BITS,
+    CALIBRATION_IMAGES,
+    PTQ_METHODS,
+    QAT_BATCH,
+    QAT_BITS,
+    QAT_ITERATIONS,
+    QAT_LEARNING_RATE,
+    QAT_STEP_AT,
+    QUICK,
+    REFIT_EVERY,
+    Settings,
+)
+from refquant.demo.report import summary_lines
 
 
 def add_arguments(parser):

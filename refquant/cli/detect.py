@@ -2,14 +2,14 @@
 (:func:`refquant.detection.detect.detect_image`).
 """
 from pathlib import Path
+
 from refquant import darknet
+from refquant.cli import model_paths
 from refquant.data.voc import load_image, read_names
 from refquant.detection.decode import DETECTION_THRESHOLD, NMS_THRESHOLD
+from refquant.detection.detect import detect_image
 from refquant.detection.draw import draw_detections
 from refquant.detection.evaluate import SHIPPED_MODEL
-from refquant.cli import model_paths
-
-from refquant.detection.detect import detect_image
 
 
 def add_arguments(parser):

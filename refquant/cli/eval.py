@@ -3,13 +3,14 @@
 """
 import json
 from pathlib import Path
-import numpy as np
-from refquant import darknet
-from refquant.detection.decode import NMS_THRESHOLD, VALIDATION_THRESHOLD
-from refquant.data.voc import load_voc, read_names
 
-from refquant.detection.evaluate import SHIPPED_MODEL, check_names, evaluate, format_table
+import numpy as np
+
+from refquant import darknet
 from refquant.cli import default_data, default_names, model_paths
+from refquant.data.voc import load_voc, read_names
+from refquant.detection.decode import NMS_THRESHOLD, VALIDATION_THRESHOLD
+from refquant.detection.evaluate import SHIPPED_MODEL, check_names, evaluate, format_table
 
 
 def add_arguments(parser):

@@ -1,8 +1,8 @@
 """``refquant golden export DIR`` and ``refquant golden check DIR`` (:mod:`refquant.golden`).
 """
 import sys
-import refquant
 
+import refquant
 from refquant.golden.check import check
 from refquant.golden.export import export
 from refquant.golden.vectors import VECTORS

@@ -2,8 +2,8 @@
 """
 from pathlib import Path
 
-from refquant.train import train
 from refquant.cli import default_data, default_names
+from refquant.train import train
 
 
 def add_arguments(parser):

@@ -17,7 +17,7 @@ Truths are the boxes Darknet's ``scripts/voc_label.py`` writes: non-difficult
 objects only, converted by :func:`refquant.detection.boxes.voc_to_darknet`. A batch is
 ``x`` (N, 3, H, W) float32 in [0, 1] and ``truths``, a list of N float32 arrays
 (M_i, 5): x_center, y_center, w, h relative to the input, class id (the region
-loss's input, see ``/work/interfaces.md``).
+loss's input, see docs/SPECIFICATION.md, section 8.9).
 
 Random numbers come from a ``numpy.random.Generator`` in Darknet's order
 (pleft, pright, ptop, pbot, flip, hue, saturation, exposure), then a
@@ -26,9 +26,9 @@ truths in order).
 """
 import numpy as np
 
-from refquant.detection.boxes import voc_to_darknet
 from refquant.data.image import crop_image, distort_image, flip_image, resize_image
 from refquant.data.voc import load_image
+from refquant.detection.boxes import voc_to_darknet
 
 SMALLEST_BOX = 0.005  # fill_truth_region drops boxes with w or h below this, relative to the input
 

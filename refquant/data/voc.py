@@ -8,7 +8,7 @@ A VOC tree is a directory holding::
 
 Class names come from a names file (one per line, as Darknet's ``voc.names``);
 a class's id is its line number from 0. Boxes stay in the VOC pixel convention
-(1-based, inclusive; :mod:`refquant.boxes`).
+(1-based, inclusive; :mod:`refquant.detection.boxes`).
 
 Annotation XML is parsed by expat with every document type declaration refused:
 a document that declares a DTD (where entities are declared) is rejected before

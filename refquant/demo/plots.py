@@ -2,11 +2,11 @@
 Each plotting function takes an optional Axes; figures are drawn without pyplot.
 """
 import math
+
 import numpy as np
 from matplotlib.figure import Figure
 
-from refquant.demo.experiment import quantized_name
-from refquant.demo.experiment import METHOD_NAMES
+from refquant.demo.experiment import METHOD_NAMES, quantized_name
 from refquant.demo.report import _find
 
 

@@ -7,10 +7,10 @@ import os
 import platform
 import sys
 from pathlib import Path
+
 import numpy as np
 
-from refquant.demo.experiment import TARGETS, qat_schedule
-from refquant.demo.experiment import METHOD_NAMES
+from refquant.demo.experiment import METHOD_NAMES, TARGETS, qat_schedule
 
 
 def machine_description():
@@ -72,7 +72,7 @@ def _find(rows, method, mode, bits):
 
 
 def target_checks(rows):
-    """The issue's targets, each ``{"description", "value", "met"}`` (None when the row was not run)."""
+    """The demo's targets (:data:`refquant.demo.experiment.TARGETS`), each ``{"description", "value", "met"}`` (None when the row was not run)."""
     fp32 = _find(rows, "float", "float", 32)
     checks = []
 

@@ -7,10 +7,18 @@ likelihood, and the least ``BIC = -2 log L + (4K - 2) log n`` wins.
 """
 import dataclasses
 import warnings
+
 import numpy as np
 
-from refquant.density.em import _bin_centres, _bin_statistics, _em_fit_pieces, _fit_given_breakpoints, _histogram_cells, _runs_statistics, _sample_cells
-
+from refquant.density.em import (
+    _bin_centres,
+    _bin_statistics,
+    _em_fit_pieces,
+    _fit_given_breakpoints,
+    _histogram_cells,
+    _runs_statistics,
+    _sample_cells,
+)
 
 #: Quantile levels of the candidate breakpoints for ``breakpoints="auto"``: denser in the tails,
 #: where the pieces of a weight distribution end.

@@ -11,6 +11,7 @@ Also here: the fit's outcome (:class:`FitInfo`, :class:`DegenerateDataError`,
 import dataclasses
 import math
 import warnings
+
 import numba
 import numpy as np
 
@@ -60,7 +61,7 @@ def _em_step(piece_lo, piece_hi, mu, var, cell_lo, cell_hi, cell_count, cell_mea
 
     E-step inside the piece: pool the cells' counts, means and variances (Chan, Golub & LeVeque's
     pairwise update), filling censored cells from ``N(mu, var)`` restricted to the cell. E-step
-    outside: the truncation update of the module docstring. The log-likelihood is the piece's
+    outside: the truncation update of docs/SPECIFICATION.md, section 3.2. The log-likelihood is the piece's
     ``sum log(phi((x - mu)/sigma) / (sigma Z))`` for exact cells, ``sum c log(P(cell) / Z)`` for
     censored ones (its mass term ``n log pi`` is added by the caller). The residual
     ``|xbar - E| / sigma + |v - V| / sigma^2`` measures how far the truncated Gaussian's mean and

@@ -5,9 +5,8 @@ Calibration accumulates activations into histograms; the baselines of
 (docs/SPECIFICATION.md, sections 7 and 11.3).
 """
 import math
+
 import numpy as np
-
-
 
 
 class HistogramDensity:

@@ -5,12 +5,22 @@
 """
 import math
 import warnings
+
 import numba
 import numpy as np
 from scipy import special
 
 from refquant.density.breakpoints import _QUANTILE_SUBSAMPLE
-from refquant.density.em import ConvergenceWarning, FitInfo, _bin_statistics, _check_spread, _checked_histogram, _finite_samples, _histogram_cells, _without_degenerate_pieces
+from refquant.density.em import (
+    ConvergenceWarning,
+    FitInfo,
+    _bin_statistics,
+    _check_spread,
+    _checked_histogram,
+    _finite_samples,
+    _histogram_cells,
+    _without_degenerate_pieces,
+)
 from refquant.density.pgm import _validated_vector, _validated_weights
 from refquant.density.truncated_normal import _LOG_SQRT_2PI, _truncated_moments, gaussian_interval_moments
 

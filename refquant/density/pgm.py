@@ -8,11 +8,22 @@ the mass ``pi_k``. It behaves like a frozen ``scipy.stats`` distribution (``pdf`
 (:mod:`refquant.density.em`, :mod:`refquant.density.breakpoints`).
 """
 import math
+
 import numpy as np
 from scipy import special
 
 from refquant.density.breakpoints import _fit_auto_histogram, _fit_auto_samples
-from refquant.density.em import _Options, _bin_statistics, _check_spread, _checked_histogram, _finite_samples, _fit_given_breakpoints, _histogram_cells, _sample_cells, _without_degenerate_pieces
+from refquant.density.em import (
+    _bin_statistics,
+    _check_spread,
+    _checked_histogram,
+    _finite_samples,
+    _fit_given_breakpoints,
+    _histogram_cells,
+    _Options,
+    _sample_cells,
+    _without_degenerate_pieces,
+)
 from refquant.density.truncated_normal import _LOG_SQRT_2PI, gaussian_interval_moments
 
 
@@ -214,7 +225,7 @@ class PiecewiseGaussian:
         """The PGM of maximum likelihood for the samples ``x`` (any shape; flattened).
 
         ``breakpoints``: ``"auto"`` (K in 1..``max_pieces`` and the breakpoints chosen by
-        likelihood and BIC, see the module docstring) or a sequence used as is (``[0.0]`` for
+        likelihood and BIC, docs/SPECIFICATION.md, section 3.6) or a sequence used as is (``[0.0]`` for
         leaky-ReLU activations, ``[]`` for one Gaussian). ``max_iter``: EM steps per piece.
         ``tol``: a piece has converged when its truncated Gaussian's mean and variance match
         the samples', ``|xbar - E| / sigma + |v - V| / sigma^2 <= tol`` (the likelihood
@@ -222,7 +233,7 @@ class PiecewiseGaussian:
         ``accelerate``: SQUAREM (True) or plain EM (False). One pass over ``x`` computes each
         piece's (count, mean, variance); EM then never touches the samples again.
         The result carries :class:`FitInfo` in ``fit_info``; a piece that did not converge
-        raises a :class:`ConvergenceWarning` with the numbers. Degenerate input: module docstring.
+        raises a :class:`ConvergenceWarning` with the numbers. Degenerate input: docs/SPECIFICATION.md, section 3.4.
         """
         caller = "PiecewiseGaussian.fit"
         options = _Options(int(max_iter), float(tol), bool(accelerate), int(min_piece_samples))

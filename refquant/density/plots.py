@@ -10,11 +10,9 @@
 matplotlib ``ax`` (a new figure when None) and returns the Axes; the grid takes or returns a Figure.
 """
 import math
+
 import matplotlib.pyplot as plt
 import numpy as np
-
-
-
 
 _DATA_COLOUR = "0.75"
 
@@ -115,6 +113,11 @@ def plot_density(data, model, ax=None, *, scale="linear", bins=200, points=2000,
             ax.axvline(b, color="k", linestyle="--", linewidth=0.8)
     ax.plot(x, y, color="k", linewidth=1.2, label=_model_label(model))
     _set_scale(ax, scale, density, [y])
+    return _finish(ax, lo, hi, title)
+
+
+def _finish(ax, lo, hi, title):
+    """The common frame of a density plot: x range, axis labels, title, legend."""
     ax.set_xlim(lo, hi)
     ax.set_xlabel("value")
     ax.set_ylabel("density")
@@ -188,13 +191,7 @@ def plot_comparison(data, pgm, mixture, ax=None, *, scale="log", bins=200, point
     for b in pgm.breakpoints:
         ax.axvline(b, color="C3", linestyle=":", linewidth=0.8)
     _set_scale(ax, scale, density, curves)
-    ax.set_xlim(lo, hi)
-    ax.set_xlabel("value")
-    ax.set_ylabel("density")
-    if title is not None:
-        ax.set_title(title)
-    ax.legend(fontsize="small")
-    return ax
+    return _finish(ax, lo, hi, title)
 
 
 def _fit_summary(model):

@@ -6,11 +6,9 @@ complementary error function in the tails and a Gauss-Legendre rule on narrow in
 precision 40 or 3000 standard deviations out and on intervals 1e-8 wide.
 """
 import math
+
 import numba
 import numpy as np
-
-
-
 
 _SQRT2 = math.sqrt(2.0)
 

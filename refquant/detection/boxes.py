@@ -24,8 +24,6 @@ the devkit scores. They are exact inverses (:func:`voc_to_darknet`,
 import numpy as np
 
 
-
-
 def _as_boxes(boxes, name):
     """``boxes`` as a float64 array of shape (N, 4); a single box (4,) becomes (1, 4)."""
     array = np.asarray(boxes, dtype=np.float64)
@@ -69,7 +67,7 @@ def darknet_iou(boxes_a, boxes_b):
     Returns (N, M) float64. Source: Darknet ``src/box.c`` (``overlap``,
     ``box_intersection``, ``box_union``, ``box_iou``): the overlap along each axis
     is ``min(right) - max(left)``, the intersection 0 if either overlap is
-    negative. Used by non-maximum suppression (``refquant.decode``) and by the
+    negative. Used by non-maximum suppression (``refquant.detection.decode``) and by the
     region loss. Two empty boxes (w = h = 0) give 0/0 = nan, as in Darknet.
     """
     a = _as_boxes(boxes_a, "boxes_a")[:, None, :]

@@ -1,7 +1,7 @@
 """Region-head (YOLOv2) decoding: activated head output -> scored boxes, as Darknet does it.
 
 The head output layout is Darknet's (``region_layer.c``, ``entry_index``; see
-``/work/interfaces.md``): (N, num*(coords+1+classes), H, W); for anchor n,
+docs/SPECIFICATION.md, section 8.8): (N, num*(coords+1+classes), H, W); for anchor n,
 channel n*(coords+1+classes) + j holds j = 0..3 the box (x, y already logistic,
 w, h raw), j = 4 the objectness (logistic), j = 5.. the class probabilities.
 
@@ -18,7 +18,7 @@ Darknet's path from the head to the boxes the devkit scores, one function each:
    one exceeds ``nms`` (0.45 in ``examples/detector.c``).
 5. :func:`detections` (``print_detector_detections``): one detection per
    (candidate, class) whose probability is still > 0, the box in VOC pixels
-   (:func:`refquant.boxes.darknet_to_voc`).
+   (:func:`refquant.detection.boxes.darknet_to_voc`).
 
 Darknet sorts with ``qsort``, whose order among equal probabilities is
 unspecified; here ties keep candidate order (a stable sort), so results are
@@ -27,12 +27,10 @@ reproducible.
 import numba
 import numpy as np
 from tqdm import tqdm
-from refquant.detection.boxes import darknet_iou, darknet_to_voc
+
 from refquant.data.image import letterbox_image, letterbox_size, resize_image
 from refquant.data.voc import load_image
-
-
-
+from refquant.detection.boxes import darknet_iou, darknet_to_voc
 
 VALIDATION_THRESHOLD = 0.005  # examples/detector.c, validate_detector: thresh for mAP
 

@@ -2,13 +2,11 @@
 
 As Darknet's ``test_detector`` (examples/detector.c): the image is letterboxed into the
 network input, the region head decoded with the drawing threshold 0.5 and NMS 0.45
-(:func:`refquant.decode.detections`), and the boxes drawn with their labels and scores
-(:func:`refquant.draw.draw_detections`).
+(:func:`refquant.detection.decode.detections`), and the boxes drawn with their labels and scores
+(:func:`refquant.detection.draw.draw_detections`).
 """
 from refquant.detection.decode import DETECTION_THRESHOLD, NMS_THRESHOLD, detections, network_input
 from refquant.detection.evaluate import check_names, region_head
-
-
 
 
 def detect_image(net, image, names, thresh=DETECTION_THRESHOLD, nms=NMS_THRESHOLD, letterbox=True, image_id="image"):

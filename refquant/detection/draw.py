@@ -1,15 +1,14 @@
 """Drawing detections onto an image with Pillow (``refquant detect``).
 
-Boxes are VOC pixel boxes (1-based, inclusive; :mod:`refquant.boxes`): pixel
+Boxes are VOC pixel boxes (1-based, inclusive; :mod:`refquant.detection.boxes`): pixel
 (xmin, ymin) is drawn at 0-based (xmin - 1, ymin - 1). Each label keeps one
 colour, spread around the hue circle in the order the labels are given.
 """
 import colorsys
 from pathlib import Path
+
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
-
-
 
 
 def label_colours(labels):

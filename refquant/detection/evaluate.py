@@ -3,29 +3,25 @@
 The path is Darknet's ``validate_detector`` (examples/detector.c) followed by the VOC
 devkit: every image of the split is letterboxed into the network input, the region head
 is decoded with the validation threshold 0.005 and per-class NMS at 0.45
-(:func:`refquant.decode.detect_records`), and the detections are scored against the
-split's annotations by :func:`refquant.metrics.average_precision` (IoU >= 0.5; the area
+(:func:`refquant.detection.decode.detect_records`), and the detections are scored against the
+split's annotations by :func:`refquant.detection.metrics.average_precision` (IoU >= 0.5; the area
 rule of VOC2010 and later by default, the 11-point rule of VOC2007 with ``use_07``).
 """
 import math
 import sys
 from pathlib import Path
-from refquant.detection.decode import NMS_THRESHOLD, VALIDATION_THRESHOLD, detect_records
+
 from refquant.data.voc import ground_truth
+from refquant.detection.decode import NMS_THRESHOLD, VALIDATION_THRESHOLD, detect_records
 from refquant.detection.metrics import average_precision
-
-
-
 
 MODELS_DIRS = (Path(__file__).resolve().parents[2] / "data" / "models",
                Path(sys.prefix) / "share" / "refquant" / "models")
-
 """Where the shipped model lives: ``data/models/`` of a source checkout (an editable install),
 else where ``pip install .`` puts it (``setup.cfg``'s ``data_files``: ``<prefix>/share/refquant/models``)."""
 
 
 SHIPPED_MODEL = "shapes-tiny-yolo"
-
 """File stem of the shipped model: ``<stem>.cfg``, ``<stem>.weights``, ``<stem>.names``, ``<stem>.json``."""
 
 

@@ -8,7 +8,7 @@ rule of VOC2007 (the loop at the end of the 2007 ``VOCevaldet.m``):
    order (MATLAB's ``sort`` is stable).
 2. Each detection is compared with every ground-truth object of its image and
    label; it goes to the one of highest IoU (the first one on a tie), the IoU
-   computed with the devkit's ``+ 1`` pixel areas (:func:`refquant.boxes.voc_iou`).
+   computed with the devkit's ``+ 1`` pixel areas (:func:`refquant.detection.boxes.voc_iou`).
 3. IoU >= threshold: a true positive if that object is not yet detected, a false
    positive if it is (duplicate); neither if the object is ``difficult``.
    IoU below the threshold, or no object of that label in the image: a false
@@ -25,10 +25,10 @@ py-faster-rcnn's ``voc_eval.py`` does not; and the devkit's threshold test is
 """
 import math
 from collections import defaultdict
+
 import numpy as np
+
 from refquant.detection.boxes import voc_iou
-
-
 
 
 def average_precision(detections, ground_truth, iou_threshold=0.5, use_07_metric=False):
@@ -36,7 +36,7 @@ def average_precision(detections, ground_truth, iou_threshold=0.5, use_07_metric
 
     ``detections``: iterable of dicts with ``image`` (any hashable id), ``label``,
     ``score`` (float) and ``box`` (xmin, ymin, xmax, ymax) in VOC pixels (1-based,
-    inclusive; see :mod:`refquant.boxes`).
+    inclusive; see :mod:`refquant.detection.boxes`).
     ``ground_truth``: iterable of dicts with ``image``, ``label``, ``box`` and
     ``difficult`` (bool; False when absent).
     ``iou_threshold``: in (0, 1]; a match needs IoU >= it (VOC: 0.5).

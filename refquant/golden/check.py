@@ -5,15 +5,27 @@ and compared under the manifest's tolerances; each mismatch reported with its lo
 import json
 import zipfile
 from pathlib import Path
+
 import numpy as np
 from tqdm import tqdm
+
 from refquant import darknet
 from refquant import plan as plan_module
-
-from refquant.golden.format import EXACT, FORMAT, FORMAT_VERSION, MANIFEST, Mismatch, _load_npz, compare, sha256, tolerance_of
+from refquant.golden.format import (
+    _OUTPUT_CACHE,
+    EXACT,
+    FORMAT,
+    FORMAT_VERSION,
+    MANIFEST,
+    Mismatch,
+    _load_npz,
+    _memoised_outputs,
+    compare,
+    sha256,
+    tolerance_of,
+)
 from refquant.golden.network_vectors import NETWORK_CFG, PLANS, network_from, plan_arrays
 from refquant.golden.vectors import VECTORS
-from refquant.golden.format import _OUTPUT_CACHE, _memoised_outputs
 
 
 def check(directory, vectors=None, progress=None):

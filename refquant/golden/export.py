@@ -2,15 +2,24 @@
 """
 import json
 from pathlib import Path
+
 import numpy as np
 from tqdm import tqdm
+
 import refquant
 from refquant import darknet
-
-from refquant.golden.format import FORMAT, FORMAT_VERSION, MANIFEST, sha256, tolerance_of, write_npz
+from refquant.golden.format import (
+    _OUTPUT_CACHE,
+    FORMAT,
+    FORMAT_VERSION,
+    MANIFEST,
+    _memoised_outputs,
+    sha256,
+    tolerance_of,
+    write_npz,
+)
 from refquant.golden.network_vectors import NETWORK_CFG, PLANS, network_from, plan_from
 from refquant.golden.vectors import VECTORS
-from refquant.golden.format import _OUTPUT_CACHE, _memoised_outputs
 
 
 def _array_entry(vector, name, value, role):

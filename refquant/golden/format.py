@@ -18,10 +18,8 @@ import hashlib
 import json
 import zipfile
 from pathlib import Path
+
 import numpy as np
-
-
-
 
 FORMAT = "refquant-golden-vectors"
 

@@ -6,16 +6,18 @@ import math
 import tempfile
 import warnings
 from pathlib import Path
+
 import numpy as np
-from refquant import darknet
+
+from refquant import darknet, folding, ptq
 from refquant import plan as plan_module
-from refquant import ptq
-from refquant.detection import decode
-from refquant.detection import metrics
-from refquant.integer import lowering
-from refquant.quantizers import uniform
-from refquant.integer.network import IntegerNetwork
 from refquant.density.em import ConvergenceWarning
+from refquant.detection import decode, metrics
+from refquant.golden.format import DRAWN, Tolerance, _memoised_outputs
+from refquant.golden.numeric_vectors import _density_arrays, _scalar
+from refquant.integer import lowering
+from refquant.integer.network import IntegerNetwork
+from refquant.quantizers import uniform
 from refquant.train import sgd_update, trainable
 from refquant.yolo import batchnorm
 from refquant.yolo.maxpool import maxpool_forward
@@ -23,14 +25,7 @@ from refquant.yolo.region import RegionLayer
 from refquant.yolo.reorg import reorg_forward
 from refquant.yolo.upsample import upsample_forward
 
-from refquant.golden.format import DRAWN, Tolerance
-from refquant.golden.numeric_vectors import _density_arrays, _scalar
-from refquant.golden.format import _memoised_outputs
-from refquant import folding
-
-
 MAXPOOL_CASES = {"size2_stride2": (2, 2), "size2_stride1": (2, 1), "size3_stride2": (3, 2), "size3_stride1": (3, 1)}
-
 """(size, stride) with Darknet's default padding size - 1, on a 7 x 9 input (odd sizes: the
 implicit padding decides the last window)."""
 

@@ -2,16 +2,13 @@
 fake quantization, integer convolution and requantization (docs/SPECIFICATION.md, sections 1 to 6 and 11.4).
 """
 import numpy as np
-from refquant.integer import conv
-from refquant.integer import requantize
-from refquant.quantizers import error
-from refquant.quantizers import optimal
-from refquant.quantizers import uniform
+
 from refquant.density.em import _bin_statistics
 from refquant.density.pgm import PiecewiseGaussian
-from refquant.rounding import round_half_even, rounding_right_shift
-
 from refquant.golden.format import DRAWN, Tolerance
+from refquant.integer import conv, requantize
+from refquant.quantizers import error, optimal, uniform
+from refquant.rounding import round_half_even, rounding_right_shift
 
 
 def _rounding_inputs():
@@ -43,7 +40,6 @@ DENSITIES = {
     "weights": ([-0.08, 0.08], [0.07, 0.86, 0.07], [-0.05, 0.0, 0.05], [0.06, 0.05, 0.06]),
     "far": ([], [1.0], [50.0], [0.1]),
 }
-
 """Densities given as (breakpoints, weights, means, stds): a standard normal, a shifted one,
 a leaky-ReLU-like two-piece model split at 0, a weight-like model (centre and two tails) and a
 narrow normal far from 0 (cancellation in the error formulas)."""
@@ -77,7 +73,6 @@ PGM_MAX_PIECES = 3
 
 
 HISTOGRAM_EDGES = np.concatenate([[-np.inf], np.arange(-6, 61) * 0.05, [np.inf]])
-
 """Bin edges of the histogram case: 0.05 wide from -0.3 to 3 (0 is an edge), overflow bins."""
 
 
@@ -262,7 +257,6 @@ OPTIMAL_CASES = ([("normal", "free", bits) for bits in (1, 2, 3, 4)]
                  + [("leaky", "pow2_unsigned", 4), ("leaky", "free", 4)]
                  + [("weights", "symmetric", bits) for bits in (2, 4, 8)]
                  + [("weights", "pow2_symmetric", 4), ("weights", "unsigned", 4)])
-
 """(density, mode, bits): Max's (1960) free-offset cases for N(0,1) (2 to 16 levels), and the
 constraints of the method: symmetric signed weights, unsigned activations with an integer zero
 point, power-of-two steps."""
@@ -360,7 +354,6 @@ CONV_CASES = {
 
 MULTIPLIER_REALS = np.array([1.0, 0.5, 0.75, 1.5, 3.0, 2.0**-30, 1e-10, 0.1, 1.0 / 3.0,
                              1.0 - 2.0**-24, 1.0 - 2.0**-23, 2.0**-62, 1.7e-19, 4.0e6])
-
 """Real multipliers of the quantize_multiplier table: powers of two, a carry into the 23rd bit
 (1 - 2**-24 rounds up to 2**22), tiny values (shift capped at 62), a large one."""
 

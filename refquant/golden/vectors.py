@@ -2,9 +2,54 @@
 parameters, input and output functions and tolerances of each.
 """
 from refquant.golden.format import DRAWN, EXACT, Vector
-from refquant.golden.network_vectors import DETECTION_NAMES, DETECTION_TOLERANCES, INTEGER_TOLERANCES, LAYERS_TOLERANCES, MAXPOOL_CASES, NETWORK_SEED, NETWORK_TOLERANCES, PLANS, REGION_CASES, REGION_SEEN, REGION_TOLERANCES, _FOLD_CFG, _detection_inputs, _detection_outputs, _integer_inputs, _integer_outputs, _layers_inputs, _layers_outputs, _network_inputs, _network_outputs, _region_inputs, _region_outputs
-from refquant.golden.numeric_vectors import CONV_TOLERANCES, DENSITIES, ERROR_DENSITIES, ERROR_TOLERANCES, FAKE_TOLERANCES, OPTIMAL_MODES, OPTIMAL_TOLERANCES, PGM_CASES, PGM_MAX_PIECES, PGM_TOLERANCES, _conv_inputs, _conv_outputs, _error_inputs, _error_outputs, _fake_inputs, _fake_outputs, _optimal_inputs, _optimal_outputs, _pgm_inputs, _pgm_outputs, _rounding_inputs, _rounding_outputs
-
+from refquant.golden.network_vectors import (
+    _FOLD_CFG,
+    DETECTION_NAMES,
+    DETECTION_TOLERANCES,
+    INTEGER_TOLERANCES,
+    LAYERS_TOLERANCES,
+    MAXPOOL_CASES,
+    NETWORK_SEED,
+    NETWORK_TOLERANCES,
+    PLANS,
+    REGION_CASES,
+    REGION_SEEN,
+    REGION_TOLERANCES,
+    _detection_inputs,
+    _detection_outputs,
+    _integer_inputs,
+    _integer_outputs,
+    _layers_inputs,
+    _layers_outputs,
+    _network_inputs,
+    _network_outputs,
+    _region_inputs,
+    _region_outputs,
+)
+from refquant.golden.numeric_vectors import (
+    CONV_TOLERANCES,
+    DENSITIES,
+    ERROR_DENSITIES,
+    ERROR_TOLERANCES,
+    FAKE_TOLERANCES,
+    OPTIMAL_MODES,
+    OPTIMAL_TOLERANCES,
+    PGM_CASES,
+    PGM_MAX_PIECES,
+    PGM_TOLERANCES,
+    _conv_inputs,
+    _conv_outputs,
+    _error_inputs,
+    _error_outputs,
+    _fake_inputs,
+    _fake_outputs,
+    _optimal_inputs,
+    _optimal_outputs,
+    _pgm_inputs,
+    _pgm_outputs,
+    _rounding_inputs,
+    _rounding_outputs,
+)
 
 VECTORS = {vector.name: vector for vector in [
     Vector("rounding", "Round half to even on floats and the integer rounding right shift, ties and extremes.",

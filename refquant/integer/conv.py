@@ -12,9 +12,6 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
-
-
-
 INT32_MIN = -(2**31)
 
 
@@ -375,7 +372,6 @@ def conv2d(x, w, stride=1, pad=0, bias=None, x_range=None, w_range=None):
 
 
 _CHUNK_PIXELS = 8192
-
 """Output pixels per GEMM: small feature maps are batched, several images to a panel (the 128x128
 shapes detector's integer network about 10 % faster than one image at a time), and at most this
 many pixels' columns and accumulators are live at once."""

@@ -5,22 +5,23 @@ simulation and the integer network.
 """
 import dataclasses
 import math
+
 import numpy as np
-from refquant.integer.requantize import MAX_SHIFT, leaky_multipliers, quantize_bias, quantize_multiplier, quantize_shift
+
+from refquant.folding import fold_batchnorm, is_folded
 from refquant.integer.conv import check_accumulator_range
+from refquant.integer.requantize import MAX_SHIFT, leaky_multipliers, quantize_bias, quantize_multiplier, quantize_shift
+from refquant.plan import INTEGER_ACTIVATIONS, output_grids
 from refquant.quantizers.uniform import UniformQuantizer
 from refquant.yolo.maxpool import maxpool_forward
 from refquant.yolo.network import NETWORK_INPUT
 from refquant.yolo.reorg import reorg_forward
 from refquant.yolo.upsample import upsample_forward
 
-from refquant.plan import INTEGER_ACTIVATIONS, output_grids
-from refquant.folding import is_folded
-
 
 @dataclasses.dataclass(frozen=True)
 class FixedPointConvolution:
-    """The integer parameters of one convolution (module docstring, point 4).
+    """The integer parameters of one convolution (docs/SPECIFICATION.md, section 11.4).
 
     ``weight_codes`` (M, C, k, k) int8; ``bias`` (M,) int32 at scale ``s_in * s_w``;
     ``multiplier, shift`` for ``acc >= 0``, ``negative_multiplier, negative_shift`` for
@@ -70,7 +71,7 @@ def requantization_pair(real_multiplier):
 
 
 def requantization_pairs(activation, real_multiplier):
-    """(multiplier, shift, negative_multiplier, negative_shift) of a convolution (point 4): the
+    """(multiplier, shift, negative_multiplier, negative_shift) of a convolution (docs/SPECIFICATION.md, section 11.4): the
     negative side repeats the positive for linear, is ``leaky_multipliers``' for leaky, (0, 0) for relu."""
     positive = requantization_pair(real_multiplier)
     if activation == "linear":
@@ -162,7 +163,6 @@ def run_codes(net, fixed, input_codes, convolution, route, grids, input_grid):
 
 
 FLOAT32_EXACT_INTEGERS = 2 ** 24
-
 """Every integer of magnitude up to 2**24 is a float32 (24-bit significand)."""
 
 
@@ -175,3 +175,49 @@ def quantize_input(net, plan, images):
         raise ValueError(f"{net.name}: images must have shape (N, C, H, W) with N >= 1, got {images.shape}")
     net.output_shapes(images.shape[1:])
     return plan.input.quantize(images)
+
+
+class LoweredNetwork:
+    """A folded network lowered to fixed point by a plan: what the float64 simulation and the integer
+    network share (both run :func:`run_codes` on the same :func:`fixed_point_layers`).
+
+    ``build(net, plan)`` folds ``net`` (a copy; ``net`` is unchanged); ``run(images)`` gives every
+    layer's output, ``forward(images)`` the head's alone, so that
+    ``refquant.detection.evaluate.evaluate`` scores it like a float network (``layers``,
+    ``input_shape``, ``name`` are the folded network's). Attributes: ``net`` (the folded float
+    network, for its structure and head), ``plan``, ``grids`` (each layer's output grid), ``fixed``
+    (each layer's integer parameters).
+    """
+
+    KIND = "lowered"
+    """How :attr:`name` calls this arithmetic."""
+
+    def __init__(self, folded, plan):
+        self.net = folded
+        self.plan = plan
+        self.grids = output_grids(folded, plan)
+        self.fixed = fixed_point_layers(folded, plan)
+        self.layers = folded.layers
+        self.inputs = folded.inputs
+        self.input_shape = folded.input_shape
+        self.name = f"{folded.name} ({self.KIND} {plan.method})"
+
+    @classmethod
+    def build(cls, net, plan):
+        """Fold ``net`` (a copy; ``net`` is unchanged) and derive the fixed-point parameters of ``plan``."""
+        return cls(fold_batchnorm(net), plan)
+
+    def input_codes(self, images):
+        """Codes of the input grid for ``images`` (N, C, H, W) float (shape checked per layer)."""
+        return quantize_input(self.net, self.plan, images)
+
+    def run(self, images):
+        """Every layer's output for ``images``: defined by the arithmetic (simulation or integer)."""
+        raise NotImplementedError(f"{type(self).__name__} defines no arithmetic")
+
+    def forward(self, images, training=False):
+        """The last layer's output (the region head's activations, float64); inference only."""
+        if training:
+            raise ValueError(f"{self.name}: the {self.KIND} network has no training mode (use "
+                             f"refquant.qat.FakeQuantNetwork)")
+        return self.run(images)[-1]

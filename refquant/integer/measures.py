@@ -3,15 +3,13 @@ operations per layer (:func:`layer_costs`), signal-to-quantization-noise ratio p
 (:func:`layer_sqnr`) and the rate of saturated codes (:func:`saturation_rates`).
 """
 import math
+
 import numpy as np
+
 from refquant.plan import conv_indices, output_grids, quantizer_bits
 from refquant.yolo.network import NETWORK_INPUT
 
-
-
-
 FLOAT_BITS = 32
-
 """Width of the float model's weights and activations (Darknet's float32)."""
 
 

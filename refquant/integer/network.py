@@ -5,14 +5,11 @@ ReLU inside the requantization, routes rescaled to their grid, the region head i
 dequantized codes. It reproduces :class:`refquant.integer.simulation.SimulatedNetwork` code for code.
 """
 import numpy as np
-from refquant.integer.requantize import code_dtype, requantize_leaky, route_codes
+
 from refquant.integer.conv import conv2d
+from refquant.integer.lowering import LoweredNetwork, run_codes
+from refquant.integer.requantize import code_dtype, requantize_leaky, route_codes
 from refquant.integer.simulation import SimulatedNetwork
-from refquant.plan import output_grids
-from refquant.integer.lowering import fixed_point_layers, quantize_input, run_codes
-from refquant.folding import fold_batchnorm
-
-
 
 
 def shifted_codes(codes, zero_point, value_range):
@@ -50,8 +47,8 @@ def integer_route(route, inputs):
     return route_codes(inputs, list(route.rescalings), grid.zero_point, grid.qmin, grid.qmax)
 
 
-class IntegerNetwork:
-    """A float network turned into fixed-point arithmetic by a quantization plan (module docstring).
+class IntegerNetwork(LoweredNetwork):
+    """A float network turned into fixed-point arithmetic by a quantization plan (docs/SPECIFICATION.md, section 11.5).
 
     ``IntegerNetwork.build(net, plan)``; ``run(images)`` -> every layer's output (integer codes,
     the head's float64 output last); ``forward(images)`` -> the head's output alone, so that
@@ -60,33 +57,14 @@ class IntegerNetwork:
     ``grids`` (each layer's output grid), ``fixed`` (each layer's integer parameters).
     """
 
-    def __init__(self, folded, plan):
-        self.net = folded
-        self.plan = plan
-        self.grids = output_grids(folded, plan)
-        self.fixed = fixed_point_layers(folded, plan)
-        self.layers = folded.layers
-        self.inputs = folded.inputs
-        self.input_shape = folded.input_shape
-        self.name = f"{folded.name} (integer {plan.method})"
-
-    @classmethod
-    def build(cls, net, plan):
-        """Fold ``net`` (a copy; ``net`` is unchanged) and derive the integer parameters of ``plan``."""
-        return cls(fold_batchnorm(net), plan)
+    KIND = "integer"
 
     def run(self, images):
         """images (N, C, H, W) float in [0, 1] -> list of every layer's output (codes; the head's float64)."""
         grid = self.plan.input
-        codes = quantize_input(self.net, self.plan, images).astype(code_dtype(grid.qmin, grid.qmax))
+        codes = self.input_codes(images).astype(code_dtype(grid.qmin, grid.qmax))
         return run_codes(self.net, self.fixed, codes, integer_convolution, integer_route, self.grids,
                          self.plan.input)
-
-    def forward(self, images, training=False):
-        """The last layer's output (the region head's activations, float64); inference only."""
-        if training:
-            raise ValueError(f"{self.name}: an integer network has no training mode (use qat.FakeQuantNetwork)")
-        return self.run(images)[-1]
 
     def dequantized(self, outputs):
         """Every layer's output as real values: ``step * (codes - zero_point)``; heads unchanged."""

@@ -5,8 +5,6 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 
-
-
 def _axes(ax, size=(7, 3.5)):
     if ax is None:
         _, ax = plt.subplots(figsize=size)

@@ -4,26 +4,23 @@ with a 22-bit multiplier, so that a float64 simulation computes exactly the same
 Also the int32 bias, the leaky ReLU's second multiplier and a route's rescaling.
 """
 import math
+
 import numba
 import numpy as np
-from refquant.rounding import round_half_even, rounding_right_shift
 
 from refquant.integer.conv import INT32_MAX, INT32_MIN, _check_integer, value_range
-
+from refquant.rounding import round_half_even, rounding_right_shift
 
 MULTIPLIER_BITS = 22
-
 """Largest multiplier width keeping ``|acc * multiplier| < 2**53`` for every int32 ``acc``
 (2**31 * (2**22 - 1) < 2**53), so float64 simulates the requantization exactly."""
 
 
 MAX_SHIFT = 62
-
 """``rounding_right_shift`` is exact for shifts 0..62 (int64 arithmetic)."""
 
 
 LEAKY_SLOPE = 0.1
-
 """Darknet's leaky ReLU: ``(x > 0) ? x : .1*x`` (pjreddie/darknet, src/activations.h, leaky_activate)."""
 
 

@@ -5,13 +5,15 @@ integer below 2**24), then the requantization rule. ``simulated_convolution`` (o
 """
 import numba
 import numpy as np
+
+from refquant.integer.lowering import (
+    FLOAT32_EXACT_INTEGERS,
+    LoweredNetwork,
+    run_codes,
+)
 from refquant.integer.requantize import multiplier_value
 from refquant.rounding import round_half_even
 from refquant.yolo.convolutional import convolution_output_size, im2col
-
-from refquant.integer.lowering import FLOAT32_EXACT_INTEGERS, fixed_point_layers, quantize_input, run_codes
-from refquant.plan import output_grids
-from refquant.folding import fold_batchnorm
 
 
 def simulation_gemm_dtype(weight_codes, input_grid):
@@ -62,7 +64,7 @@ def _output_size(conv, codes):
 
 
 def simulated_convolution_reference(conv, codes, weight_codes=None):
-    """The simulation's convolution (point 4): float64 codes in, float64 codes out (integer-valued).
+    """The simulation's convolution (docs/SPECIFICATION.md, section 11.6): float64 codes in, float64 codes out (integer-valued).
 
     acc from :func:`simulated_accumulator`, then, in float64,
     code = clip(round_half_even(acc * multiplier * 2.0**-shift) + z_out, qmin, qmax),
@@ -124,33 +126,19 @@ def simulated_route(route, inputs):
     return np.concatenate(parts, axis=1)
 
 
-class SimulatedNetwork:
-    """The fake-quantized network computed exactly in float64 on integer-valued tensors (point 4).
+class SimulatedNetwork(LoweredNetwork):
+    """The fake-quantized network computed exactly in float64 on integer-valued tensors (docs/SPECIFICATION.md, section 11.6).
 
     Build with :meth:`build`; :meth:`run` gives every layer's codes (float64) and the head's
     output; :meth:`forward` the head's output alone, so ``refquant.detection.evaluate.evaluate`` can score
     it like a float network (``layers``, ``input_shape``, ``name`` are the folded network's).
     """
 
+    KIND = "simulated"
+
     def __init__(self, folded, plan):
-        self.net = folded
-        self.plan = plan
-        self.grids = output_grids(folded, plan)
-        self.fixed = fixed_point_layers(folded, plan)
-        self.layers = folded.layers
-        self.inputs = folded.inputs
-        self.input_shape = folded.input_shape
-        self.name = f"{folded.name} (simulated {plan.method})"
+        super().__init__(folded, plan)
         self._weight_codes = {}  # (M, K) weight codes in the GEMM's dtype, made on first use
-
-    @classmethod
-    def build(cls, net, plan):
-        """Fold ``net`` (a copy) and derive the fixed-point parameters of ``plan``."""
-        return cls(fold_batchnorm(net), plan)
-
-    def input_codes(self, images):
-        """Codes of the input grid for ``images`` (N, C, H, W) float (shape checked per layer)."""
-        return quantize_input(self.net, self.plan, images)
 
     def run(self, images):
         """images (N, C, H, W) float -> list of every layer's output: float64 codes; the head's float output."""
@@ -163,8 +151,3 @@ class SimulatedNetwork:
             self._weight_codes[conv.index] = gemm_weight_codes(conv)
         return simulated_convolution(conv, codes, self._weight_codes[conv.index])
 
-    def forward(self, images, training=False):
-        """The last layer's output (the region head's activations) for ``images``; inference only."""
-        if training:
-            raise ValueError(f"{self.name}: the simulation has no training mode (use FakeQuantNetwork)")
-        return self.run(images)[-1]

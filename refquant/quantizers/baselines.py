@@ -4,17 +4,21 @@ histograms, and the one registry of calibration methods (:data:`METHODS`).
 min-max and percentile (PyTorch's observer rule), ACIQ (Banner et al. 2019, analytical clipping
 for a Laplace or Gaussian prior), brute-force MSE search, and TensorRT's KL-divergence calibration.
 """
+import dataclasses
 import math
+
 import numpy as np
 from scipy import optimize, special
 from tqdm import tqdm
-from refquant.rounding import round_half_even
-from refquant.quantizers.uniform import UniformQuantizer
 
 from refquant.density.histogram import HistogramDensity
 from refquant.quantizers.error import empirical_mse, expected_mse
 from refquant.quantizers.optimal import optimal_quantizer
-from refquant.quantizers.uniform import _check_bits, code_range, signed_quantizer
+from refquant.quantizers.uniform import UniformQuantizer, _check_bits, code_range, signed_quantizer
+from refquant.rounding import round_half_even
+
+PERCENTILE = 99.99
+"""The percentile method's clipping percentile, everywhere (NVIDIA pytorch-quantization's default)."""
 
 
 def quantizer_from_interval(lo, hi, bits, symmetric=False):
@@ -57,7 +61,7 @@ def minmax_quantizer(samples, bits, symmetric=False):
     return quantizer_from_interval(x.min(), x.max(), bits, symmetric)
 
 
-def percentile_quantizer(samples, bits, percentile=99.99, symmetric=False):
+def percentile_quantizer(samples, bits, percentile=PERCENTILE, symmetric=False):
     """Percentile calibration: the interval between the ``100 - p`` and ``p`` percentiles of x
     (symmetric: ``[-a, a]`` with ``a`` the ``p`` percentile of ``|x|``), as in NVIDIA's
     pytorch-quantization ``HistogramCalibrator(method="percentile")``; numpy's linear percentile."""
@@ -246,20 +250,12 @@ def kl_quantizer(samples, bits=8, num_bins=2048):
 
 
 def baseline_quantizers(samples, bits, symmetric=False, num_candidates=24):
-    """Every baseline on the same samples: dict method name -> UniformQuantizer.
+    """Every baseline of :data:`METHODS` on the same samples: dict label -> UniformQuantizer.
 
     KL calibration is always symmetric narrow-range (as in TensorRT) and is left out below 2 bits.
     """
-    quantizers = {
-        "min-max": minmax_quantizer(samples, bits, symmetric),
-        "percentile 99.99": percentile_quantizer(samples, bits, 99.99, symmetric),
-        "ACIQ Gauss": aciq_quantizer(samples, bits, "gaussian", symmetric),
-        "ACIQ Laplace": aciq_quantizer(samples, bits, "laplace", symmetric),
-        "MSE search": mse_search_quantizer(samples, bits, symmetric, num_candidates),
-    }
-    if bits >= 2:
-        quantizers["KL (TensorRT)"] = kl_quantizer(samples, bits)
-    return quantizers
+    return {method.label: method.from_samples(samples, bits, symmetric, num_candidates)
+            for method in METHODS.values() if method.from_samples is not None and (method.name != "kl" or bits >= 2)}
 
 
 def method_errors(samples, bits, dist=None, symmetric=False, num_candidates=24):
@@ -294,7 +290,7 @@ def minmax_quantizer_histogram(density, bits, symmetric=False, extremes=None):
     return minmax_quantizer(np.array(_extremes(density, extremes, "minmax_quantizer_histogram")), bits, symmetric)
 
 
-def percentile_quantizer_histogram(density, bits, percentile=99.99, symmetric=False):
+def percentile_quantizer_histogram(density, bits, percentile=PERCENTILE, symmetric=False):
     """:func:`percentile_quantizer` on a histogram: the percentiles read from its CDF (linear inside
     a bin); symmetric: ``a`` = the ``p`` percentile of ``|x|`` (:meth:`HistogramDensity.folded`)."""
     density = _histogram_density(density, "percentile_quantizer_histogram")
@@ -356,11 +352,48 @@ def kl_quantizer_histogram(density, bits=8, num_bins=2048, extremes=None):
     return signed_quantizer(bits, threshold / (2**(bits - 1) - 1), narrow_range=True)
 
 
-METHODS = ("pgm", "minmax", "percentile", "aciq", "aciq-gauss", "mse", "kl")
+@dataclasses.dataclass(frozen=True)
+class Method:
+    """A calibration method: its name (in plans, results and on the command line), its label (in
+    tables and plots) and how it makes a quantizer from samples (weights) and from an activation
+    histogram. The PGM method has neither rule here: it is a density fit followed by
+    :func:`refquant.quantizers.optimal.optimal_quantizer` (:func:`refquant.ptq.quantization_plan`).
 
-"""Calibration methods of :func:`quantization_plan` (see the module docstring, point 3)."""
+    ``from_samples(samples, bits, symmetric, num_candidates)``; ``from_histogram(histogram, bits)``
+    with ``histogram`` an :class:`refquant.ptq.ActivationHistogram` (its density, exact extremes,
+    mean and standard deviation).
+    """
+    name: str
+    label: str
+    from_samples: object = None
+    from_histogram: object = None
 
 
-PERCENTILE = 99.99
+def _histogram_extremes(histogram):
+    return histogram.min, histogram.max
 
-"""The ``"percentile"`` method's clipping percentile (NVIDIA pytorch-quantization's default)."""
+
+METHODS = {method.name: method for method in [
+    Method("pgm", "PGM"),
+    Method("minmax", "min-max",
+           lambda x, bits, symmetric, _: minmax_quantizer(x, bits, symmetric),
+           lambda h, bits: minmax_quantizer_histogram(h.density(), bits, extremes=_histogram_extremes(h))),
+    Method("percentile", "percentile",
+           lambda x, bits, symmetric, _: percentile_quantizer(x, bits, PERCENTILE, symmetric),
+           lambda h, bits: percentile_quantizer_histogram(h.density(), bits, PERCENTILE)),
+    Method("aciq", "ACIQ",
+           lambda x, bits, symmetric, _: aciq_quantizer(x, bits, "laplace", symmetric),
+           lambda h, bits: aciq_quantizer_histogram(h.density(), bits, "laplace", mean=h.mean(), std=h.std())),
+    Method("aciq-gauss", "ACIQ (Gauss)",
+           lambda x, bits, symmetric, _: aciq_quantizer(x, bits, "gaussian", symmetric),
+           lambda h, bits: aciq_quantizer_histogram(h.density(), bits, "gaussian", mean=h.mean(), std=h.std())),
+    Method("mse", "MSE search",
+           lambda x, bits, symmetric, candidates: mse_search_quantizer(x, bits, symmetric, candidates, progress=False),
+           lambda h, bits: mse_search_quantizer_histogram(h.density(), bits, extremes=_histogram_extremes(h),
+                                                          progress=False)),
+    Method("kl", "KL (TensorRT)",
+           lambda x, bits, symmetric, _: kl_quantizer(x, bits),
+           lambda h, bits: kl_quantizer_histogram(h.density(), bits, extremes=_histogram_extremes(h))),
+]}
+"""The one registry of calibration methods: name -> :class:`Method`. The ACIQ method without a
+suffix uses the Laplace prior (Banner et al.'s choice for activations)."""

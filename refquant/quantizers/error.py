@@ -4,8 +4,6 @@ error of data (docs/SPECIFICATION.md, section 5): granular error inside the inte
 import numpy as np
 
 
-
-
 def expected_mse(dist, quantizer, split=False):
     """``E[(X - Q(X))^2]`` for X ~ ``dist``, in closed form (no numerical integration).
 

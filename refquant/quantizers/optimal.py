@@ -6,10 +6,11 @@ local minimum; :func:`optimal_quantizer`'s docstring says why the result is glob
 """
 import dataclasses
 import math
+
 import numpy as np
-from refquant.rounding import round_half_even
 
 from refquant.quantizers.uniform import UniformQuantizer, _check_bits, code_range
+from refquant.rounding import round_half_even
 
 
 def _scan(dist, mean, var, steps, phases, qmin, qmax, z_first, z_last):
@@ -150,7 +151,7 @@ def optimal_quantizer(dist, bits, zero_representable=True, symmetric=False, pow2
                       narrow_range=False):
     """The ``bits``-bit uniform quantizer minimising :func:`expected_mse` under ``dist``.
 
-    Constraints (METHOD.md section 2):
+    Constraints (docs/SPECIFICATION.md, section 6):
 
     - ``symmetric=True``: signed codes (:func:`code_range`, ``narrow_range`` optional), zero point
       0 (the weights' default). Only the step is searched.

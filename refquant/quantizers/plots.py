@@ -10,11 +10,10 @@ The clipping curves use signed symmetric codes (zero point 0): clipping value ``
 """
 import matplotlib.pyplot as plt
 import numpy as np
-from refquant.quantizers.uniform import code_range, signed_quantizer
+
 from refquant.quantizers.error import expected_mse
 from refquant.quantizers.optimal import optimal_quantizer
-
-
+from refquant.quantizers.uniform import code_range, signed_quantizer
 
 
 def _axes(ax):

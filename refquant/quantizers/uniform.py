@@ -7,12 +7,11 @@
 """
 import dataclasses
 import math
+
 import numba
 import numpy as np
+
 from refquant.rounding import round_half_even
-
-
-
 
 MAX_BITS = 16
 
@@ -26,7 +25,7 @@ class UniformQuantizer:
     An integer ``zero_point`` (stored as ``int``) makes 0 exactly representable and the formula
     above is literally the one used (PyTorch's ``fake_quantize_per_tensor_affine`` and the
     project's integer network use the same). A real ``zero_point`` is allowed for the classic
-    free-offset problem (METHOD.md section 3, Max 1960); then, with ``z = floor(zero_point)`` and
+    free-offset problem (Max 1960); then, with ``z = floor(zero_point)`` and
     ``f = zero_point - z``, ``code(x) = clip(round(x/step + f) + z, qmin, qmax)``, the nearest level
     ``step * (code - zero_point)``; for an integer zero point (``f = 0``) this is the formula above.
 
