@@ -30,11 +30,9 @@ import numpy as np
 import torch
 
 import refquant
-from refquant import darknet
-from refquant import ptq
-from refquant.integer.network import IntegerNetwork
+from refquant import darknet, folding, ptq
 from refquant.integer.measures import sqnr_db
-from refquant import folding
+from refquant.integer.network import IntegerNetwork
 
 CFG = "yolov2-tiny-voc.cfg"
 

@@ -17,10 +17,10 @@ import time
 
 import numpy as np
 
-from refquant.quantizers.error import empirical_mse, expected_mse
-from refquant.quantizers.baselines import mse_search_quantizer
-from refquant.quantizers.optimal import optimal_quantizer
 from refquant.density.pgm import PiecewiseGaussian
+from refquant.quantizers.baselines import mse_search_quantizer
+from refquant.quantizers.error import empirical_mse, expected_mse
+from refquant.quantizers.optimal import optimal_quantizer
 
 # A weight-like model: a centre piece and two heavier tails.
 MODEL = PiecewiseGaussian([-1.0, 1.0], [0.2, 0.6, 0.2], [-0.5, 0.0, 0.5], [1.5, 0.7, 1.5])

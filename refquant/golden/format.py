@@ -24,7 +24,10 @@ import numpy as np
 FORMAT = "refquant-golden-vectors"
 
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""2: the defining functions are named by their modules of the one-concept-per-module layout
+(``refquant.density.pgm.PiecewiseGaussian.fit`` where version 1 had ``refquant.pgm.PiecewiseGaussian.fit``);
+every array is as in version 1."""
 
 
 MANIFEST = "manifest.json"
