@@ -41,6 +41,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
+import refquant
 from refquant.data.image import resize_image
 
 VERSION = 1  # bump when the drawing changes: the cache directory name carries it
@@ -53,12 +54,9 @@ SUPERSAMPLE = 2  # shapes are drawn at twice the resolution and averaged down (a
 
 
 def default_cache_dir():
-    """``$REFQUANT_CACHE``, else ``$XDG_CACHE_HOME/refquant``, else ``~/.cache/refquant``."""
-    if os.environ.get("REFQUANT_CACHE"):
-        return Path(os.environ["REFQUANT_CACHE"])
-    if os.environ.get("XDG_CACHE_HOME"):
-        return Path(os.environ["XDG_CACHE_HOME"]) / "refquant"
-    return Path.home() / ".cache" / "refquant"
+    """The folder of generated data sets: :func:`refquant.cache_dir` (``$REFQUANT_CACHE``, else the
+    XDG cache folder)."""
+    return refquant.cache_dir()
 
 
 def shapes_dataset(path=None, seed=0, size=160, train=2000, val=200, test=500, progress=True):
