@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SPEC = ROOT / "docs" / "SPECIFICATION.md"
 
 # `refquant/intconv.py` — `requantize_code`, `requantize_leaky_code`
-REFERENCE = re.compile(r"`(refquant/[\w/]+\.py)` — ((?:`[\w.]+`(?:, )?)+)")
+REFERENCE = re.compile(r"`(refquant/[\w/]+\.py)` — ((?:`[\w.]+`(?:,\s+)?)+)")
 NAME = re.compile(r"`([\w.]+)`")
 CONSTANT_ROW = re.compile(r"^\| `(refquant/[\w/]+\.py)` — `(\w+)` \| `([^`]+)` \|", re.MULTILINE)
 PATH = re.compile(r"`((?:refquant|tests)/[\w/]+\.py)`")
