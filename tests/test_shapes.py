@@ -179,3 +179,18 @@ def test_bad_parameters_are_named():
         shapes_dataset("/nonexistent/never", train=-1)
     with pytest.raises(ValueError, match="size: expected at least 32"):
         shapes_dataset("/nonexistent/never", size=16)
+
+
+def test_refquant_data_shapes_draws_the_generators_tree(tmp_path, capsys):
+    """Truth: ``generate`` called directly with the same seed and sizes (byte-identical files); the
+    command refuses an existing folder with exit status 2 and a message naming it."""
+    from refquant import cli
+    out = tmp_path / "cli"
+    assert cli.main(["data", "shapes", str(out), "--seed", "11", "--train", "2", "--val", "1", "--test", "3",
+                     "--size", "48", "--no-progress"]) == 0
+    direct = shapes.generate(tmp_path / "direct", seed=11, size=48, train=2, val=1, test=3, progress=False)
+    files = sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(direct) for p in direct.rglob("*") if p.is_file())
+    assert all((out / f).read_bytes() == (direct / f).read_bytes() for f in files)
+    assert cli.main(["data", "shapes", str(out), "--seed", "12"]) == 2
+    assert str(out) in capsys.readouterr().err
