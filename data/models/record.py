@@ -45,8 +45,8 @@ def main():
     scores07 = average_precision(found, ground_truth(records), use_07_metric=True)
     met = scores["mAP"] >= TARGET
     progress = f"{state['iteration']} of {state['options']['max_batches']} updates"
-    status = (f"target met: test mAP {scores['mAP']:.1%} after {progress}, at or above issue 3's {TARGET:.0%}"
-              if met else f"unfinished: test mAP {scores['mAP']:.1%} after {progress}, below issue 3's {TARGET:.0%}")
+    status = (f"target met: test mAP {scores['mAP']:.1%} after {progress}, at or above the {TARGET:.0%} target"
+              if met else f"unfinished: test mAP {scores['mAP']:.1%} after {progress}, below the {TARGET:.0%} target")
     history = {}
     for item in args.val_history:
         updates, value = item.split("=")

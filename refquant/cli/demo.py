@@ -36,7 +36,7 @@ def add_arguments(parser):
                         help=f"QAT widths, comma-separated, or 'none' (default {','.join(map(str, QAT_BITS))})")
     parser.add_argument("--activation-breakpoints", choices=("auto", "kink"), default="auto",
                         help="breakpoints of the activations' PGMs: chosen by BIC with 0 among the candidates "
-                             "(auto, the default), or 0 alone for leaky-ReLU outputs (kink); see refquant.qat")
+                             "(auto, the default), or 0 alone for leaky-ReLU outputs (kink); see refquant.ptq")
     parser.add_argument("--first-bits", type=int, default=8, help="width of the first convolution (default 8)")
     parser.add_argument("--last-bits", type=int, default=8, help="width of the last convolution (default 8)")
     parser.add_argument("--calibration-images", type=int, default=None,
