@@ -1,5 +1,6 @@
-"""``refquant demo`` end to end on a tiny configuration: a small tiny-YOLO-like cfg with random
-weights and a few generated shapes images, through the command line, in seconds.
+"""``refquant demo`` end to end on a tiny configuration: a small tiny-YOLO-like cfg
+(refquant.testing.tiny_yolo_cfg) with random weights and a few generated shapes images, through
+the command line, in seconds.
 
 Independent truths, per test: ``refquant.detection.evaluate.evaluate`` (the ``refquant eval`` path, which
 loads and letterboxes the images itself) on the float network, on the saved plans' simulations
@@ -26,77 +27,8 @@ from refquant.data.voc import load_voc, read_names
 from refquant.detection.evaluate import evaluate
 from refquant.integer.network import IntegerNetwork
 from refquant import folding
+from refquant.testing import randomize_batchnorm, tiny_yolo_cfg, write_cfg
 
-CFG = """
-[net]
-batch=4
-subdivisions=1
-width=32
-height=32
-channels=3
-momentum=0.9
-decay=0.0005
-learning_rate=0.01
-max_batches=10
-policy=constant
-hue=.1
-saturation=1.5
-exposure=1.5
-
-[convolutional]
-batch_normalize=1
-filters=8
-size=3
-stride=1
-pad=1
-activation=leaky
-
-[maxpool]
-size=2
-stride=2
-
-[convolutional]
-batch_normalize=1
-filters=16
-size=3
-stride=1
-pad=1
-activation=leaky
-
-[maxpool]
-size=2
-stride=2
-
-[convolutional]
-batch_normalize=1
-filters=16
-size=3
-stride=1
-pad=1
-activation=leaky
-
-[convolutional]
-size=1
-stride=1
-pad=1
-filters=24
-activation=linear
-
-[region]
-anchors=2,2,3.5,3.5
-bias_match=1
-classes=7
-coords=4
-num=2
-softmax=1
-jitter=.2
-rescore=1
-object_scale=5
-noobject_scale=1
-class_scale=1
-coord_scale=1
-thresh=.6
-"""
 BITS = (8, 4)
 
 
@@ -105,17 +37,8 @@ def run(tmp_path_factory):
     """One ``refquant demo --quick`` run on the tiny configuration: (paths, results, stdout text)."""
     folder = tmp_path_factory.mktemp("demo")
     root = shapes_dataset(folder / "shapes", size=64, train=8, val=0, test=6, progress=False)
-    cfg = folder / "tiny.cfg"
-    cfg.write_text(CFG)
-    net = darknet.load(cfg, seed=4)
-    rng = np.random.default_rng(4)
-    for layer in net.layers:  # batch-norm statistics and biases of a trained network, not the trivial fresh ones
-        if layer.type == "convolutional":
-            layer.params["biases"][:] = rng.normal(0.0, 0.2, layer.filters)
-            if layer.batch_normalize:
-                layer.params["scales"][:] = rng.uniform(0.5, 1.5, layer.filters)
-                layer.params["rolling_mean"][:] = rng.normal(0.0, 0.3, layer.filters)
-                layer.params["rolling_variance"][:] = rng.uniform(0.5, 2.0, layer.filters)
+    cfg = write_cfg(folder, tiny_yolo_cfg(anchors="2,2,3.5,3.5"))
+    net = randomize_batchnorm(darknet.load(cfg, seed=4), 4)  # statistics and biases of a trained network
     weights = folder / "tiny.weights"
     darknet.save_weights(net, weights)
     out = folder / "out"

@@ -20,6 +20,7 @@ from refquant.golden import export
 from refquant.golden import format
 from refquant.golden import numeric_vectors
 from refquant.golden import vectors
+from refquant.testing import numpy_correlation
 
 
 @pytest.fixture(scope="module")
@@ -205,18 +206,6 @@ def vector(exported, name):
         return {key: stored[key] for key in stored.files}
 
 
-def correlate_int64(x, w, bias, stride, pad):
-    """Integer correlation by numpy int64 einsum over explicitly padded windows."""
-    n, c, h, width = x.shape
-    o, _, kh, kw = w.shape
-    padded = np.zeros((n, c, h + 2 * pad, width + 2 * pad), np.int64)
-    padded[:, :, pad:pad + h, pad:pad + width] = x
-    out_h, out_w = (h + 2 * pad - kh) // stride + 1, (width + 2 * pad - kw) // stride + 1
-    windows = np.stack([np.stack([padded[:, :, i * stride:i * stride + kh, j * stride:j * stride + kw]
-                                  for j in range(out_w)], axis=-1) for i in range(out_h)], axis=-2)
-    return np.einsum("ncklyx,ockl->noyx", windows, w.astype(np.int64)) + bias.astype(np.int64)[None, :, None, None]
-
-
 def requantize_fraction(acc, multiplier, shift, zero_point, qmin, qmax):
     """clip(round_half_even(acc * multiplier / 2**shift) + zero_point) with exact rationals
     (Python's round of a Fraction rounds half to even)."""
@@ -225,14 +214,14 @@ def requantize_fraction(acc, multiplier, shift, zero_point, qmin, qmax):
 
 
 def test_integer_convolution_against_int64_einsum_and_fractions(exported):
-    """Truth: numpy int64 einsum over padded windows for the accumulators; exact rational arithmetic
-    (fractions.Fraction) for the requantized codes of the linear, leaky and relu rules; and the
-    definition of a 22-bit multiplier (2**21 <= m < 2**22 unless the shift is capped at 62,
-    |m 2**-shift / M - 1| <= 2**-22)."""
+    """Truth: numpy int64 einsum over padded windows (refquant.testing.numpy_correlation) for the
+    accumulators; exact rational arithmetic (fractions.Fraction) for the requantized codes of the
+    linear, leaky and relu rules; and the definition of a 22-bit multiplier (2**21 <= m < 2**22
+    unless the shift is capped at 62, |m 2**-shift / M - 1| <= 2**-22)."""
     v = vector(exported, "integer_convolution")
     for case in numeric_vectors.CONV_CASES:
-        acc = correlate_int64(v[f"{case}/x"], v[f"{case}/w"], v[f"{case}/bias"], int(v[f"{case}/stride"]),
-                              int(v[f"{case}/pad"]))
+        acc = (numpy_correlation(v[f"{case}/x"], v[f"{case}/w"], int(v[f"{case}/stride"]), int(v[f"{case}/pad"]))
+               + v[f"{case}/bias"].astype(np.int64)[None, :, None, None])
         np.testing.assert_array_equal(v[f"{case}/acc"], acc)
         m, s, nm, ns = (int(t) for t in v[f"{case}/requantization"])
         real = float(v[f"{case}/real_multiplier"])

@@ -1,7 +1,8 @@
 """Integer convolution and requantization (refquant.intconv) against independent truths.
 
 Truths used (each test names its own):
-* NumPy int64 arithmetic on a zero-padded array (sliding_window_view + einsum), and
+* NumPy int64 arithmetic on a zero-padded array (sliding_window_view + einsum:
+  refquant.testing.numpy_correlation), and
   scipy.signal.correlate, for the convolution's definition;
 * Python's unbounded integers and the int32 limits, for the overflow check;
 * Python's exact rationals (fractions.Fraction) with the built-in round, which rounds
@@ -20,17 +21,9 @@ import torch
 from refquant.integer import conv as integer_conv
 from refquant.integer.requantize import MULTIPLIER_BITS, code_dtype, leaky_multipliers, multiplier_value, quantize_bias, quantize_multiplier, quantize_shift, requantize, requantize_code, requantize_leaky, requantize_leaky_code, requantize_shift, rescale_codes, route_codes
 from refquant.integer.conv import check_accumulator_range, conv2d, conv2d_reference, value_range
+from refquant.testing import numpy_correlation
 
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
-
-
-def numpy_correlation(x, w, stride, pad):
-    """Exact int64 correlation by NumPy: zero-pad, take every window, contract with einsum."""
-    kh, kw = w.shape[2:]
-    padded = np.pad(x.astype(np.int64), ((0, 0), (0, 0), (pad, pad), (pad, pad)))
-    windows = np.lib.stride_tricks.sliding_window_view(padded, (kh, kw), axis=(2, 3))
-    windows = windows[:, :, ::stride, ::stride]  # (N, C, Ho, Wo, kh, kw)
-    return np.einsum("ncyxij,ocij->noyx", windows, w.astype(np.int64))
 
 
 def random_codes(rng, shape, dtype, bits=None, signed=None):

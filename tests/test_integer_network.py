@@ -3,7 +3,6 @@ code), each layer against a direct real-valued computation in torch, the float n
 the accumulator check, model size and operation counts. Each docstring names its truth."""
 import dataclasses
 import math
-import warnings
 
 import numpy as np
 import pytest
@@ -21,106 +20,10 @@ from refquant.detection.evaluate import shipped_model
 from refquant.integer.network import IntegerNetwork
 from refquant.integer.measures import cost_totals, layer_costs, layer_sqnr, saturation_rates, sqnr_db
 from refquant.quantizers.uniform import UniformQuantizer
-from refquant.density.em import ConvergenceWarning
+from refquant.testing import load_cfg, numpy_correlation, passthrough_cfg, quiet_plan, randomize_batchnorm
 
 CFG_DIR = "refquant/cfg"
-
-TINY_CFG = """
-[net]
-width=32
-height=32
-channels=3
-
-[convolutional]
-batch_normalize=1
-filters=8
-size=3
-stride=1
-pad=1
-activation=leaky
-
-[maxpool]
-size=2
-stride=2
-
-[convolutional]
-batch_normalize=1
-filters=16
-size=3
-stride=1
-pad=1
-activation=leaky
-
-[maxpool]
-size=2
-stride=2
-
-[convolutional]
-batch_normalize=1
-filters=32
-size=3
-stride=1
-pad=1
-activation=leaky
-
-[route]
-layers=-3
-
-[convolutional]
-batch_normalize=1
-filters=4
-size=1
-stride=1
-pad=1
-activation=leaky
-
-[reorg]
-stride=2
-
-[route]
-layers=-1,-4
-
-[convolutional]
-batch_normalize=1
-filters=32
-size=3
-stride=1
-pad=1
-activation=leaky
-
-[convolutional]
-filters=16
-size=1
-stride=1
-pad=1
-activation=linear
-
-[region]
-anchors=1,1,2,2
-classes=3
-num=2
-softmax=1
-"""
-
-
-def randomize_batchnorm(net, seed=0):
-    """Random batch-norm scales, means, variances and biases (a fresh network has trivial ones)."""
-    rng = np.random.default_rng(seed)
-    for layer in net.layers:
-        if layer.type == "convolutional":
-            m = layer.filters
-            layer.params["biases"][:] = rng.normal(0.0, 0.2, m)
-            if layer.batch_normalize:
-                layer.params["scales"][:] = rng.uniform(0.5, 1.5, m)
-                layer.params["rolling_mean"][:] = rng.normal(0.0, 0.3, m)
-                layer.params["rolling_variance"][:] = rng.uniform(0.5, 2.0, m)
-    return net
-
-
-def plan_of(statistics, *args, **kwargs):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        return ptq.quantization_plan(statistics, *args, **kwargs)
+plan_of = quiet_plan
 
 
 def pow2_plan(plan, net):
@@ -132,32 +35,31 @@ def pow2_plan(plan, net):
                                             method="minmax-pow2", options=plan.options)
 
 
+def calibrated(net, seed, images, **options):
+    """``net`` with random batch norm (``seed``), random float32 images of shape ``images`` (seed + 1)
+    and their calibration statistics."""
+    randomize_batchnorm(net, seed)
+    images = np.random.default_rng(seed + 1).random(images).astype(np.float32)
+    return net, images, ptq.calibration_statistics(net, images, baseline_samples=4096, progress=False, **options)
+
+
 @pytest.fixture(scope="module")
 def tiny_voc():
     """yolov2-tiny-voc (float32, random weights and batch norm), 2 images at 64x64, its statistics."""
-    net = randomize_batchnorm(darknet.load(f"{CFG_DIR}/yolov2-tiny-voc.cfg", seed=1), 1)
-    images = np.random.default_rng(2).random((2, 3, 64, 64)).astype(np.float32)
-    statistics = ptq.calibration_statistics(net, images, batch_size=2, baseline_samples=4096, progress=False)
-    return net, images, statistics
+    return calibrated(darknet.load(f"{CFG_DIR}/yolov2-tiny-voc.cfg", seed=1), 1, (2, 3, 64, 64), batch_size=2)
 
 
 @pytest.fixture(scope="module")
 def voc():
     """yolov2-voc (route and reorg), float32, random weights and batch norm, one image at 64x64."""
-    net = randomize_batchnorm(darknet.load(f"{CFG_DIR}/yolov2-voc.cfg", seed=2), 2)
-    images = np.random.default_rng(3).random((1, 3, 64, 64)).astype(np.float32)
-    statistics = ptq.calibration_statistics(net, images, batch_size=1, baseline_samples=4096, progress=False)
-    return net, images, statistics
+    return calibrated(darknet.load(f"{CFG_DIR}/yolov2-voc.cfg", seed=2), 2, (1, 3, 64, 64), batch_size=1)
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    path = tmp_path_factory.mktemp("tiny") / "tiny.cfg"
-    path.write_text(TINY_CFG)
-    net = randomize_batchnorm(darknet.load(path, seed=3), 3)
-    images = np.random.default_rng(4).random((3, 3, 32, 32)).astype(np.float32)
-    statistics = ptq.calibration_statistics(net, images, baseline_samples=4096, progress=False)
-    return net, images, statistics
+def tiny():
+    """The tiny passthrough network (refquant.testing.passthrough_cfg; float32, random weights and
+    batch norm), 3 images at 32x32, its statistics."""
+    return calibrated(load_cfg(passthrough_cfg(), "tiny.cfg", seed=3), 3, (3, 3, 32, 32))
 
 
 def assert_code_for_code(integer_network, images):
@@ -258,18 +160,20 @@ def boundary_convolution(statistics, last_weight):
 
 @pytest.mark.parametrize("last_weight, dtype", [(7, np.float32), (8, np.float64)])
 def test_simulation_float32_gemm_only_where_exact(tiny, last_weight, dtype):
-    """Truth: NumPy int64 arithmetic (einsum). Inputs on a 0..255 grid with zero point 0, a 1x1
-    convolution of k = 519 weights: 518 of 127 and a last one of 7 make the worst sum
-    65793 * 255 = 2**24 - 1, the largest every partial sum of which float32 holds exactly, so the
-    GEMM runs in float32; a last weight of 8 passes 2**24 and sends it to float64. Either way each
-    accumulator, on inputs at the extreme (the worst sum itself) and random ones, is the int64 one."""
+    """Truth: NumPy int64 arithmetic (refquant.testing.numpy_correlation, an einsum). Inputs on a
+    0..255 grid with zero point 0, a 1x1 convolution of k = 519 weights: 518 of 127 and a last one
+    of 7 make the worst sum 65793 * 255 = 2**24 - 1, the largest every partial sum of which float32
+    holds exactly, so the GEMM runs in float32; a last weight of 8 passes 2**24 and sends it to
+    float64. Either way each accumulator, on inputs at the extreme (the worst sum itself) and random
+    ones, is the int64 one."""
     net, images, statistics = tiny
     conv, weights, codes = boundary_convolution(statistics, last_weight)
     k = weights.shape[1]
     assert (int(np.abs(weights).sum(axis=1).max()) * 255 < 2 ** 24) == (dtype is np.float32)
     assert integer_simulation.simulation_gemm_dtype(weights, conv.input_grid) is dtype
     acc = integer_simulation.simulated_accumulator(conv, codes)
-    expected = np.einsum("mk,nkp->nmp", weights, codes.astype(np.int64).reshape(4, k, 4)) + np.array([3, -5])[:, None]
+    expected = numpy_correlation(codes, weights.reshape(2, k, 1, 1)) + np.array([3, -5])[:, None, None]
+    expected = expected.reshape(4, 2, 4)
     assert acc.dtype == np.float64
     np.testing.assert_array_equal(acc, expected.astype(np.float64))
     assert expected[0, 0, 0] == 255 * (518 * 127 + last_weight) + 3
@@ -479,9 +383,7 @@ def test_evaluate_scores_integer_and_simulated_networks_identically(tmp_path):
     root = shapes_dataset(tmp_path / "shapes", size=64, train=0, val=0, test=6, progress=False)
     names = read_names(root / "shapes.names")
     assert tuple(names) == SHAPE_NAMES
-    cfg = tmp_path / "tiny7.cfg"
-    cfg.write_text(TINY_CFG.replace("filters=16\nsize=1", "filters=24\nsize=1").replace("classes=3", "classes=7"))
-    net = randomize_batchnorm(darknet.load(cfg, seed=5), 5)
+    net = randomize_batchnorm(load_cfg(passthrough_cfg(classes=7), "tiny7.cfg", seed=5), 5)
     records = load_voc(root, "test", names)
     calibration = np.random.default_rng(6).random((4, 3, 32, 32)).astype(np.float32)
     plan = plan_of(ptq.calibration_statistics(net, calibration, progress=False, baseline_samples=4096),

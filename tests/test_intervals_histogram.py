@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 from scipy import integrate, stats
 
-from refquant import darknet
 from refquant import ptq
 from refquant.quantizers import baselines
 from refquant.quantizers import error as quantizers_error
 from refquant.quantizers import uniform
 from refquant.density.histogram import HistogramDensity
 from refquant import folding
+from refquant.testing import load_cfg, randomize_batchnorm, two_input_route_cfg
 
 
 def data(seed=0, n=20000):
@@ -213,76 +213,20 @@ def test_activation_histogram_density_keeps_counts_and_exact_extremes():
     assert histogram.std() == pytest.approx(np.std(values), rel=1e-10)
 
 
-SMALL_CFG = """
-[net]
-width=32
-height=32
-channels=3
-
-[convolutional]
-batch_normalize=1
-filters=8
-size=3
-stride=1
-pad=1
-activation=leaky
-
-[maxpool]
-size=2
-stride=2
-
-[convolutional]
-batch_normalize=1
-filters=16
-size=3
-stride=1
-pad=1
-activation=leaky
-
-[convolutional]
-batch_normalize=1
-filters=8
-size=1
-stride=1
-pad=1
-activation=leaky
-
-[route]
-layers=-1,-2
-
-[convolutional]
-filters=12
-size=1
-stride=1
-pad=1
-activation=linear
-"""
+def small_network():
+    """Leaky convolutions with random batch-norm statistics, a two-input route, a linear 1x1 output
+    (refquant.testing.two_input_route_cfg), float64."""
+    return randomize_batchnorm(load_cfg(two_input_route_cfg(), "small.cfg", dtype=np.float64, seed=3), 3)
 
 
-def small_network(tmp_path):
-    """Leaky convolutions with random batch-norm statistics, a two-input route, a linear 1x1 output."""
-    path = tmp_path / "small.cfg"
-    path.write_text(SMALL_CFG)
-    net = darknet.load(path, dtype=np.float64, seed=3)
-    rng = np.random.default_rng(3)
-    for layer in net.layers:
-        if layer.type == "convolutional":
-            layer.params["biases"][:] = rng.normal(0.0, 0.2, layer.filters)
-            if layer.batch_normalize:
-                layer.params["scales"][:] = rng.uniform(0.5, 1.5, layer.filters)
-                layer.params["rolling_mean"][:] = rng.normal(0.0, 0.3, layer.filters)
-                layer.params["rolling_variance"][:] = rng.uniform(0.5, 2.0, layer.filters)
-    return net
-
-
-def test_baseline_plans_follow_the_full_activations(tmp_path):
+def test_baseline_plans_follow_the_full_activations():
     """Truth: the refquant.intervals sample rules on ALL the float activations of the calibration
     images at once (numpy statistics of the whole tensor): the histogram plans give the same
     Gaussian ACIQ interval (exact moments, to float summation order), percentile intervals
     within one bin (and one step) of numpy's inverted-CDF percentiles, and an MSE-search quantizer
     whose error on the data is within 5 % of the sample search's (on a 3x3 convolution and the
     two-input route)."""
-    net = small_network(tmp_path)
+    net = small_network()
     images = np.random.default_rng(1).random((6, 3, 32, 32))
     statistics = ptq.calibration_statistics(net, images, batch_size=2, progress=False)
     outputs = folding.fold_batchnorm(net).forward(images, return_all=True)

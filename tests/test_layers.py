@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from refquant.testing import randomize_layer
 from refquant.yolo import activations
 from refquant.yolo.connected import ConnectedLayer
 from refquant.yolo.convolutional import ConvolutionalLayer, col2im, im2col
@@ -93,13 +94,7 @@ def torch_convolution(layer, x, training):
 def random_convolution(options, channels, rng, dtype=np.float64):
     layer = ConvolutionalLayer(**options)
     layer.build((channels, 1, 1), dtype=dtype, rng=rng)
-    p = layer.params
-    p["biases"][...] = rng.normal(0, 0.5, p["biases"].shape)
-    if layer.batch_normalize:
-        p["scales"][...] = rng.uniform(0.5, 1.5, p["scales"].shape)
-        p["rolling_mean"][...] = rng.normal(0, 0.5, p["rolling_mean"].shape)
-        p["rolling_variance"][...] = rng.uniform(0.5, 2, p["rolling_variance"].shape)
-    return layer
+    return randomize_layer(layer, rng, bias_sd=0.5, mean_sd=0.5)
 
 
 CONV_CASES = [
@@ -341,15 +336,11 @@ def test_upsample_matches_torch_nearest():
     assert np.array_equal(upsample_forward(codes, 2), upsample_forward(codes.astype(float), 2))
 
 
-def test_route_matches_torch_cat():
-    """route = torch.cat along channels; backward splits the gradient back (autograd)."""
-    rng = np.random.default_rng(11)
-    layer = RouteLayer(layers=[-1, 2])
-    layer.resolve(5)
-    assert layer.inputs == [4, 2]
-    a, b = rng.normal(size=(2, 3, 4, 4)), rng.normal(size=(2, 5, 4, 4))
+def assert_two_inputs_match_torch(layer, torch_function, a, b, rng):
+    """The layer's forward of [a, b] equals ``torch_function``'s, and its backward of a random dout
+    the gradients torch autograd gives both inputs."""
     at, bt = t64(a, grad=True), t64(b, grad=True)
-    yt = torch.cat([at, bt], dim=1)
+    yt = torch_function(at, bt)
     y = layer.forward([a, b])
     assert_close(y, yt)
     dout = rng.normal(size=y.shape)
@@ -357,6 +348,16 @@ def test_route_matches_torch_cat():
     da, db = layer.backward(dout)
     assert_close(da, at.grad)
     assert_close(db, bt.grad)
+
+
+def test_route_matches_torch_cat():
+    """route = torch.cat along channels; backward splits the gradient back (autograd)."""
+    rng = np.random.default_rng(11)
+    layer = RouteLayer(layers=[-1, 2])
+    layer.resolve(5)
+    assert layer.inputs == [4, 2]
+    a, b = rng.normal(size=(2, 3, 4, 4)), rng.normal(size=(2, 5, 4, 4))
+    assert_two_inputs_match_torch(layer, lambda at, bt: torch.cat([at, bt], dim=1), a, b, rng)
 
 
 def test_shortcut_matches_torch():
@@ -365,15 +366,7 @@ def test_shortcut_matches_torch():
     layer = ShortcutLayer(**{"from": -3, "activation": "leaky", "alpha": 0.5, "beta": 2.0})
     assert layer.resolve(6) == [5, 3]
     a, b = rng.normal(size=(2, 3, 4, 4)), rng.normal(size=(2, 3, 4, 4))
-    at, bt = t64(a, grad=True), t64(b, grad=True)
-    yt = F.leaky_relu(0.5 * at + 2.0 * bt, 0.1)
-    y = layer.forward([a, b])
-    assert_close(y, yt)
-    dout = rng.normal(size=y.shape)
-    yt.backward(t64(dout))
-    da, db = layer.backward(dout)
-    assert_close(da, at.grad)
-    assert_close(db, bt.grad)
+    assert_two_inputs_match_torch(layer, lambda at, bt: F.leaky_relu(0.5 * at + 2.0 * bt, 0.1), a, b, rng)
 
 
 # ---------------------------------------------------------------- connected, detection (YOLOv1)
@@ -386,12 +379,7 @@ def test_connected_matches_torch(batch_normalize, training):
     rng = np.random.default_rng(13)
     layer = ConnectedLayer(output=5, activation="leaky", batch_normalize=batch_normalize)
     layer.build((2, 3, 2), dtype=np.float64, rng=rng)
-    p = layer.params
-    p["biases"][...] = rng.normal(size=5)
-    if batch_normalize:
-        p["scales"][...] = rng.uniform(0.5, 1.5, 5)
-        p["rolling_mean"][...] = rng.normal(size=5)
-        p["rolling_variance"][...] = rng.uniform(0.5, 2, 5)
+    p = randomize_layer(layer, rng, bias_sd=1.0, mean_sd=1.0).params
     pt = {k: t64(v, grad=k in ("weights", "biases", "scales")) for k, v in p.items()}
     x = rng.normal(size=(4, 2, 3, 2))
     xt = t64(x, grad=True)

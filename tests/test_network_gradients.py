@@ -20,6 +20,7 @@ import pytest
 from threadpoolctl import threadpool_limits
 
 from refquant import darknet
+from refquant.testing import randomize_parameters
 
 EPS = 1e-6
 TOLERANCE = 1e-4
@@ -34,17 +35,6 @@ def single_thread():
     with threadpool_limits(limits=1, user_api="blas"):
         yield
     numba.set_num_threads(threads)
-
-
-def randomize_batchnorm(net, rng):
-    for layer in net.layers:
-        for name, value in layer.params.items():
-            if name == "rolling_variance":
-                value[...] = rng.uniform(0.5, 2.0, value.shape)
-            elif name == "scales":
-                value[...] = rng.uniform(0.5, 1.5, value.shape)
-            elif name in ("rolling_mean", "biases"):
-                value[...] = rng.normal(0.0, 0.1, value.shape)
 
 
 def loss_and_gradient(net, x, head_weights, training):
@@ -85,7 +75,7 @@ def check_network(cfg, size, layers_to_probe, training, seed=0):
     rng = np.random.default_rng(seed)
     cfg = cfg if cfg.endswith(".cfg") else f"refquant/cfg/{cfg}.cfg"
     net = darknet.load(cfg, dtype=np.float64, seed=seed)
-    randomize_batchnorm(net, rng)
+    randomize_parameters(net, rng)
     x = rng.uniform(0, 1, (2, 3, size, size))
     shapes = net.output_shapes(x.shape[1:])
     head_weights = {i: rng.normal(size=(2,) + shapes[i]) for i in net.output_layers()}

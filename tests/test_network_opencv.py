@@ -26,13 +26,14 @@ import cv2
 import numpy as np
 import pytest
 
-from refquant import darknet
+from refquant import darknet, testing
 
 CFG_DIR = "refquant/cfg"
 
 
 def randomize_parameters(net, rng):
-    """Give every batch-norm vector and bias a random value (conv weights keep their random init).
+    """Give every batch-norm vector and bias a random value (refquant.testing.randomize_parameters;
+    conv weights keep their random init).
 
     The linear convolutions that feed the heads get 4x larger weights, so that some class
     probabilities pass OpenCV's detection threshold and are compared too.
@@ -40,13 +41,7 @@ def randomize_parameters(net, rng):
     for layer in net.layers:
         if layer.type == "convolutional" and layer.activation == "linear":
             layer.params["weights"] *= 4
-        for name, value in layer.params.items():
-            if name == "rolling_variance":
-                value[...] = rng.uniform(0.5, 2.0, value.shape)
-            elif name == "scales":
-                value[...] = rng.uniform(0.5, 1.5, value.shape)
-            elif name in ("rolling_mean", "biases"):
-                value[...] = rng.normal(0.0, 0.1, value.shape)
+    testing.randomize_parameters(net, rng)
 
 
 def opencv_layer_name(layer, index):

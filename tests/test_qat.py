@@ -20,123 +20,26 @@ from refquant.quantizers.uniform import UniformQuantizer
 from refquant.density.em import ConvergenceWarning
 from refquant.train import sgd_update, trainable
 from refquant import folding
+from refquant.testing import (cfg_section, cfg_text, convolutional, load_cfg, net_section, passthrough_cfg, quiet_plan,
+                              randomize_batchnorm, write_cfg)
 
 CFG_DIR = "refquant/cfg"
 
-# A small network with every layer kind the quantized network supports, shaped like
-# yolov2-voc's passthrough: a single-input route, a reorg, a two-input route, a linear head conv.
-TINY_CFG = """
-[net]
-width=32
-height=32
-channels=3
 
-[convolutional]
-batch_normalize=1
-filters=8
-size=3
-stride=1
-pad=1
-activation=leaky
-
-[maxpool]
-size=2
-stride=2
-
-[convolutional]
-batch_normalize=1
-filters=16
-size=3
-stride=1
-pad=1
-activation=leaky
-
-[maxpool]
-size=2
-stride=2
-
-[convolutional]
-batch_normalize=1
-filters=32
-size=3
-stride=1
-pad=1
-activation=leaky
-
-[route]
-layers=-3
-
-[convolutional]
-batch_normalize=1
-filters=4
-size=1
-stride=1
-pad=1
-activation=leaky
-
-[reorg]
-stride=2
-
-[route]
-layers=-1,-4
-
-[convolutional]
-batch_normalize=1
-filters=32
-size=3
-stride=1
-pad=1
-activation=leaky
-
-[convolutional]
-filters=16
-size=1
-stride=1
-pad=1
-activation=linear
-"""
-REGION = """
-[region]
-anchors=1,1,2,2
-classes=3
-num=2
-softmax=1
-"""
-
-
-def randomize_batchnorm(net, seed=0):
-    """Random batch-norm scales, means, variances and biases (a fresh network has trivial ones)."""
-    rng = np.random.default_rng(seed)
-    for layer in net.layers:
-        if layer.type == "convolutional":
-            m = layer.filters
-            layer.params["biases"][:] = rng.normal(0.0, 0.2, m)
-            if layer.batch_normalize:
-                layer.params["scales"][:] = rng.uniform(0.5, 1.5, m)
-                layer.params["rolling_mean"][:] = rng.normal(0.0, 0.3, m)
-                layer.params["rolling_variance"][:] = rng.uniform(0.5, 2.0, m)
-    return net
-
-
-def tiny_network(tmp_path, dtype=np.float64, region=True, seed=0):
-    path = tmp_path / ("tiny.cfg" if region else "tiny_headless.cfg")
-    path.write_text(TINY_CFG + (REGION if region else ""))
-    return randomize_batchnorm(darknet.load(path, dtype=dtype, seed=seed), seed)
+def tiny_network(dtype=np.float64, region=True, seed=0):
+    """The passthrough network of refquant.testing (every layer kind the quantized network supports,
+    shaped like yolov2-voc's passthrough), random weights and batch norm."""
+    name = "tiny.cfg" if region else "tiny_headless.cfg"
+    return randomize_batchnorm(load_cfg(passthrough_cfg(region=region), name, dtype=dtype, seed=seed), seed)
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
+def tiny():
     """The tiny network (float64), 8 calibration images and its calibration statistics."""
-    net = tiny_network(tmp_path_factory.mktemp("tiny"))
+    net = tiny_network()
     images = np.random.default_rng(1).random((8, 3, 32, 32))
     statistics = ptq.calibration_statistics(net, images, batch_size=3, baseline_samples=4096, progress=False)
     return net, images, statistics
-
-
-def quiet_plan(*args, **kwargs):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        return ptq.quantization_plan(*args, **kwargs)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -160,12 +63,12 @@ def test_folded_network_reproduces_the_batchnorm_network():
     assert all(set(layer.params) == {"biases", "weights"} for layer in folded.layers if layer.type == "convolutional")
 
 
-def test_folded_parameters_match_torch_conv_bn_fusion(tmp_path):
+def test_folded_parameters_match_torch_conv_bn_fusion():
     """Truth: torch.nn.utils.fusion.fuse_conv_bn_eval on a bias-free Conv2d + BatchNorm2d with
     eps = 1e-5 (Darknet's GPU / the engine's ``sqrt(variance + .00001)``; Darknet's CPU forward uses
     ``sqrt(variance) + .000001`` instead), float64: the folded weights and biases of every layer
     agree within 1e-13 relative."""
-    net = tiny_network(tmp_path)
+    net = tiny_network()
     folded = folding.fold_batchnorm(net)
     for index in plan_module.conv_indices(net):
         layer = net.layers[index]
@@ -383,13 +286,12 @@ def test_plan_errors_name_the_file_and_layer(tiny, tmp_path):
 
 def test_unsupported_layers_are_refused_by_name(tmp_path):
     """Truth: the documented support list; errors name the network, the layer and what is wrong."""
-    logistic = tmp_path / "logistic.cfg"
-    logistic.write_text(TINY_CFG.replace("activation=linear", "activation=logistic"))
+    logistic = write_cfg(tmp_path, passthrough_cfg(region=False, head_activation="logistic"), "logistic.cfg")
     with pytest.raises(ValueError, match="layer 10 .convolutional.: activation 'logistic'"):
         plan_module.check_supported(darknet.load(logistic))
-    residual = tmp_path / "residual.cfg"
-    residual.write_text(TINY_CFG.split("[maxpool]")[0] + "[convolutional]\nfilters=8\nsize=1\n"
-                        "activation=leaky\n\n[shortcut]\nfrom=-2\n")
+    residual = cfg_text(net_section(32), convolutional(8), convolutional(8, size=1, batch_normalize=False),
+                        cfg_section("shortcut", **{"from": -2}))
+    residual = write_cfg(tmp_path, residual, "residual.cfg")
     with pytest.raises(ValueError, match="residual.cfg: layer 2 .shortcut.: not supported"):
         plan_module.check_supported(darknet.load(residual))
     with pytest.raises(ValueError, match="layer 2 .shortcut."):
@@ -445,7 +347,7 @@ def darknet_reorg(x, s):
     return grid.permute(0, 3, 5, 1, 2, 4).reshape(n, c * s * s, h // s, w // s)
 
 
-def test_fake_quant_backward_matches_torch_straight_through(tmp_path):
+def test_fake_quant_backward_matches_torch_straight_through():
     """Truth: torch autograd through the same network written in torch, with torch's
     fake_quantize_per_tensor_affine for the forward values and torch.clamp's derivative for the
     straight-through rule (Bengio et al.: rounding passed through, clipping differentiated).
@@ -456,7 +358,7 @@ def test_fake_quant_backward_matches_torch_straight_through(tmp_path):
     other steps a pre-activation that is exactly 0 in exact arithmetic -- common, since it is an
     integer multiple of s_in * s_w -- comes out as +-1e-7 and the two sides can take different
     sides of the leaky ReLU's kink.) Two grids have their step halved so that they clip."""
-    net = tiny_network(tmp_path, dtype=np.float64, region=False, seed=4)
+    net = tiny_network(dtype=np.float64, region=False, seed=4)
     images = np.random.default_rng(3).random((4, 3, 32, 32))
     statistics = ptq.calibration_statistics(net, images, progress=False)
     plan = quiet_plan(statistics, 4, 4, "pgm", pow2_step=True)
@@ -567,10 +469,7 @@ def test_train_iteration_runs_on_the_fake_quant_network(tmp_path):
     from refquant.data.voc import load_voc, read_names
     root = shapes_dataset(tmp_path / "shapes", size=64, train=4, val=0, test=0, progress=False)
     names = read_names(root / "shapes.names")
-    cfg = tmp_path / "tiny7.cfg"
-    cfg.write_text(TINY_CFG.replace("filters=16\nsize=1", "filters=24\nsize=1")
-                   + REGION.replace("classes=3", "classes=7"))
-    net = randomize_batchnorm(darknet.load(cfg, seed=5), 5)
+    net = randomize_batchnorm(load_cfg(passthrough_cfg(classes=7), "tiny7.cfg", seed=5), 5)
     calibration = np.random.default_rng(0).random((2, 3, 32, 32)).astype(np.float32)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)

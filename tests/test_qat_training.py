@@ -22,79 +22,10 @@ from refquant.data.voc import load_voc, read_names
 from refquant.integer.network import IntegerNetwork
 from refquant.density.em import ConvergenceWarning
 from refquant import folding
+from refquant.testing import randomize_batchnorm, tiny_yolo_cfg, write_cfg
 
-# A small tiny-YOLO-like network on 32x32 inputs: leaky batch-normalized convolutions, max pools,
-# a linear 1x1 convolution and a region head for the 7 shapes classes.
-CFG = """
-[net]
-batch=4
-subdivisions=1
-width=32
-height=32
-channels=3
-momentum=0.9
-decay=0.0005
-learning_rate=0.01
-max_batches=10
-policy=constant
-hue=.1
-saturation=1.5
-exposure=1.5
-
-[convolutional]
-batch_normalize=1
-filters=8
-size=3
-stride=1
-pad=1
-activation=leaky
-
-[maxpool]
-size=2
-stride=2
-
-[convolutional]
-batch_normalize=1
-filters=16
-size=3
-stride=1
-pad=1
-activation=leaky
-
-[maxpool]
-size=2
-stride=2
-
-[convolutional]
-batch_normalize=1
-filters=16
-size=3
-stride=1
-pad=1
-activation=leaky
-
-[convolutional]
-size=1
-stride=1
-pad=1
-filters=24
-activation=linear
-
-[region]
-anchors=1,1,2.5,2.5
-bias_match=1
-classes=7
-coords=4
-num=2
-softmax=1
-jitter=.2
-rescore=1
-object_scale=5
-noobject_scale=1
-class_scale=1
-coord_scale=1
-thresh=.6
-"""
+ANCHORS = "1,1,2.5,2.5"
+"""The two anchors of the small tiny-YOLO-like network (refquant.testing.tiny_yolo_cfg) on 32x32 inputs."""
 
 
 def quiet(function, *args, **kwargs):
@@ -107,23 +38,18 @@ def quiet(function, *args, **kwargs):
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    """The network (random weights and batch-norm statistics), 8 generated 64x64
-    shapes images, their unaugmented 32x32 batch with truths, and the PGM plan at 4 bits."""
+    """The network (refquant.testing.tiny_yolo_cfg: a small tiny-YOLO-like network on 32x32 inputs;
+    random weights and batch-norm statistics), 8 generated 64x64 shapes images, their unaugmented
+    32x32 batch with truths, and the PGM plan at 4 bits."""
     folder = tmp_path_factory.mktemp("qat_training")
     root = shapes_dataset(folder / "shapes", size=64, train=8, val=0, test=0, progress=False)
     names = read_names(root / "shapes.names")
     records = load_voc(root, "train", names)
-    cfg = folder / "tiny.cfg"
-    cfg.write_text(CFG)
-    net = darknet.load(cfg, seed=2)
+    cfg = write_cfg(folder, tiny_yolo_cfg(ANCHORS))
+    # batch-norm statistics of a trained network rather than the trivial fresh ones (biases kept)
+    net = randomize_batchnorm(darknet.load(cfg, seed=2), 2, biases=False)
     x, truths = load_batch(records, 32, 32, np.random.default_rng(0), jitter=0.0, hue=0.0, saturation=1.0,
                            exposure=1.0)
-    rng = np.random.default_rng(2)
-    for layer in net.layers:  # batch-norm statistics of a trained network rather than the trivial fresh ones
-        if layer.type == "convolutional" and layer.batch_normalize:
-            layer.params["scales"][:] = rng.uniform(0.5, 1.5, layer.filters)
-            layer.params["rolling_mean"][:] = rng.normal(0.0, 0.3, layer.filters)
-            layer.params["rolling_variance"][:] = rng.uniform(0.5, 2.0, layer.filters)
     plan = quiet(ptq.calibrate, net, x, 4, 4, method="pgm", progress=False)
     return {"cfg": cfg, "net": net, "records": records, "x": x, "truths": truths, "plan": plan, "folder": folder}
 
@@ -212,8 +138,7 @@ def test_bad_arguments_are_refused(setup):
         qat.quantization_aware_training(net, plan, [], 2, refit_every=None)
     with pytest.raises(ValueError, match="folded"):
         plan_module.save_quantized(net, plan, setup["cfg"], setup["folder"] / "bad")
-    other = setup["folder"] / "other.cfg"
-    other.write_text(CFG.replace("filters=16\nsize=3", "filters=12\nsize=3", 1))
+    other = write_cfg(setup["folder"], tiny_yolo_cfg(ANCHORS, filters=(8, 12, 16)), "other.cfg")
     paths = plan_module.save_quantized(folding.fold_batchnorm(net), plan, setup["cfg"], setup["folder"] / "mismatch")
     (setup["folder"] / "mismatch.cfg").write_text(folding.folded_cfg_text(other))
     darknet.save_weights(folding.fold_batchnorm(darknet.load(other)), paths[1])

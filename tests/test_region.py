@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from refquant.testing import identity_head_files
 from refquant.yolo.region import RegionLayer
 
 ANCHORS = [1.5, 0.7, 0.6, 2.2]          # two anchors (w, h) in grid cells
@@ -45,29 +46,12 @@ def test_forward_keeps_float32():
     np.testing.assert_allclose(y, torch_region_forward(torch.tensor(x), 2, 3, 1).numpy(), rtol=1e-6, atol=1e-7)
 
 
-def write_identity_network(tmp_path, head_section, channels, size):
-    """A cfg [net] -> 1x1 identity convolution -> head, and its .weights written by hand.
-
-    Darknet weights format: int32 major, minor, revision, uint64 seen (major*10+minor >= 2),
-    then the convolution's biases (float32) and weights (filters, channels, 1, 1).
-    """
-    cfg = tmp_path / "head.cfg"
-    cfg.write_text(f"[net]\nwidth={size}\nheight={size}\nchannels={channels}\n\n"
-                   f"[convolutional]\nfilters={channels}\nsize=1\nstride=1\npad=0\nactivation=linear\n\n"
-                   + head_section)
-    weights = tmp_path / "head.weights"
-    with open(weights, "wb") as f:
-        np.array([0, 2, 0], np.int32).tofile(f)
-        np.array([0], np.uint64).tofile(f)
-        np.zeros(channels, np.float32).tofile(f)
-        np.eye(channels, dtype=np.float32).tofile(f)
-    return str(cfg), str(weights)
-
-
 def test_decoded_output_matches_opencv_region_layer(tmp_path):
     """Truth: OpenCV's Darknet importer (cv2.dnn Region layer), which outputs per (row, col, anchor)
     the decoded box (x, y, w, h), the objectness and objectness * class probability.
 
+    [net] -> 1x1 identity convolution (weights written by hand in Darknet's format,
+    refquant.testing.identity_head_files) -> [region].
     Square grid (OpenCV divides w by the row count); w, h raw near -5 so the boxes are small and
     OpenCV's built-in NMS (threshold 0.4) suppresses nothing; cfg thresh=0 keeps every probability.
     """
@@ -75,7 +59,7 @@ def test_decoded_output_matches_opencv_region_layer(tmp_path):
     channels = num * (5 + classes)
     section = (f"[region]\nanchors={','.join(map(str, ANCHORS))}\nclasses={classes}\ncoords=4\n"
                f"num={num}\nsoftmax=1\nthresh=0\n")
-    net = cv2.dnn.readNetFromDarknet(*write_identity_network(tmp_path, section, channels, size))
+    net = cv2.dnn.readNetFromDarknet(*identity_head_files(tmp_path, section, channels, size))
     x = np.random.default_rng(3).normal(size=(1, channels, size, size)).astype(np.float32)
     x.reshape(num, 5 + classes, size, size)[:, 2:4] -= 5
     net.setInput(x)

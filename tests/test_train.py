@@ -17,83 +17,11 @@ from refquant import cli, darknet
 from refquant import train
 from refquant.data.shapes import shapes_dataset
 from refquant.data.voc import load_voc, read_names
+from refquant.testing import tiny_yolo_cfg, write_cfg
 
-TINY_CFG = """[net]
-batch=4
-subdivisions=1
-width=64
-height=64
-channels=3
-momentum=0.9
-decay=0.0005
-learning_rate=0.01
-burn_in=3
-max_batches=40
-policy=steps
-steps=30
-scales=.1
-hue=.1
-saturation=1.5
-exposure=1.5
-
-[convolutional]
-batch_normalize=1
-filters=8
-size=3
-stride=1
-pad=1
-activation=leaky
-
-[maxpool]
-size=2
-stride=2
-
-[convolutional]
-batch_normalize=1
-filters=16
-size=3
-stride=1
-pad=1
-activation=leaky
-
-[maxpool]
-size=2
-stride=2
-
-[convolutional]
-batch_normalize=1
-filters=32
-size=3
-stride=1
-pad=1
-activation=leaky
-
-[maxpool]
-size=2
-stride=2
-
-[convolutional]
-size=1
-stride=1
-pad=1
-filters=24
-activation=linear
-
-[region]
-anchors=1.5,1.5, 3,3
-bias_match=1
-classes=7
-coords=4
-num=2
-softmax=1
-jitter=.2
-rescore=1
-object_scale=5
-noobject_scale=1
-class_scale=1
-coord_scale=1
-thresh=.6
-"""
+TINY_CFG = tiny_yolo_cfg(anchors="1.5,1.5, 3,3", size=64, filters=(8, 16, 32), pools=3, burn_in=3, max_batches=40,
+                         policy="steps", steps=30, scales=".1")
+"""refquant.testing's tiny-YOLO at 64x64 with an 8x8 grid, a burn-in and a learning-rate step."""
 
 
 @pytest.fixture(scope="module")
@@ -101,8 +29,7 @@ def tiny(tmp_path_factory):
     """A tiny shapes tree (64 px, 8 train / 4 test images) and a tiny tiny-YOLO cfg (8x8 grid)."""
     root = tmp_path_factory.mktemp("tiny")
     data = shapes_dataset(root / "shapes", seed=3, size=64, train=8, val=0, test=4, progress=False)
-    cfg = root / "tiny.cfg"
-    cfg.write_text(TINY_CFG)
+    cfg = write_cfg(root, TINY_CFG)
     return {"data": data, "cfg": cfg, "names": data / "shapes.names"}
 
 

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from refquant.testing import identity_head_files
 from refquant.yolo.yolo_head import YoloLayer
 
 ANCHORS = [10, 14, 23, 27, 37, 58]        # three anchors (w, h) in input pixels
@@ -46,24 +47,16 @@ def test_decoded_output_matches_opencv_yolo_layer(tmp_path):
     decoded box (x, y, w, h relative to the input), objectness and objectness * sigmoid(class).
 
     [net] -> 1x1 identity convolution (weights written by hand in Darknet's format: int32 major,
-    minor, revision, uint64 seen, biases, weights) -> [yolo] with mask 1,2 of 3 anchors.
+    minor, revision, uint64 seen, biases, weights; refquant.testing.identity_head_files) -> [yolo]
+    with mask 1,2 of 3 anchors.
     Square input (OpenCV divides w by the input's height); nms_threshold=0 and thresh=0 switch
     off OpenCV's NMS and probability threshold.
     """
     n, classes, size = 2, 3, 4
     channels = n * (5 + classes)
-    cfg = tmp_path / "yolo.cfg"
-    cfg.write_text(f"[net]\nwidth={size}\nheight={size}\nchannels={channels}\n\n"
-                   f"[convolutional]\nfilters={channels}\nsize=1\nstride=1\npad=0\nactivation=linear\n\n"
-                   f"[yolo]\nmask=1,2\nanchors=1.5,0.7, 0.6,2.2, 2,1\nclasses={classes}\nnum=3\n"
-                   f"thresh=0\nnms_threshold=0\n")
-    weights = tmp_path / "yolo.weights"
-    with open(weights, "wb") as f:
-        np.array([0, 2, 0], np.int32).tofile(f)
-        np.array([0], np.uint64).tofile(f)
-        np.zeros(channels, np.float32).tofile(f)
-        np.eye(channels, dtype=np.float32).tofile(f)
-    net = cv2.dnn.readNetFromDarknet(str(cfg), str(weights))
+    section = (f"[yolo]\nmask=1,2\nanchors=1.5,0.7, 0.6,2.2, 2,1\nclasses={classes}\nnum=3\n"
+               f"thresh=0\nnms_threshold=0\n")
+    net = cv2.dnn.readNetFromDarknet(*identity_head_files(tmp_path, section, channels, size, "yolo"))
     x = np.random.default_rng(3).normal(size=(1, channels, size, size)).astype(np.float32)
     net.setInput(x)
     expected = net.forward()                                   # (H*W*n, 5 + classes)
