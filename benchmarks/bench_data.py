@@ -17,10 +17,8 @@ It also prints, without a peer, the time per image of training augmentation
 (``augment_region``) and of drawing one shapes image (``render_image``).
 """
 import argparse
-import struct
 import tempfile
 import time
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -31,6 +29,7 @@ from refquant.data.augment import augment_region
 from refquant.data.image import resize_image
 from refquant.data.shapes import render_image
 from refquant.detection.decode import nms_sort, region_boxes, region_probabilities
+from refquant.testing import identity_head_files
 
 ANCHORS = [1.08, 1.19, 3.42, 4.41, 6.63, 11.38, 9.42, 5.11, 16.62, 10.52]  # yolov2-tiny-voc.cfg
 
@@ -55,14 +54,9 @@ def compare(name, mine, peer, repeats):
 
 def opencv_region(logits, thresh, folder):
     _, channels, height, width = logits.shape
-    cfg, weights = Path(folder) / "r.cfg", Path(folder) / "r.weights"
-    cfg.write_text(f"[net]\nwidth={width}\nheight={height}\nchannels={channels}\n\n"
-                   f"[convolutional]\nfilters={channels}\nsize=1\nstride=1\npad=0\nactivation=linear\n\n"
-                   f"[region]\nanchors={','.join(map(str, ANCHORS))}\nclasses=20\ncoords=4\nnum=5\n"
-                   f"softmax=1\nthresh={thresh}\n")
-    weights.write_bytes(struct.pack("<iiiQ", 0, 2, 0, 0) + np.zeros(channels, np.float32).tobytes()
-                        + np.eye(channels, dtype=np.float32).tobytes())
-    net = cv2.dnn.readNetFromDarknet(str(cfg), str(weights))
+    region = (f"[region]\nanchors={','.join(map(str, ANCHORS))}\nclasses=20\ncoords=4\nnum=5\n"
+              f"softmax=1\nthresh={thresh}\n")
+    net = cv2.dnn.readNetFromDarknet(*identity_head_files(folder, region, channels, width, "r", height))
     blob = logits.astype(np.float32)
 
     def run():

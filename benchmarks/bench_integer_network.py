@@ -33,6 +33,7 @@ import refquant
 from refquant import darknet, folding, ptq
 from refquant.integer.measures import sqnr_db
 from refquant.integer.network import IntegerNetwork
+from refquant.testing import randomize_batchnorm
 
 CFG = "yolov2-tiny-voc.cfg"
 
@@ -40,15 +41,7 @@ CFG = "yolov2-tiny-voc.cfg"
 def random_network(seed=0):
     """yolov2-tiny-voc, float32, random weights and random batch-norm statistics."""
     net = darknet.load(os.path.join(os.path.dirname(refquant.__file__), "cfg", CFG), dtype=np.float32, seed=seed)
-    rng = np.random.default_rng(seed)
-    for layer in net.layers:
-        if layer.type == "convolutional" and layer.batch_normalize:
-            m = layer.filters
-            layer.params["scales"][:] = rng.uniform(0.5, 1.5, m)
-            layer.params["rolling_mean"][:] = rng.normal(0.0, 0.3, m)
-            layer.params["rolling_variance"][:] = rng.uniform(0.5, 2.0, m)
-            layer.params["biases"][:] = rng.normal(0.0, 0.2, m)
-    return net
+    return randomize_batchnorm(net, seed)
 
 
 def torch_quantized_model(integer_network):

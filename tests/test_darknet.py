@@ -146,7 +146,9 @@ def test_connected_weights_layout_and_transposed_header(tmp_path):
     assert (tmp_path / "t2.weights").read_bytes() == data
 
 
-@pytest.mark.parametrize("cfg", ["yolov2-tiny-voc", "yolov2-voc", "yolov3-tiny", "yolov2-tiny", "yolov1-tiny"])
+@pytest.mark.parametrize("cfg", [pytest.param("yolov2-tiny-voc", marks=pytest.mark.slow),
+                                 pytest.param("yolov2-voc", marks=pytest.mark.slow), "yolov3-tiny", "yolov2-tiny",
+                                 pytest.param("yolov1-tiny", marks=pytest.mark.slow)])
 def test_round_trip_is_byte_identical(cfg, tmp_path):
     """save(load(file)) == file, byte for byte, also through a float64 network."""
     rng = np.random.default_rng(0)

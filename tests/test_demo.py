@@ -29,6 +29,8 @@ from refquant.integer.network import IntegerNetwork
 from refquant import folding
 from refquant.testing import randomize_batchnorm, tiny_yolo_cfg, write_cfg
 
+pytestmark = pytest.mark.slow  # the whole demo through the command line
+
 BITS = (8, 4)
 
 

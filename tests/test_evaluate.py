@@ -86,6 +86,7 @@ def opencv_detections(records, names, thresh=0.005, nms=0.45):
     return detections
 
 
+@pytest.mark.slow
 def test_eval_equals_metrics_on_independently_computed_detections(scenes):
     """refquant's evaluate (network, decoding, NMS, scoring) against average_precision of the
     detections computed by :func:`opencv_detections`: the same AP per class and mAP. OpenCV's batch
@@ -106,6 +107,7 @@ def test_eval_equals_metrics_on_independently_computed_detections(scenes):
     assert 0.3 < ap["mAP"] < 1.0  # a trained model on unseen scenes: neither trivial nor perfect
 
 
+@pytest.mark.slow
 def test_eval_11_point_rule_and_table(scenes):
     """The VOC2007 11-point rule is passed through (compared with average_precision on evaluate's own
     detections) and the table lists every class and the mAP in percent."""
@@ -119,6 +121,7 @@ def test_eval_11_point_rule_and_table(scenes):
     assert [line.split()[0] for line in table.splitlines()[1:-1]] == names
 
 
+@pytest.mark.slow
 def test_cli_eval_prints_the_table(scenes, tmp_path, capsys):
     """refquant eval through refquant.cli.main with the shipped model's defaults; its mAP line and
     JSON equal evaluate() on the same images."""
@@ -166,6 +169,7 @@ def test_shipped_model_record():
     darknet.load(CFG, WEIGHTS)
 
 
+@pytest.mark.slow
 def test_shipped_model_record_describes_the_committed_weights():
     """Truth: the committed weights file's sha256 (hashlib) and the test mAP evaluation gives today
     (all 500 test images of the shipped data set, VOC2010 and 11-point rules): the record written by

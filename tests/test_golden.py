@@ -49,6 +49,7 @@ def rewrite_sha(directory, file_name):
 # export, check, tampering
 # ---------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_export_then_check_passes(exported, capsys):
     """Truth: an untouched export recomputes identically: check() finds nothing, and the command
     line says so with exit status 0."""
@@ -188,6 +189,7 @@ def test_load_gives_inputs_outputs_tolerances(exported):
         format.load(exported, "nonsense")
 
 
+@pytest.mark.slow
 def test_two_exports_are_byte_identical(exported, tmp_path):
     """Truth: a second export, in a fresh cache, of the same refquant on the same machine: every
     array and every file (hence every sha256) is identical."""

@@ -80,6 +80,7 @@ def assert_code_for_code(integer_network, images):
 # Integer network = simulation, code for code
 # ------------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bits, method, pow2", [(8, "pgm", False), (4, "pgm", False), (4, "pgm", True),
                                                 (8, "minmax", False)])
 def test_tiny_yolo_integer_equals_simulation(tiny_voc, bits, method, pow2):
@@ -98,6 +99,7 @@ def test_tiny_yolo_integer_equals_simulation(tiny_voc, bits, method, pow2):
         assert all(f.multiplier == 1 for f in convs[1:])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bits, pow2", [(8, False), (4, False), (4, True)])
 def test_yolo_voc_integer_equals_simulation(voc, bits, pow2):
     """Truth: the float64 simulation, as above. yolov2-voc (a single-input route, reorg, and a
@@ -222,6 +224,7 @@ def test_fused_simulated_convolution_on_both_gemm_dtypes(tiny, last_weight):
 # Each layer against its real-valued definition
 # ------------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_each_layer_matches_its_real_valued_definition_in_torch(tiny_voc):
     """Truth: the quantized layer written with real numbers and computed by torch (float64
     conv2d): given the integer network's input codes of a convolution, x = s_in (codes - z_in),
@@ -258,6 +261,7 @@ def test_each_layer_matches_its_real_valued_definition_in_torch(tiny_voc):
 # Against the float network
 # ------------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_8_bit_network_is_close_to_the_float_network(tiny_voc):
     """Truth: the float network itself (inference mode, batch norm unfolded). At 8 bits every
     layer's dequantized output has an SQNR of at least 20 dB against the float output (25 dB on
@@ -371,6 +375,7 @@ def test_layer_costs_by_hand(tiny):
 # Evaluation: integer mAP = simulated mAP
 # ------------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_evaluate_scores_integer_and_simulated_networks_identically(tmp_path):
     """Truth: refquant.evaluate (letterbox, region decoding, NMS, the VOC devkit's AP) run on the
     integer network and on its float64 simulation as on any float network: the same detections,
@@ -397,6 +402,7 @@ def test_evaluate_scores_integer_and_simulated_networks_identically(tmp_path):
     assert abs(len(found_int) - len(found_float)) <= 0.2 * len(found_float)
 
 
+@pytest.mark.slow
 def test_shipped_model_integer_equals_simulation():
     """Truth: the float64 simulation, as above, now for the shipped shapes detector
     (data/models/shapes-tiny-yolo, trained weights) calibrated on 4 of its training images and run

@@ -13,10 +13,7 @@ from refquant.integer import plots as integer_plots
 from refquant.quantizers.uniform import UniformQuantizer
 
 
-@pytest.fixture(autouse=True)
-def close_figures():
-    yield
-    plt.close("all")
+pytestmark = pytest.mark.usefixtures("close_figures")
 
 
 def test_layer_sqnr_plot_draws_every_layer_and_marks_exact_ones():

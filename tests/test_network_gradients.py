@@ -22,6 +22,8 @@ from threadpoolctl import threadpool_limits
 from refquant import darknet
 from refquant.testing import randomize_parameters
 
+pytestmark = pytest.mark.slow  # whole networks, many passes
+
 EPS = 1e-6
 TOLERANCE = 1e-4
 

@@ -28,6 +28,8 @@ import pytest
 
 from refquant import darknet, testing
 
+pytestmark = pytest.mark.slow  # whole networks
+
 CFG_DIR = "refquant/cfg"
 
 

@@ -539,6 +539,7 @@ def _sklearn_mixture(**options):
     return SklearnMixture(3, reg_covar=0.0, **options)
 
 
+@pytest.mark.slow
 def test_mixture_em_iterates_equal_scikit_learn():
     """Truth: scikit-learn's GaussianMixture from the same start (weights_init, means_init,
     precisions_init), without regularisation (reg_covar=0): EM is deterministic, so after the same
@@ -560,6 +561,7 @@ def test_mixture_em_iterates_equal_scikit_learn():
     assert ours.log_likelihood(x) == pytest.approx(theirs.score(x[:, None]) * x.size, rel=1e-12)
 
 
+@pytest.mark.slow
 def test_mixture_converged_fit_reaches_scikit_learn_optimum():
     """Truth: scikit-learn's GaussianMixture (its k-means start, 3 restarts) run to convergence:
     on well-separated components both reach the global maximum, where the log-likelihoods agree

@@ -22,10 +22,7 @@ from refquant.density.plots import plot_comparison, plot_density, plot_layer_gri
 MODEL = PiecewiseGaussian([0.0], [0.3, 0.7], [0.05, 0.5], [0.1, 1.0])
 
 
-@pytest.fixture(autouse=True)
-def close_figures():
-    yield
-    plt.close("all")
+pytestmark = pytest.mark.usefixtures("close_figures")
 
 
 @pytest.fixture(scope="module")

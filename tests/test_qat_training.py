@@ -24,6 +24,8 @@ from refquant.density.em import ConvergenceWarning
 from refquant import folding
 from refquant.testing import randomize_batchnorm, tiny_yolo_cfg, write_cfg
 
+pytestmark = pytest.mark.slow  # quantization-aware training runs
+
 ANCHORS = "1,1,2.5,2.5"
 """The two anchors of the small tiny-YOLO-like network (refquant.testing.tiny_yolo_cfg) on 32x32 inputs."""
 

@@ -178,6 +178,7 @@ def fixed_batch_loss(net, records):
     return loss / len(records)
 
 
+@pytest.mark.slow
 def test_short_training_lowers_the_loss(tiny, tmp_path):
     """Independent truth: the loss of the fixed, unaugmented training batch, before training (the
     seeded initialisation) and after 40 updates; it must fall to less than half."""
@@ -196,6 +197,7 @@ def test_short_training_lowers_the_loss(tiny, tmp_path):
 RESUME_OVERRIDES = {"batch": 4, "subdivisions": 2, "max_batches": 6}
 
 
+@pytest.mark.slow
 def test_interrupt_and_resume_is_bit_identical(tiny, tmp_path, monkeypatch):
     """Independent truth: the uninterrupted run. The other run is interrupted (KeyboardInterrupt, as
     Ctrl-C raises it) in the middle of update 4, after the first of its two forward passes has

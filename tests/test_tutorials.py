@@ -103,6 +103,7 @@ def test_unknown_size_is_refused():
         render.kernel_environment("medium")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", render.tutorial_notebooks(), ids=lambda path: path.stem)
 def test_notebook_runs_top_to_bottom(path):
     """Truth: a fresh kernel executes every cell, the notebook's own asserts included, without error."""
