@@ -14,8 +14,9 @@ vectors (``refquant.golden``) and the benchmarks (``benchmarks/``) would otherwi
   by NumPy).
 * :func:`quiet_plan`: a quantization plan with the PGM fits' convergence notes silenced.
 
-Only NumPy, SciPy and refquant are imported (this module ships with the package); nothing here
-is a truth about refquant's own code paths: each helper is a plain restatement or a fixture.
+This module ships with the package, so it imports only NumPy and refquant (never pytest, torch or
+OpenCV). Nothing here is refquant's own code path: each helper is a fixture or a plain restatement
+of a definition, so that a test using it keeps an independent truth.
 """
 import tempfile
 import warnings
