@@ -3,7 +3,7 @@
 Run:  python benchmarks/bench_intconv.py [--repeats 7] [--layers all|targets] [--threads N]
 
 For every 3x3 convolution of yolov2-tiny-voc at 416x416, batch 1 (plus the
-1x1 head and the issue's 128->256 at 52x52), it times
+1x1 head and a 128->256 layer at 52x52), it times
 
 * torch: ``torch.ao.nn.quantized.Conv2d`` on the fbgemm engine, quint8 input,
   qint8 weights, float bias, quint8 output (its time includes requantization);
@@ -31,8 +31,8 @@ TINY_YOLO_VOC_LAYERS = [
     (128, 256, 26, 3), (256, 512, 13, 3), (512, 1024, 13, 3), (1024, 1024, 13, 3),
     (1024, 125, 13, 1),
 ]
-ISSUE_LAYER = (128, 256, 52, 3)  # the issue's example shape (not in the network)
-TARGETS = {ISSUE_LAYER, (512, 1024, 13, 3)}  # the issue's "at most 3x fbgemm" shapes
+WIDE_LAYER = (128, 256, 52, 3)  # a wide, large map (not in the network)
+TARGETS = {WIDE_LAYER, (512, 1024, 13, 3)}  # the shapes the README's targets name
 
 
 def make_layer(channels, outputs, size, kernel, rng):
@@ -101,7 +101,7 @@ def main():
     torch.backends.quantized.engine = "fbgemm"
     numba.set_num_threads(args.threads)
     torch.set_num_threads(args.threads)
-    layers = TINY_YOLO_VOC_LAYERS + [ISSUE_LAYER]
+    layers = TINY_YOLO_VOC_LAYERS + [WIDE_LAYER]
     if args.layers == "targets":
         layers = [layer for layer in layers if layer in TARGETS]
     print(f"threads: numba {numba.get_num_threads()}, torch {torch.get_num_threads()}; "

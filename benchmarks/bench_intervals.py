@@ -1,6 +1,6 @@
 """Optimal 8-bit quantizer of a 3-piece model vs brute-force MSE search over 10^6 samples.
 
-    /work/venv/bin/python benchmarks/bench_intervals.py [--candidates 24] [--repeats 30]
+    python benchmarks/bench_intervals.py [--candidates 24] [--repeats 30]
 
 Both produce affine 8-bit codes with an integer zero point (0 representable):
 

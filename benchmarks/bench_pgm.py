@@ -1,6 +1,6 @@
 """Fitting 10^6 samples: refquant's piecewise Gaussian EM vs scikit-learn's GaussianMixture (3 components).
 
-    /work/venv/bin/python benchmarks/bench_pgm.py [--samples 1000000] [--repeats 5] [--data leaky|weights]
+    python benchmarks/bench_pgm.py [--samples 1000000] [--repeats 5] [--data leaky|weights]
 
 Data: leaky-ReLU activations (slope 0.1) of N(0.5, 1) pre-activations, or (``--data weights``) a
 weight-like three-piece model. Timed in the same run, on the same samples:
@@ -12,7 +12,7 @@ weight-like three-piece model. Timed in the same run, on the same samples:
 - ``PiecewiseGaussian.fit_histogram`` on a 1025-bin histogram of the same samples (the
   bounded-memory path for a calibration set; the histogram's construction is not timed);
 - ``sklearn.mixture.GaussianMixture(n_components=3).fit(x)`` with its defaults (k-means start,
-  tol 1e-3), the peer the issue names; and, for reference, refquant's own ``GaussianMixture``.
+  tol 1e-3), the usual peer; and, for reference, refquant's own ``GaussianMixture``.
 
 The refquant times are medians over ``--repeats`` runs after a warm-up (Numba compilation is
 excluded); scikit-learn is timed once per repeat too. Printed: times, each fit's mean

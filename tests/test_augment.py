@@ -141,7 +141,7 @@ def test_flip_happens_and_moves_the_box():
 
 
 def test_load_batch_from_a_shapes_tree(tmp_path):
-    """Batching contract (interfaces.md): x (N, 3, H, W) float32 in [0, 1]; truths N float32 (M_i, 5)
+    """Batching contract (docs/SPECIFICATION.md, section 8.9): x (N, 3, H, W) float32 in [0, 1]; truths N float32 (M_i, 5)
     arrays, relative boxes in [0, 1], integer class ids, at most the non-difficult objects."""
     root = generate(tmp_path / "shapes", seed=3, size=64, train=5, val=0, test=0, progress=False)
     records = load_voc(root, "train", read_names(root / "shapes.names"))

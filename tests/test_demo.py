@@ -55,7 +55,7 @@ def run(tmp_path_factory):
 
 
 def test_results_schema_and_rows(run):
-    """Truth: the issue's schema, checked key by key: one FP32 row, PGM and every baseline at each
+    """Truth: the results schema of refquant.demo's docstring, checked key by key: one FP32 row, PGM and every baseline at each
     width (post-training), PGM with QAT at 4 bits, each with its widths, method, mode, mAP in
     percent, integer_mAP equal to mAP wherever an integer network ran; settings, machine, date,
     timings and the first/last layer precision recorded."""
@@ -125,7 +125,7 @@ def test_sizes_and_bit_operations_by_hand(run):
 
 
 def test_files_report_and_printed_table(run):
-    """Truth: the files the issue lists, opened by their readers (JSON, Pillow for the PNGs, the
+    """Truth: the files refquant.demo's docstring lists, opened by their readers (JSON, Pillow for the PNGs, the
     plan and model loaders); the report and the printed table carry every row's mAP as in
     results.json and state the integer check."""
     paths, results, printed = run

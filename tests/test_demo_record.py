@@ -53,7 +53,7 @@ def test_every_run_used_the_shipped_weights_and_whole_test_split(folder):
     assert results["targets"] == report.target_checks(results["rows"])
 
 
-def test_default_run_has_every_issue_7_row(results):
+def test_default_run_has_every_row_of_the_papers_table(results):
     """The default run (no budget options) has FP32, every PTQ method at every width, QAT at 4 bits."""
     kinds = {(r["method"], r["mode"], r["weight_bits"]) for r in results["rows"]}
     expected = {("float", "float", 32), ("pgm", "qat", 4)} | {(m, "ptq", b) for m in experiment.PTQ_METHODS

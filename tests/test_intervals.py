@@ -36,7 +36,7 @@ TWO_SPIKES = PiecewiseGaussian([1.0], [0.7, 0.3], [0.0, 3.1], [0.05, 0.2])
 # ------------------------------------------------------------------------------------------------
 
 def scipy_pdf(dist):
-    """The piecewise-Gaussian density written from scipy.stats.norm (METHOD.md section 1)."""
+    """The piecewise-Gaussian density written from scipy.stats.norm (docs/SPECIFICATION.md, section 2)."""
     edges = np.concatenate([[-np.inf], dist.breakpoints, [np.inf]])
 
     def pdf(x):
