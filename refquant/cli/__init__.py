@@ -14,6 +14,7 @@ SUBCOMMANDS = {
     "train": ("refquant.cli.train", "train a detector from a Darknet cfg on a VOC-format tree"),
     "eval": ("refquant.cli.eval", "per-class AP and mAP of a model on a VOC-format tree"),
     "detect": ("refquant.cli.detect", "draw a model's detections on an image into a PNG"),
+    "diagnose": ("refquant.cli.diagnose", "which tensor of a quantized model costs accuracy (per-tensor sensitivity)"),
     "data": ("refquant.cli.data", "draw a fresh shapes data set from a seed (held-out data)"),
     "golden": ("refquant.cli.golden", "export or check golden vectors for other implementations"),
 }

@@ -116,7 +116,7 @@ def head_outputs(forward, inputs, batch_size, description, progress=True):
 
 
 class IntegerMismatchError(RuntimeError):
-    """The integer network and its float64 simulation disagreed (they must not: qat docstring, 4)."""
+    """The integer network and its float64 simulation disagreed (they must not: docs/SPECIFICATION.md, section 11.6)."""
 
 
 def paired_head_outputs(integer, simulation, inputs, batch_size, description, progress=True):

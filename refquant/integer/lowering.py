@@ -91,7 +91,7 @@ def fixed_point_layers(folded, plan):
     anything runs.
     """
     if not is_folded(folded):
-        raise ValueError(f"{folded.name}: fold batch norm first (qat.fold_batchnorm)")
+        raise ValueError(f"{folded.name}: fold batch norm first (refquant.folding.fold_batchnorm)")
     grids = output_grids(folded, plan)
     layers = []
     for index, layer in enumerate(folded.layers):

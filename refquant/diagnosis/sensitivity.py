@@ -1,0 +1,143 @@
+"""Per-tensor sensitivity of a quantization plan, and the error each density predicts beside the
+error measured on held-out images.
+
+For every quantized convolution's weights and every quantized layer output, the folded float
+network runs with only that tensor fake-quantized by the plan's quantizer
+(:func:`partially_quantized_outputs`); the mAP change against the float network and the
+signal-to-quantization-noise ratio (SQNR) of the region head's input say what that tensor alone
+costs. Beside it, per tensor, the squared error the plan's density predicts in closed form
+(:func:`refquant.quantizers.error.expected_mse`, docs/SPECIFICATION.md, section 5) and the squared
+error measured on the held-out images' values (activations) or on the weights themselves.
+A tensor whose measured error is far above its predicted one has a density that misses its tails.
+"""
+import dataclasses
+
+import numpy as np
+from tqdm import tqdm
+
+from refquant.plan import quantizer_bits
+from refquant.quantizers.error import empirical_mse, expected_mse
+from refquant.yolo.network import NETWORK_INPUT
+
+
+def partially_quantized_outputs(folded, images, weights=None, outputs=None):
+    """Every layer's output of the float ``folded`` network on ``images`` (N, C, H, W), with only
+    the given tensors fake-quantized: ``weights`` {convolution index: UniformQuantizer} replaces
+    that layer's weights by their fake-quantized values (in the network's dtype), ``outputs``
+    {layer index: UniformQuantizer} fake-quantizes that layer's output before the next layers read
+    it. Everything else, the input and the biases included, stays float. Inference mode.
+    """
+    weights, outputs = weights or {}, outputs or {}
+    x = np.asarray(images, dtype=folded.dtype)
+    results = []
+    for index, layer in enumerate(folded.layers):
+        sources = [x if j == NETWORK_INPUT else results[j] for j in folded.inputs[index]]
+        if getattr(layer, "multi_input", False):
+            y = layer.forward(sources, training=False)
+        elif index in weights:
+            original = layer.params["weights"]
+            layer.params["weights"] = weights[index].fake(original.astype(np.float64)).astype(original.dtype)
+            try:
+                y = layer.forward(sources[0], training=False)
+            finally:
+                layer.params["weights"] = original
+        else:
+            y = layer.forward(sources[0], training=False)
+        if index in outputs:
+            y = outputs[index].fake(y).astype(folded.dtype)
+        results.append(y)
+    return results
+
+
+def sqnr_db(signal_power, noise_power):
+    """``10 log10(signal power / noise power)`` in dB; +inf when there is no noise."""
+    return float("inf") if noise_power == 0 else float(10.0 * np.log10(signal_power / noise_power))
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorSensitivity:
+    """One tensor's row: ``layer`` index, ``kind`` (``"weights"`` or ``"activations"``), its
+    ``bits``; ``mAP`` with only this tensor quantized and ``delta`` = that minus the float mAP
+    (points); ``sqnr_db`` of the head's input against float; ``predicted_mse`` under the plan's
+    density (None when the plan has no density for it) and ``measured_mse`` on the data."""
+
+    layer: int
+    kind: str
+    bits: int
+    mAP: float
+    delta: float
+    sqnr_db: float
+    predicted_mse: object
+    measured_mse: float
+
+
+def _head_input(folded):
+    return folded.inputs[len(folded.layers) - 1][0]
+
+
+def _run(folded, inputs, batch_size, weights, outputs, reference_head_inputs=None, measure=None):
+    """(head outputs, head-input noise power) over ``inputs`` in batches; ``measure`` {layer:
+    quantizer} accumulates each layer's float squared error (returned as a third item)."""
+    head_input = _head_input(folded)
+    heads, noise, count, squared = [], 0.0, 0, {i: [0.0, 0] for i in (measure or {})}
+    for start in range(0, len(inputs), batch_size):
+        layer_outputs = partially_quantized_outputs(folded, inputs[start:start + batch_size], weights, outputs)
+        heads.append(layer_outputs[-1])
+        if reference_head_inputs is not None:
+            difference = layer_outputs[head_input].astype(np.float64) - reference_head_inputs[start:start + batch_size]
+            noise += float(np.sum(difference ** 2))
+            count += difference.size
+        for index, quantizer in (measure or {}).items():
+            values = layer_outputs[index].astype(np.float64)
+            squared[index][0] += float(np.sum((values - quantizer.fake(values)) ** 2))
+            squared[index][1] += values.size
+    return np.concatenate(heads), (noise / count if count else 0.0), {i: s / n for i, (s, n) in squared.items()}
+
+
+def sensitivity(statistics, plan, inputs, score, batch_size=50, progress=True):
+    """``(float mAP, [TensorSensitivity])`` of ``plan`` on ``inputs`` (held-out images, letterboxed).
+
+    ``statistics``: the :class:`refquant.ptq.CalibrationStatistics` the plan was made from (its
+    folded network, and the densities of the ``"pgm"`` method); ``score(head outputs) -> mAP``
+    in percent (e.g. :func:`refquant.demo.experiment.mean_average_precision` on the images'
+    records). One float pass, then one pass per quantized tensor (a tqdm bar counts them).
+    """
+    folded = statistics.net
+    head_input = _head_input(folded)
+    references = []
+    for start in range(0, len(inputs), batch_size):
+        references.append(folded.forward(inputs[start:start + batch_size], training=False,
+                                         return_all=True)[head_input].astype(np.float64))
+    references = np.concatenate(references)
+    signal = float(np.mean(references ** 2))
+    float_heads, _, measured = _run(folded, inputs, batch_size, {}, {}, measure=plan.activations)
+    float_mAP = score(float_heads)
+    tensors = [("weights", i, q) for i, q in sorted(plan.weights.items())]
+    tensors += [("activations", i, q) for i, q in sorted(plan.activations.items())]
+    rows = []
+    for kind, index, quantizer in tqdm(tensors, desc="sensitivity", unit="tensor", disable=not progress):
+        chosen = {index: quantizer}
+        heads, noise, _ = _run(folded, inputs, batch_size, chosen if kind == "weights" else {},
+                               chosen if kind == "activations" else {}, references)
+        mAP = score(heads)
+        predicted = None
+        if plan.method == "pgm":
+            predicted = float(expected_mse(statistics.density(kind, index), quantizer))
+        error = (empirical_mse(statistics.weights(index), quantizer) if kind == "weights" else measured[index])
+        rows.append(TensorSensitivity(index, kind, quantizer_bits(quantizer), mAP, mAP - float_mAP, sqnr_db(signal, noise),
+                                      predicted, float(error)))
+    return float_mAP, rows
+
+
+def sensitivity_lines(float_mAP, rows, names=None):
+    """The printed table: one line per tensor, most harmful first."""
+    lines = [f"float mAP {float_mAP:.2f} %; each row quantizes one tensor alone",
+             f"{'layer':>5} {'tensor':<12} {'bits':>4} {'mAP':>7} {'change':>7} {'SQNR dB':>8} "
+             f"{'predicted MSE':>14} {'measured MSE':>13} {'ratio':>6}"]
+    for r in sorted(rows, key=lambda r: r.delta):
+        name = f"{r.layer}" if names is None else f"{r.layer} {names[r.layer]}"
+        predicted = "-" if r.predicted_mse is None else f"{r.predicted_mse:.3g}"
+        ratio = "-" if not r.predicted_mse else f"{r.measured_mse / r.predicted_mse:.2f}"
+        lines.append(f"{name:>5} {r.kind:<12} {r.bits:>4} {r.mAP:>7.2f} {r.delta:>+7.2f} {r.sqnr_db:>8.1f} "
+                     f"{predicted:>14} {r.measured_mse:>13.3g} {ratio:>6}")
+    return lines
