@@ -15,6 +15,7 @@ from refquant.folding import fold_batchnorm, is_folded
 from refquant.integer.requantize import quantize_bias
 from refquant.plan import QuantizationPlan, output_grids, quantized_outputs
 from refquant.ptq import (
+    ACTIVATION_MAX_PIECES,
     DEFAULT_ACTIVATION_BREAKPOINTS,
     DEFAULT_BINS,
     CalibrationStatistics,
@@ -214,12 +215,14 @@ class FakeQuantNetwork(Network):
                 for layer, out in zip(self.layers, outputs)]
 
     def statistics(self, images, batch_size=4, max_bins=DEFAULT_BINS, baseline_samples=2**17, seed=0,
-                   progress=True, activation_breakpoints=DEFAULT_ACTIVATION_BREAKPOINTS):
+                   progress=True, activation_breakpoints=DEFAULT_ACTIVATION_BREAKPOINTS,
+                   activation_max_pieces=ACTIVATION_MAX_PIECES):
         """CalibrationStatistics of the current weights and pre-quantization activations."""
         histograms = collect_histograms(image_batches(images, batch_size), self.unquantized_outputs,
                                         quantized_outputs(self.folded), max_bins, progress, "refit")
         return CalibrationStatistics(self.folded, histograms, baseline_samples=baseline_samples, seed=seed,
-                                     activation_breakpoints=activation_breakpoints)
+                                     activation_breakpoints=activation_breakpoints,
+                                     max_pieces_activations=activation_max_pieces)
 
     def refit(self, images, method=None, batch_size=4, progress=True, **overrides):
         """Refit the PGMs (or rerun the plan's method) on the current weights and the activations of
@@ -234,7 +237,9 @@ class FakeQuantNetwork(Network):
             raise ValueError("refit: the plan has no weight_bits/activation_bits options; pass them")
         statistics = self.statistics(images, batch_size=batch_size, progress=progress,
                                      activation_breakpoints=self.plan.options.get("activation_breakpoints",
-                                                                                  DEFAULT_ACTIVATION_BREAKPOINTS))
+                                                                                  DEFAULT_ACTIVATION_BREAKPOINTS),
+                                     activation_max_pieces=self.plan.options.get("activation_max_pieces",
+                                                                                 ACTIVATION_MAX_PIECES))
         return self.set_plan(quantization_plan(statistics, method=method, **options))
 
 

@@ -11,9 +11,9 @@ tiny YOLO v2 at 128x128 trained on the shapes data set) and the shapes data set
 3. Post-training quantization (PTQ) at each width of ``--bits`` (weights and activations alike;
    the first and last convolutions at ``--first-bits``/``--last-bits``, 8 by default): the
    PGM-optimal plan and the min-max, percentile (99.99) and ACIQ (Laplace) baselines
-   (:func:`refquant.ptq.quantization_plan`). The activations' PGMs have their breakpoints chosen
-   by BIC, 0 among the candidates (``--activation-breakpoints auto``; ``kink`` fits the two
-   pieces of a leaky ReLU split at 0 alone, ``refquant.ptq``'s default).
+   (:func:`refquant.ptq.quantization_plan`). The activations' PGMs have up to 6 pieces, their breakpoints chosen
+   by BIC, 0 among the candidates (``--activation-breakpoints auto``, ``refquant.ptq``'s default;
+   ``kink`` fits the two pieces of a leaky ReLU split at 0 alone).
 4. Quantization-aware training (QAT) at each width of ``--qat-bits`` (4 by default), starting
    from the PGM PTQ plan, the PGMs refitted and the intervals re-optimised every
    ``--refit-every`` iterations (:func:`refquant.qat.quantization_aware_training`).

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from refquant.ptq import DEFAULT_ACTIVATION_BREAKPOINTS
 from refquant.quantizers.baselines import METHODS
 
 BITS = (8, 6, 4)
@@ -84,7 +85,7 @@ class Settings:
     qat_bits: tuple = QAT_BITS
     first_bits: int = 8
     last_bits: int = 8
-    activation_breakpoints: str = "auto"
+    activation_breakpoints: str = DEFAULT_ACTIVATION_BREAKPOINTS
     calibration_images: int = CALIBRATION_IMAGES
     test_images: int = TEST_IMAGES
     qat_iterations: int = QAT_ITERATIONS
