@@ -22,7 +22,7 @@ from refquant.plan import (
     quantized_outputs,
 )
 from refquant.quantizers import optimal
-from refquant.quantizers.baselines import METHODS
+from refquant.quantizers.baselines import DENSITY_METHODS, METHODS
 from refquant.yolo.network import NETWORK_INPUT
 
 DEFAULT_BINS = 2048
@@ -47,6 +47,11 @@ the squared error they predicted at 8 bits was 2 to 19 times the error measured 
 histogram (``refquant diagnose``), and the head input's interval clipped its class logits
 (8-bit PTQ 0.53 points below float on fresh trees); at 6 pieces, 0.17 (docs/method-study.md)."""
 
+
+PAPER_FITS = {"activation_breakpoints": "kink", "max_pieces_activations": 4}
+"""The activation fits of the ``"pgm-paper"`` method: a leaky ReLU's output as the paper models it,
+two pieces split at 0, and at most 4 pieces elsewhere (refquant's defaults until they were measured
+on fresh data: :data:`DEFAULT_ACTIVATION_BREAKPOINTS`, :data:`ACTIVATION_MAX_PIECES`)."""
 
 PGM_FIT_OPTIONS = {}
 """Keyword arguments of the calibration's PGM fits (``max_iter``, ``tol``, ...): none, i.e.
@@ -205,6 +210,19 @@ class CalibrationStatistics:
         self._samples = {}
         self.fit_warnings = {}
 
+    def variant(self, activation_breakpoints, max_pieces_activations):
+        """These statistics with other activation fits (the same histograms and weights; its own
+        density cache), made once per setting."""
+        key = (activation_breakpoints, max_pieces_activations)
+        if key == (self.activation_breakpoints, self.max_pieces_activations):
+            return self
+        variants = self.__dict__.setdefault("_variants", {})
+        if key not in variants:
+            variants[key] = CalibrationStatistics(self.net, self.histograms, self.max_pieces_weights,
+                                                  max_pieces_activations, self.baseline_samples, self.seed,
+                                                  self.fit_options, activation_breakpoints)
+        return variants[key]
+
     def weights(self, index):
         """The folded weights of convolution ``index`` as float64 (M, C, k, k)."""
         return self.net.layers[index].params["weights"].astype(np.float64)
@@ -248,6 +266,32 @@ def _leaky_output(net, index):
     if layer.type in CODE_LAYERS or layer.type == "route":
         return all(j != NETWORK_INPUT and _leaky_output(net, j) for j in net.inputs[index])
     return False
+
+
+def pooled_readers(net):
+    """{convolution index: maxpool index} for every convolution whose output only a maxpool reads."""
+    readers = {}
+    for index, sources in enumerate(net.inputs):
+        for source in sources:
+            readers.setdefault(source, []).append(index)
+    return {index: found[0] for index, found in readers.items()
+            if index != NETWORK_INPUT and net.layers[index].type == "convolutional" and len(found) == 1
+            and net.layers[found[0]].type == "maxpool"}
+
+
+def calibration_values(net, outputs):
+    """Every layer's values as calibration histograms them (docs/SPECIFICATION.md, section 11.3).
+
+    ``outputs``: every layer's float output before quantization. A convolution whose output only a
+    maxpool reads is calibrated on that maxpool applied to it: max commutes with a monotone
+    quantizer (``maxpool(Q(x)) = Q(maxpool(x))``), so the pooled values are exactly the codes that
+    travel on, and their distribution (the largest of each window) has a heavier upper tail than
+    the convolution's output; the grid is still the convolution's own.
+    """
+    values = list(outputs)
+    for conv, pool in pooled_readers(net).items():
+        values[conv] = net.layers[pool].forward(outputs[conv], training=False)
+    return values
 
 
 def image_batches(images, batch_size):
@@ -297,7 +341,8 @@ def calibration_statistics(net, images, batch_size=4, max_bins=DEFAULT_BINS, bas
     folded = fold_batchnorm(net)
     check_supported(folded)  # before the long pass
     histograms = collect_histograms(image_batches(images, batch_size),
-                                    lambda x: folded.forward(x, training=False, return_all=True),
+                                    lambda x: calibration_values(folded, folded.forward(x, training=False,
+                                                                                         return_all=True)),
                                     quantized_outputs(folded), max_bins, progress)
     return CalibrationStatistics(folded, histograms, baseline_samples=baseline_samples, seed=seed,
                                  activation_breakpoints=activation_breakpoints,
@@ -310,8 +355,11 @@ def quantization_plan(statistics, weight_bits, activation_bits, method="pgm",
     """The plan of one method and set of widths from :class:`CalibrationStatistics` (docs/SPECIFICATION.md, section 11.3)."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
-    if pow2_step and method != "pgm":
-        raise ValueError(f"pow2_step=True is supported by method='pgm' (optimal_quantizer), not {method!r}")
+    if pow2_step and method not in DENSITY_METHODS:
+        raise ValueError(f"pow2_step=True is supported by the density methods {DENSITY_METHODS} "
+                         f"(optimal_quantizer), not {method!r}")
+    if method == "pgm-paper":
+        statistics = statistics.variant(**PAPER_FITS)
     net = statistics.net
     widths = layer_bits(net, weight_bits, activation_bits, first_bits, last_bits)
     weights, activations, densities = {}, {}, {}
@@ -323,7 +371,7 @@ def quantization_plan(statistics, weight_bits, activation_bits, method="pgm",
             activations[index] = _activation_quantizer(statistics, index, a_bits, method, pow2_step)
         except ValueError as error:
             raise ValueError(f"layer {index} [{net.layers[index].type}], method {method!r}: {error}") from error
-        if method == "pgm":
+        if method in DENSITY_METHODS:
             for kind in ("weights", "activations"):
                 if (kind, index) in statistics.densities:
                     densities[(kind, index)] = statistics.densities[(kind, index)]
@@ -340,14 +388,14 @@ def quantization_plan(statistics, weight_bits, activation_bits, method="pgm",
 
 
 def _weight_quantizer(statistics, index, bits, method, pow2_step):
-    if method == "pgm":
+    if method in DENSITY_METHODS:
         return optimal.optimal_quantizer(statistics.density("weights", index), bits, symmetric=True,
                                            pow2_step=pow2_step)
     return METHODS[method].from_samples(statistics.weights(index), bits, True, 24)
 
 
 def _activation_quantizer(statistics, index, bits, method, pow2_step):
-    if method == "pgm":
+    if method in DENSITY_METHODS:
         return optimal.optimal_quantizer(statistics.density("activations", index), bits,
                                            zero_representable=True, pow2_step=pow2_step)
     return METHODS[method].from_histogram(statistics.histograms[index], bits)

@@ -19,6 +19,7 @@ from refquant.ptq import (
     DEFAULT_ACTIVATION_BREAKPOINTS,
     DEFAULT_BINS,
     CalibrationStatistics,
+    calibration_values,
     collect_histograms,
     image_batches,
     quantization_plan,
@@ -218,7 +219,8 @@ class FakeQuantNetwork(Network):
                    progress=True, activation_breakpoints=DEFAULT_ACTIVATION_BREAKPOINTS,
                    activation_max_pieces=ACTIVATION_MAX_PIECES):
         """CalibrationStatistics of the current weights and pre-quantization activations."""
-        histograms = collect_histograms(image_batches(images, batch_size), self.unquantized_outputs,
+        histograms = collect_histograms(image_batches(images, batch_size),
+                                        lambda x: calibration_values(self.folded, self.unquantized_outputs(x)),
                                         quantized_outputs(self.folded), max_bins, progress, "refit")
         return CalibrationStatistics(self.folded, histograms, baseline_samples=baseline_samples, seed=seed,
                                      activation_breakpoints=activation_breakpoints,

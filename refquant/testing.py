@@ -24,8 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from refquant import darknet
-from refquant import ptq
+from refquant import darknet, ptq
 from refquant.density.em import ConvergenceWarning
 
 # ---------------------------------------------------------------- small Darknet cfgs

@@ -98,7 +98,7 @@ def sensitivity(statistics, plan, inputs, score, batch_size=50, progress=True):
     """``(float mAP, [TensorSensitivity])`` of ``plan`` on ``inputs`` (held-out images, letterboxed).
 
     ``statistics``: the :class:`refquant.ptq.CalibrationStatistics` the plan was made from (its
-    folded network, and the densities of the ``"pgm"`` method); ``score(head outputs) -> mAP``
+    folded network; the densities are the plan's own); ``score(head outputs) -> mAP``
     in percent (e.g. :func:`refquant.demo.experiment.mean_average_precision` on the images'
     records). One float pass, then one pass per quantized tensor (a tqdm bar counts them).
     """
@@ -120,9 +120,8 @@ def sensitivity(statistics, plan, inputs, score, batch_size=50, progress=True):
         heads, noise, _ = _run(folded, inputs, batch_size, chosen if kind == "weights" else {},
                                chosen if kind == "activations" else {}, references)
         mAP = score(heads)
-        predicted = None
-        if plan.method == "pgm":
-            predicted = float(expected_mse(statistics.density(kind, index), quantizer))
+        density = plan.densities.get((kind, index))
+        predicted = None if density is None else float(expected_mse(density, quantizer))
         error = (empirical_mse(statistics.weights(index), quantizer) if kind == "weights" else measured[index])
         rows.append(TensorSensitivity(index, kind, quantizer_bits(quantizer), mAP, mAP - float_mAP, sqnr_db(signal, noise),
                                       predicted, float(error)))

@@ -375,6 +375,7 @@ def _histogram_extremes(histogram):
 
 METHODS = {method.name: method for method in [
     Method("pgm", "PGM"),
+    Method("pgm-paper", "PGM, paper's fits"),
     Method("minmax", "min-max",
            lambda x, bits, symmetric, _: minmax_quantizer(x, bits, symmetric),
            lambda h, bits: minmax_quantizer_histogram(h.density(), bits, extremes=_histogram_extremes(h))),
@@ -396,4 +397,9 @@ METHODS = {method.name: method for method in [
            lambda h, bits: kl_quantizer_histogram(h.density(), bits, extremes=_histogram_extremes(h))),
 ]}
 """The one registry of calibration methods: name -> :class:`Method`. The ACIQ method without a
-suffix uses the Laplace prior (Banner et al.'s choice for activations)."""
+suffix uses the Laplace prior (Banner et al.'s choice for activations). ``"pgm-paper"`` is the PGM
+method with the paper's density fits (:data:`refquant.ptq.PAPER_FITS`), kept beside the default
+``"pgm"`` so that both are measured."""
+
+DENSITY_METHODS = ("pgm", "pgm-paper")
+"""The methods whose intervals come from a fitted density and :func:`~refquant.quantizers.optimal.optimal_quantizer`."""
