@@ -149,7 +149,8 @@ def test_bad_arguments_are_refused(setup):
 
 
 def test_auto_activation_breakpoints_fit_heavy_tails_better(setup):
-    """Truth: refquant.pgm's own histogram fit with breakpoints "auto" (at most 4 pieces), called
+    """Truth: refquant.pgm's own histogram fit with breakpoints "auto" (at most
+    ptq.ACTIVATION_MAX_PIECES pieces), called
     directly on the same histogram, and the empirical squared error (numpy) on a leaky-ReLU sample
     with a heavy (Student-t, 4 degrees of freedom) positive side, at 8 bits: the "auto" policy
     gives that fit, records itself in the plan and its refits, and its interval errs less on the
@@ -167,7 +168,8 @@ def test_auto_activation_breakpoints_fit_heavy_tails_better(setup):
         statistics.histograms[0] = histogram  # layer 0 is a leaky convolution
         policies[policy] = quiet(ptq.quantization_plan, statistics, 8, 8, "pgm", first_bits=None, last_bits=None)
     auto = policies["auto"]
-    expected = quiet(PiecewiseGaussian.fit_histogram, histogram.counts, histogram.edges, "auto", max_pieces=4)
+    expected = quiet(PiecewiseGaussian.fit_histogram, histogram.counts, histogram.edges, "auto",
+                     max_pieces=ptq.ACTIVATION_MAX_PIECES)
     np.testing.assert_array_equal(auto.densities[("activations", 0)].breakpoints, expected.breakpoints)
     assert policies["kink"].densities[("activations", 0)].breakpoints.tolist() == [0.0]
     errors = {policy: intervals_mse(values, plan.activations[0]) for policy, plan in policies.items()}

@@ -16,7 +16,7 @@ from refquant.quantizers.baselines import METHODS
 BITS = (8, 6, 4)
 
 
-PTQ_METHODS = ("pgm", "minmax", "percentile", "aciq")
+PTQ_METHODS = ("pgm", "pgm-paper", "minmax", "percentile", "aciq")
 
 
 QAT_BITS = (4,)
