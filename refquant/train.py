@@ -257,11 +257,19 @@ def atomic_write(path, write):
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes 0600; the user's usual mode, as open() would
         os.replace(temporary, path)
     except BaseException:
         if os.path.exists(temporary):
             os.remove(temporary)
         raise
+
+
+def _umask():
+    """The process's file-creation mask (read by setting it, then restored)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def save_checkpoint(out_dir, name, net, updates, state):
@@ -382,7 +390,7 @@ def records_digest(records):
 
 
 def train(cfg, data, names, out_dir, split="train", weights=None, seed=0, overrides=None, checkpoint_every=100,
-          resume=False, name=None, progress=True, on_update=None):
+          resume=False, name=None, progress=True, on_update=None, force=False):
     """Train the network of ``cfg`` on the VOC tree ``data``; returns a summary dict.
 
     ``names``: the class names file; ``split``: the image set trained on; ``weights``:
@@ -419,6 +427,9 @@ def train(cfg, data, names, out_dir, split="train", weights=None, seed=0, overri
                 "data_sha256": records_digest(records), "split": split, "seed": int(seed),
                 "initial_weights": None if weights is None else str(weights),
                 "initial_weights_sha256": None if weights is None else file_digest(weights), "options": options}
+    if not resume and not force and out_dir.is_dir() and any(out_dir.iterdir()):
+        raise FileExistsError(f"{out_dir}: not empty (an earlier run's files?); resume=True (--resume) continues "
+                              f"the run it holds, force=True (--force) writes over it")
     out_dir.mkdir(parents=True, exist_ok=True)
     iteration, seconds = 0, 0.0
     updates = zero_updates(net)

@@ -196,3 +196,17 @@ def test_targets_and_table_on_hand_made_rows():
     assert lines[1].split() == ["float", "60.00"]
     assert lines[2].split() == ["PGM", "(PTQ)", "59.60", "50.00"]
     assert lines[4].split() == ["PGM", "(QAT)", "-", "57.50"]
+
+
+def test_results_record_no_folder_of_the_machine(tmp_path, monkeypatch):
+    """Truth: pathlib's own relative_to: the shipped model is named by its file, the cache by its
+    place under refquant's cache folder, a path under the current folder relative to it, anything
+    else as given."""
+    from refquant.demo.report import portable_path
+    from refquant.detection.evaluate import shipped_model
+    monkeypatch.setenv("REFQUANT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    assert portable_path(shipped_model(".cfg")) == "<shipped>/shapes-tiny-yolo.cfg"
+    assert portable_path(tmp_path / "cache" / "shapes" / "x") == "<cache>/shapes/x"
+    assert portable_path(tmp_path / "runs" / "a") == "runs/a"
+    assert portable_path("/elsewhere/b") == "/elsewhere/b" and portable_path(None) is None

@@ -140,7 +140,7 @@ def test_cli_detect_draws_the_boxes(scenes, tmp_path, capsys):
     itself is left elsewhere); detect_image finds the same boxes."""
     root, records = scenes
     image_path = records[0]["image_path"]
-    out = tmp_path / "detections.png"
+    out = tmp_path / "sub" / "dir" / "detections.png"  # folders that do not exist yet are made
     assert cli.main(["detect", str(image_path), "--out", str(out)]) == 0
     assert "detections drawn into" in capsys.readouterr().out
     drawn = np.asarray(Image.open(out).convert("RGB"))
@@ -157,7 +157,7 @@ def test_cli_detect_draws_the_boxes(scenes, tmp_path, capsys):
 
 def test_shipped_model_record():
     """The shipped model's JSON states the command, seed, time and its test mAP; its weights file is at
-    most 5 MB and loads into its cfg. Issue 3's target is a test mAP in [0.8, 1): a record that claims
+    most 5 MB and loads into its cfg. The target is a test mAP in [0.8, 1): a record that claims
     to meet it must, and a record below it must say that training is unfinished."""
     record = json.loads(shipped_model(".json").read_text())
     if "unfinished" in record.get("status", ""):

@@ -349,5 +349,14 @@ def test_cli_train_then_resume(tiny, tmp_path, capsys):
     assert (state["iteration"], state["seen"], state["seed"], state["options"]["batch"]) == (3, 6, 4, 2)
     assert (tmp_path / "tiny_final.weights").stat().st_size == (tmp_path / "tiny_000003.weights").stat().st_size
     assert "trained 3 updates" in capsys.readouterr().out
+    mask = os.umask(0o022)
+    os.umask(mask)
+    for written in ("tiny_final.weights", "tiny.checkpoint.json"):  # the mode open() would give, not mkstemp's 0600
+        assert (tmp_path / written).stat().st_mode & 0o777 == 0o666 & ~mask, written
+    assert cli.main(common + ["--max-batches", "4"]) == 2  # a second run into the same folder: refused
+    assert "--resume" in capsys.readouterr().err
+    assert (tmp_path / "tiny_final.weights").stat().st_size > 0
+    assert cli.main(common + ["--max-batches", "1", "--force"]) == 0
+    assert json.loads((tmp_path / "tiny.checkpoint.json").read_text())["iteration"] == 1
     assert cli.main(common[:-4] + ["--batch", "3", "--subdivisions", "2", "--out", str(tmp_path / "x")]) == 2
     assert "refquant train: error: batch=3, subdivisions=2" in capsys.readouterr().err

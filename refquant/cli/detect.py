@@ -41,6 +41,7 @@ def run(args):
     image = load_image(args.image)
     found = detect_image(net, image, names, thresh=args.thresh, nms=args.nms, letterbox=not args.no_letterbox,
                          image_id=Path(args.image).stem)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     draw_detections(image, found, labels=names, path=args.out)
     for d in sorted(found, key=lambda d: -d["score"]):
         print(f"{d['label']:<12s} {d['score']:.3f}  box {tuple(round(v, 1) for v in d['box'])}")

@@ -3,11 +3,13 @@
 from pathlib import Path
 
 from refquant.cli import default_data, default_names
+from refquant.detection.evaluate import shipped_model
 from refquant.train import train
 
 
 def add_arguments(parser):
-    parser.add_argument("--cfg", required=True, help="Darknet cfg of the network (its [net] gives the defaults)")
+    parser.add_argument("--cfg", default=None, help="Darknet cfg of the network, its [net] giving the defaults "
+                                                    "(default: the shipped model's cfg)")
     parser.add_argument("--data", default=None,
                         help="VOC-format tree to train on (default: the shapes data set, generated on first use)")
     parser.add_argument("--names", default=None,
@@ -19,6 +21,7 @@ def add_arguments(parser):
     parser.add_argument("--seed", type=int, default=0, help="seed of the initialisation, images and augmentation")
     parser.add_argument("--checkpoint-every", type=int, default=100, help="updates between checkpoints")
     parser.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    parser.add_argument("--force", action="store_true", help="write into a non-empty --out (its files are replaced)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     for key, kind, text in (("batch", int, "images per update"), ("subdivisions", int, "passes per update"),
                             ("learning-rate", float, "base learning rate"), ("momentum", float, "SGD momentum"),
@@ -51,9 +54,10 @@ def run(args):
     overrides["steps"] = _parse_list(args.steps, int, "--steps")
     overrides["scales"] = _parse_list(args.scales, float, "--scales")
     try:
-        result = train(args.cfg, data, names, args.out, split=args.split, weights=args.weights, seed=args.seed,
-                       overrides=overrides, checkpoint_every=args.checkpoint_every, resume=args.resume,
-                       name=args.name, progress=not args.no_progress)
+        result = train(args.cfg or shipped_model(".cfg"), data, names, args.out, split=args.split,
+                       weights=args.weights, seed=args.seed, overrides=overrides,
+                       checkpoint_every=args.checkpoint_every, resume=args.resume, name=args.name,
+                       progress=not args.no_progress, force=args.force)
     except KeyboardInterrupt:
         return 130
     print(f"trained {result['iteration']} updates ({result['seen']} images seen) in {result['seconds']:.0f} s; "

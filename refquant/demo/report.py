@@ -29,6 +29,24 @@ def machine_description():
             "numpy": np.__version__, "numba": numba.__version__, "scipy": scipy.__version__}
 
 
+def portable_path(path):
+    """A path as the results record it, without the machine's own folders: ``<shipped>/NAME`` for
+    the shipped model, ``<cache>/...`` under :func:`refquant.cache_dir`, relative to the current
+    folder below it, else unchanged."""
+    if path is None:
+        return None
+    from refquant import cache_dir
+    from refquant.detection.evaluate import MODELS_DIRS
+    resolved = Path(path).resolve()
+    for label, folder in [("<shipped>", d) for d in MODELS_DIRS] + [("<cache>", cache_dir()), (".", Path.cwd())]:
+        try:
+            relative = resolved.relative_to(Path(folder).resolve())
+        except ValueError:
+            continue
+        return str(relative) if label == "." else f"{label}/{relative.as_posix()}"
+    return str(path)
+
+
 def results_dict(experiment, figures):
     from refquant.train import file_digest
     s = experiment.settings
@@ -38,9 +56,9 @@ def results_dict(experiment, figures):
         "machine": machine_description(),
         "command": " ".join(["refquant"] + sys.argv[1:]) if Path(sys.argv[0]).stem in ("refquant", "__main__")
         else "refquant demo",
-        "model": {"cfg": s.cfg, "weights": s.weights, "names": s.names,
+        "model": {"cfg": portable_path(s.cfg), "weights": portable_path(s.weights), "names": portable_path(s.names),
                   "weights_sha256": file_digest(s.weights) if s.weights else None},
-        "data": s.data,
+        "data": portable_path(s.data),
         "metric": "mAP in percent: Darknet's validate_detector detections (threshold 0.005, NMS 0.45) scored "
                   "by the VOC devkit's rule, IoU >= 0.5, VOC2010 area rule",
         "test_images": len(experiment.test_records), "test_split_images": experiment.test_split_size,
@@ -52,7 +70,8 @@ def results_dict(experiment, figures):
                 "runs": {str(bits): {"refits": r.refits, "first_losses": r.losses[:5], "last_losses": r.losses[-5:],
                                      "seconds": r.seconds, "options": r.options}
                          for bits, r in experiment.qat.items()}},
-        "settings": dataclasses.asdict(s),
+        "settings": {key: portable_path(value) if key in ("cfg", "weights", "names", "data", "out") else value
+                     for key, value in dataclasses.asdict(s).items()},
         "rows": experiment.rows,
         "integer_equals_simulation": all(r["integer_equals_simulation"] for r in experiment.rows
                                          if r["integer_mAP"] is not None),
@@ -102,22 +121,22 @@ def table_lines(rows, bits=None):
     """The paper-style table: one line per method and mode, one column per width (mAP %)."""
     bits = sorted({r["weight_bits"] for r in rows if r["mode"] != "float"}, reverse=True) if bits is None else bits
     fp32 = _find(rows, "float", "float", 32)
-    header = f"{'':<18}{'FP32':>8}" + "".join(f"{f'{b}-bit':>8}" for b in bits)
-    lines = [header]
-    if fp32:
-        lines.append(f"{'float':<18}{fp32['mAP']:>8.2f}" + "".join(f"{'':>8}" for _ in bits))
-    seen = []
+    keys = []
     for entry in rows:
         key = (entry["method"], entry["mode"])
-        if entry["mode"] == "float" or key in seen:
-            continue
-        seen.append(key)
-        label = f"{METHOD_NAMES[entry['method']]} ({entry['mode'].upper()})"
+        if entry["mode"] != "float" and key not in keys:
+            keys.append(key)
+    labels = {key: f"{METHOD_NAMES[key[0]]} ({key[1].upper()})" for key in keys}
+    width = max([18] + [len(label) + 2 for label in labels.values()])
+    lines = [f"{'':<{width}}{'FP32':>8}" + "".join(f"{f'{b}-bit':>8}" for b in bits)]
+    if fp32:
+        lines.append(f"{'float':<{width}}{fp32['mAP']:>8.2f}" + "".join(f"{'':>8}" for _ in bits))
+    for key in keys:
         cells = []
         for b in bits:
-            found = _find(rows, entry["method"], entry["mode"], b)
+            found = _find(rows, key[0], key[1], b)
             cells.append(f"{found['mAP']:>8.2f}" if found else f"{'-':>8}")
-        lines.append(f"{label:<18}{'':>8}" + "".join(cells))
+        lines.append(f"{labels[key]:<{width}}{'':>8}" + "".join(cells))
     return lines
 
 
