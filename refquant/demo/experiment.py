@@ -164,6 +164,12 @@ def qat_schedule(settings):
             "scales": [0.1]}
 
 
+def duration(seconds):
+    """``seconds`` for a person: "42 s", "3 min 05 s"."""
+    seconds = int(round(seconds))
+    return f"{seconds} s" if seconds < 60 else f"{seconds // 60} min {seconds % 60:02d} s"
+
+
 def quantized_name(method, bits, mode):
     return f"{METHOD_NAMES[method]} {bits}-bit {mode.upper()}"
 
@@ -187,6 +193,46 @@ class Experiment:
         self.rows, self.timings, self.detections = [], {}, {}
         self.plans, self.fit_warnings, self.qat = {}, {}, {}
         self.statistics = None
+        self.started = time.perf_counter()
+        self.row_seconds = {"float": [], "ptq": [], "qat": []}
+        self._last_row_end = self.started
+
+    @property
+    def total_rows(self):
+        """The rows this run measures: FP32, every method at every PTQ width, PGM at every QAT width."""
+        s = self.settings
+        return 1 + len(s.methods) * len(s.bits) + len(s.qat_bits)
+
+    def where(self, mode):
+        """"row k of N, T elapsed, about L left" for the row of ``mode`` just measured.
+
+        Each row's time runs from the end of the previous row (so a PTQ row includes its plan, a QAT
+        row its training). The time left: the rows still to come at the median time of the measured rows of
+        their kind; the QAT rows, whose training dwarfs a PTQ row, are named rather than guessed while none
+        has run."""
+        now = time.perf_counter()
+        self.row_seconds[mode].append(now - self._last_row_end)
+        self._last_row_end = now
+        s, done = self.settings, len(self.rows)
+        ptq_left = len(s.methods) * len(s.bits) - len(self.row_seconds["ptq"])
+        qat_left = len(s.qat_bits) - len(self.row_seconds["qat"])
+        ptq_mean = np.median(self.row_seconds["ptq"]) if self.row_seconds["ptq"] else None
+        left, unknown = 0.0, []
+        for count, mean, what in ((ptq_left, ptq_mean, "PTQ"), (qat_left, None, "QAT")):
+            if what == "QAT" and self.row_seconds["qat"]:
+                mean = np.median(self.row_seconds["qat"])
+            if count <= 0:
+                continue
+            if mean is None:
+                unknown.append(f"{count} {what} row{'s' if count > 1 else ''}")
+            else:
+                left += count * mean
+        estimate = f"about {duration(left)} left" if not unknown else (
+            f"about {duration(left)} left + {' and '.join(unknown)} not yet timed" if left
+            else f"{' and '.join(unknown)} to go, not yet timed")
+        if done == self.total_rows:
+            estimate = "done"
+        return f"[row {done} of {self.total_rows}, {duration(now - self.started)} elapsed, {estimate}]"
 
     def progress(self, message):
         tqdm.write(message, file=sys.stdout)
@@ -220,7 +266,8 @@ class Experiment:
         self.rows.append({"name": "FP32", "method": "float", "mode": "float", "weight_bits": 32,
                           "activation_bits": 32, "mAP": mAP, "integer_mAP": None, "integer_equals_simulation": None,
                           "model_bytes": None, "bops": None, "seconds": seconds})
-        self.progress(f"FP32: mAP {mAP:.2f} % on {len(self.test_records)} test images ({seconds:.1f} s)")
+        self.progress(f"FP32: mAP {mAP:.2f} % on {len(self.test_records)} test images ({seconds:.1f} s) "
+                      f"{self.where('float')}")
 
     def calibrate(self):
         from refquant import ptq
@@ -229,6 +276,7 @@ class Experiment:
                                      batch_size=16, progress=s.progress,
                                      activation_breakpoints=s.activation_breakpoints)
         self.folded = self.statistics.net
+        self._last_row_end = time.perf_counter()  # calibration is shared: no PTQ row's time
 
     def make_plan(self, method, bits):
         """The PTQ plan of ``method`` at ``bits`` (PGM fits cached in the statistics); fit warnings kept."""
@@ -264,7 +312,7 @@ class Experiment:
         costs = cost_totals(layer_costs(folded, plan))
         self.rows.append(row(name, method, mode, bits, bits, mAP, integer_mAP, costs, seconds))
         self.progress(f"{name}: mAP {mAP:.2f} %, integer network {integer_mAP:.2f} % (equal), "
-                      f"{costs['bytes']} bytes ({seconds:.1f} s)")
+                      f"{costs['bytes']} bytes ({seconds:.1f} s) {self.where(mode)}")
 
     def post_training(self):
         for bits in self.settings.bits:
