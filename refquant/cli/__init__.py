@@ -62,6 +62,8 @@ if __name__ == "__main__":
 
 def default_names(data):
     """The class names file of a VOC tree: the only ``*.names`` file at its root."""
+    if not Path(data).is_dir():
+        raise FileNotFoundError(f"--data: {data} does not exist or is not a folder")
     found = sorted(Path(data).glob("*.names"))
     if len(found) != 1:
         raise ValueError(f"{data}: expected exactly one *.names file at the root of the tree to name the classes, "
@@ -78,7 +80,11 @@ def default_data():
 def model_paths(args):
     """(cfg, weights) from the arguments, the shipped model's for those not given."""
     cfg = Path(args.cfg) if args.cfg else shipped_model(".cfg")
+    if not cfg.is_file():
+        raise FileNotFoundError(f"--cfg: {cfg} does not exist")
     weights = Path(args.weights) if args.weights else (shipped_model(".weights") if not args.cfg else None)
     if weights is None:
         raise ValueError("--weights: required with --cfg (an untrained network detects nothing)")
+    if not weights.is_file():
+        raise FileNotFoundError(f"--weights: {weights} does not exist")
     return cfg, weights

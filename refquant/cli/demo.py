@@ -4,7 +4,6 @@ import datetime
 from pathlib import Path
 
 from refquant.cli import default_data, default_names
-from refquant.demo import run_experiment
 from refquant.demo.experiment import (
     BITS,
     CALIBRATION_IMAGES,
@@ -18,7 +17,6 @@ from refquant.demo.experiment import (
     REFIT_EVERY,
     Settings,
 )
-from refquant.demo.report import summary_lines
 
 
 def add_arguments(parser):
@@ -77,17 +75,13 @@ def settings_from_arguments(args):
     ``--quick``'s budgets where no explicit value is given."""
     from refquant.detection.evaluate import shipped_model
     from refquant.quantizers.baselines import METHODS
-    weights = args.weights or (None if args.cfg else str(shipped_model(".weights")))
-    if weights is None:
-        raise ValueError("--weights: required with --cfg (the demo quantizes a trained model)")
-    cfg = args.cfg or str(shipped_model(".cfg"))
-    for path, option in ((cfg, "--cfg"), (weights, "--weights")):
-        if not Path(path).is_file():
-            hint = (" (the shipped model is committed with the project; in a source checkout it is "
-                    "data/models/)" if option == "--weights" and not args.weights else "")
-            raise FileNotFoundError(f"{option}: {path} does not exist{hint}")
-    data = args.data or str(default_data())
-    names = args.names or (str(shipped_model(".names")) if not args.data else str(default_names(data)))
+    # Every check of the arguments alone first, before anything is loaded or generated (the shapes
+    # data set is made on first use: seconds).
+    bits = _widths(args.bits, "--bits") or BITS
+    qat_bits = QAT_BITS if args.qat_bits is None else _widths(args.qat_bits, "--qat-bits", True)
+    for option, value in (("--first-bits", args.first_bits), ("--last-bits", args.last_bits)):
+        if not 2 <= value <= 8:
+            raise ValueError(f"{option}={value}: expected a width between 2 and 8")
     methods = PTQ_METHODS if args.methods is None else tuple(m.strip() for m in args.methods.split(",") if m.strip())
     unknown = [m for m in methods if m not in METHODS]
     if unknown or not methods:
@@ -103,10 +97,26 @@ def settings_from_arguments(args):
         raise ValueError(f"--qat-step-at={args.qat_step_at!r}: expected a fraction in (0, 1]")
     if not args.qat_learning_rate > 0:
         raise ValueError(f"--qat-learning-rate={args.qat_learning_rate!r}: expected a positive rate")
+    if args.cfg and not Path(args.cfg).is_file():
+        raise FileNotFoundError(f"--cfg: {args.cfg} does not exist")
+    weights = args.weights or (None if args.cfg else str(shipped_model(".weights")))
+    if weights is None:
+        raise ValueError("--weights: required with --cfg (the demo quantizes a trained model)")
+    cfg = args.cfg or str(shipped_model(".cfg"))
+    for path, option in ((cfg, "--cfg"), (weights, "--weights")):
+        if not Path(path).is_file():
+            hint = (" (the shipped model is committed with the project; in a source checkout it is "
+                    "data/models/)" if option == "--weights" and not args.weights else "")
+            raise FileNotFoundError(f"{option}: {path} does not exist{hint}")
+    if args.data and not Path(args.data).is_dir():
+        raise FileNotFoundError(f"--data: {args.data} does not exist or is not a folder")
+    if args.names and not Path(args.names).is_file():
+        raise FileNotFoundError(f"--names: {args.names} does not exist")
+    data = args.data or str(default_data())
+    names = args.names or (str(shipped_model(".names")) if not args.data else str(default_names(data)))
     out = args.out or f"refquant-demo-{datetime.datetime.now():%Y%m%d-%H%M%S}"
     return Settings(cfg=cfg, weights=weights, names=names, data=data, out=out,
-                    bits=_widths(args.bits, "--bits") or BITS, methods=methods,
-                    qat_bits=QAT_BITS if args.qat_bits is None else _widths(args.qat_bits, "--qat-bits", True),
+                    bits=bits, methods=methods, qat_bits=qat_bits,
                     first_bits=args.first_bits, last_bits=args.last_bits, qat_learning_rate=args.qat_learning_rate,
                     qat_step_at=args.qat_step_at,
                     activation_breakpoints=args.activation_breakpoints,
@@ -114,6 +124,8 @@ def settings_from_arguments(args):
 
 
 def run(args):
+    from refquant.demo import run_experiment
+    from refquant.demo.report import summary_lines
     settings = settings_from_arguments(args)
     out = Path(settings.out)
     if out.exists() and any(out.iterdir()):

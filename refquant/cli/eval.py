@@ -34,6 +34,8 @@ def add_arguments(parser):
 def run(args):
     """``refquant eval``: 0 on success (bad input is reported by :func:`refquant.cli.main`)."""
     cfg, weights = model_paths(args)
+    if args.data and not Path(args.data).is_dir():
+        raise FileNotFoundError(f"--data: {args.data} does not exist or is not a folder")
     data = Path(args.data) if args.data else default_data()
     names_path = Path(args.names) if args.names else default_names(data)
     names = read_names(names_path)

@@ -1,6 +1,7 @@
 """``refquant golden export DIR`` and ``refquant golden check DIR`` (:mod:`refquant.golden`).
 """
 import sys
+from pathlib import Path
 
 import refquant
 from refquant.golden.check import check
@@ -33,11 +34,15 @@ def run(args):
         print(f"golden vectors: {len(manifest['vectors'])} vectors, {count} arrays, "
               f"{len(manifest['files'])} files in {args.directory}")
         return 0
+    if not Path(args.directory).is_dir():
+        raise FileNotFoundError(f"DIR: {args.directory} does not exist or is not a folder "
+                                "(make one with 'refquant golden export DIR')")
     mismatches = check(args.directory, vectors=args.vector, progress=progress)
     for mismatch in mismatches:
         print(f"MISMATCH {mismatch}")
     if mismatches:
-        print(f"golden check: {len(mismatches)} mismatches in {args.directory}", file=sys.stderr)
+        count = len(mismatches)
+        print(f"golden check: {count} mismatch{'es' if count != 1 else ''} in {args.directory}", file=sys.stderr)
         return 1
     print(f"golden check: every vector in {args.directory} matches refquant {refquant.__version__}")
     return 0

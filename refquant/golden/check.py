@@ -70,6 +70,9 @@ def check(directory, vectors=None, progress=None):
 
 def _check_manifest(manifest, path):
     problems = []
+    if not isinstance(manifest, dict):
+        return [Mismatch("manifest", "", None, "a JSON object", type(manifest).__name__,
+                         f"{path}: not a golden-vector manifest (expected a JSON object)")]
     if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
         problems.append(Mismatch("manifest", "", None, f"{FORMAT} v{FORMAT_VERSION}",
                                  f"{manifest.get('format')} v{manifest.get('format_version')}",
@@ -78,6 +81,19 @@ def _check_manifest(manifest, path):
     for key in ("files", "vectors"):
         if not isinstance(manifest.get(key), dict):
             problems.append(Mismatch("manifest", "", None, None, None, f"{path}: missing the {key!r} table"))
+    if problems:
+        return problems
+    for name, entry in manifest["files"].items():
+        if not (isinstance(entry, dict) and isinstance(entry.get("sha256"), str)):
+            problems.append(Mismatch("manifest", "", None, None, None,
+                                     f"{path}: files[{name!r}] is malformed (expected an object with a 'sha256' string)"))
+    for name, entry in manifest["vectors"].items():
+        if not (isinstance(entry, dict) and isinstance(entry.get("file"), str)
+                and isinstance(entry.get("arrays", {}), dict)
+                and all(isinstance(a, dict) for a in entry.get("arrays", {}).values())):
+            problems.append(Mismatch(name, "", None, None, None,
+                                     f"{path}: vectors[{name!r}] is malformed (expected an object with a 'file' "
+                                     "string and an 'arrays' object of objects)"))
     if problems:
         return problems
     missing = set(VECTORS) - set(manifest["vectors"])
@@ -146,7 +162,10 @@ def _check_array(vector, name, computed, stored, listed, role):
 def _check_network_files(directory, corrupt):
     """network.cfg, network.weights and the plan files against the arrays they duplicate."""
     found = []
-    if "network.cfg" not in corrupt and (directory / "network.cfg").read_text() != NETWORK_CFG:
+    if not (directory / "network.cfg").is_file():
+        if "network.cfg" not in corrupt:
+            found.append(Mismatch("network.cfg", "", None, None, None, f"{directory / 'network.cfg'}: missing file"))
+    elif "network.cfg" not in corrupt and (directory / "network.cfg").read_text() != NETWORK_CFG:
         found.append(Mismatch("network.cfg", "", None, None, None, "differs from refquant.golden.network_vectors.NETWORK_CFG"))
     if "network.npz" in corrupt or "network.weights" in corrupt or not (directory / "network.npz").is_file():
         return found
