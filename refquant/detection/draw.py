@@ -40,8 +40,11 @@ def draw_detections(image, detections, labels=None, path=None, line_width=None):
         caption = f"{detection['label']} {detection['score']:.2f}"
         left, top, right, bottom = draw.textbbox((xmin, ymin), caption, font=font)
         text_top = ymin - (bottom - top) - 2 if ymin - (bottom - top) - 2 >= 0 else ymin
-        draw.rectangle([xmin, text_top, xmin + (right - left) + 2, text_top + (bottom - top) + 2], fill=colour)
-        draw.text((xmin + 1, text_top + 1 - top + ymin), caption, fill=(0, 0, 0), font=font)
+        # at the box's left edge, moved left as far as needed to stay whole inside the image
+        text_left = max(0.0, min(xmin, canvas.width - 1 - ((right - left) + 2)))
+        draw.rectangle([text_left, text_top, text_left + (right - left) + 2, text_top + (bottom - top) + 2],
+                       fill=colour)
+        draw.text((text_left + 1 - (left - xmin), text_top + 1 - top + ymin), caption, fill=(0, 0, 0), font=font)
     if path is not None:
         path = Path(path)
         if path.suffix.lower() != ".png":
