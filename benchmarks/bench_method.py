@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 
 BASELINES = ("minmax", "percentile", "aciq")
+LABELS = {"pgm": "PGM", "pgm-paper": "PGM paper", "minmax": "min-max", "percentile": "percentile", "aciq": "ACIQ"}
 
 
 def parse_args(argv=None):
@@ -56,7 +57,9 @@ def summary(results):
         rows = {(r["method"], r["mode"], r["weight_bits"]): r["mAP"] for r in result["rows"]}
         fp32 = rows[("float", "float", 32)]
         by_tree.append((fp32, rows))
-    keys = sorted({k for _, rows in by_tree for k in rows if k[0] != "float"}, key=lambda k: (-k[2], k[1], k[0]))
+    order = ["pgm", "pgm-paper", *BASELINES]
+    keys = sorted({k for _, rows in by_tree for k in rows if k[0] != "float"},
+                  key=lambda k: (k[1] != "ptq", -k[2], order.index(k[0]) if k[0] in order else len(order), k[0]))
     table = {}
     for key in keys:
         present = [(fp32, rows) for fp32, rows in by_tree if key in rows]
@@ -89,7 +92,8 @@ def lines(table, seeds, results):
         for baseline in BASELINES:
             value = entry.get(f"vs {baseline}")
             cells.append(f"{value[0]:>+7.2f} +- {value[1]:<4.2f}" if value else f"{'':>14}")
-        out.append(f"{method + ' ' + mode.upper() + ' ' + bits + '-bit':<22} " + " ".join(cells))
+        label = f"{LABELS.get(method, method)} {mode.upper()} {bits}-bit"
+        out.append(f"{label:<22} " + " ".join(cells))
     return out
 
 
