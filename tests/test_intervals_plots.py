@@ -75,3 +75,20 @@ def test_method_errors_bars_show_the_given_numbers():
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["min-max", "optimal (density)", "KL (TensorRT)"]
     with pytest.raises(ValueError, match="empty"):
         plot_method_errors({})
+
+
+def test_clipping_axis_labels_do_not_overlap(close_figures):
+    """Truth: matplotlib's own bounding boxes of the drawn tick labels: on the log clipping axis
+    (0.5 to 8, where matplotlib's default labels minor ticks as 3 x 10^0 and 4 x 10^0 side by
+    side) no two labels overlap, and they read as plain numbers."""
+    from refquant.density.pgm import PiecewiseGaussian
+    ax = plot_error_vs_clipping(PiecewiseGaussian([], [1.0], [0.0], [1.0]), bits=(2, 3, 4, 6, 8))
+    figure = ax.figure
+    figure.canvas.draw()
+    renderer = figure.canvas.get_renderer()
+    labels = [t for t in ax.get_xticklabels(which="both") if t.get_text() and t.get_visible()]
+    boxes = [t.get_window_extent(renderer) for t in labels]
+    assert len(labels) >= 3 and all("times" not in t.get_text() and "^" not in t.get_text() for t in labels)
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1:]:
+            assert not a.overlaps(b), [t.get_text() for t in labels]

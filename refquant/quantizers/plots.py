@@ -22,6 +22,16 @@ def _axes(ax):
     return ax
 
 
+def _log_clip_axis(ax):
+    """A log x axis labelled at 1, 2 and 5 times the powers of ten in plain numbers: matplotlib's
+    default labels every minor tick as ``3 x 10^0`` there, and the labels overlap."""
+    from matplotlib.ticker import LogLocator, NullFormatter, StrMethodFormatter
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(StrMethodFormatter("{x:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
 def plot_quantizer(dist, quantizer, ax=None, num_points=2000):
     """The density ``dist.pdf`` with the levels of ``quantizer`` (vertical lines up to the density)
     and its interval ``[lo, hi]`` shaded; the title gives step, zero point and expected error."""
@@ -66,7 +76,7 @@ def plot_error_vs_clipping(dist, bits=(2, 4, 8), ax=None, num_points=120):
         ax.plot(clip_values, granular + clipping, color=color, label=f"{b} bits")
         ax.plot([best.hi], [expected_mse(dist, best)], "o", color=color, markeredgecolor="k",
                 label=f"{b}-bit optimum, c = {best.hi:.3g}")
-    ax.set_xscale("log")
+    _log_clip_axis(ax)
     ax.set_yscale("log")
     ax.set_xlabel("clipping value c (interval [-c - step, c], signed codes)")
     ax.set_ylabel("expected squared error")
@@ -84,7 +94,7 @@ def plot_granular_vs_clipping(dist, bits, ax=None, num_points=120):
     ax.plot(clip_values, clipping, label="clipping (outside)")
     ax.plot(clip_values, granular + clipping, "k", label="total")
     ax.axvline(best.hi, color="grey", linestyle=":", label=f"optimum c = {best.hi:.3g}")
-    ax.set_xscale("log")
+    _log_clip_axis(ax)
     ax.set_yscale("log")
     ax.set_xlabel("clipping value c")
     ax.set_ylabel("expected squared error")
