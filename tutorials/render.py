@@ -96,8 +96,11 @@ def execute(path, size="full", timeout=DEFAULT_TIMEOUT):
     """
     path = Path(path)
     notebook = nbformat.read(path, as_version=4)
+    # The kernel logs errors only: its warnings (the unencrypted local TCP connection, the parent
+    # process leaving at the end) are about the machinery, not the notebook, and came once per notebook.
     client = NotebookClient(notebook, km=this_python_kernel(), timeout=timeout, kernel_name="python3",
-                            resources={"metadata": {"path": str(path.parent)}})
+                            resources={"metadata": {"path": str(path.parent)}},
+                            extra_arguments=["--IPKernelApp.log_level=ERROR"])
     try:
         client.execute(env=kernel_environment(size))
     except CellExecutionError as error:
