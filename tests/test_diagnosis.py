@@ -110,3 +110,5 @@ def test_refquant_diagnose_writes_its_table(tmp_path, capsys):
     assert (out / "sensitivity.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert cli.main(["diagnose", "--images", "0"]) == 2
     assert "--images" in capsys.readouterr().err
+    assert cli.main(["diagnose", "--images", "4", "--out", str(out)]) == 2  # its own earlier output: refused
+    assert "--out" in capsys.readouterr().err and (out / "sensitivity.json").exists()
