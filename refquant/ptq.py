@@ -208,6 +208,7 @@ class CalibrationStatistics:
         self.seed = seed
         self.densities = {}
         self._samples = {}
+        self._variants = {}
         self.fit_warnings = {}
 
     def variant(self, activation_breakpoints, max_pieces_activations):
@@ -216,12 +217,11 @@ class CalibrationStatistics:
         key = (activation_breakpoints, max_pieces_activations)
         if key == (self.activation_breakpoints, self.max_pieces_activations):
             return self
-        variants = self.__dict__.setdefault("_variants", {})
-        if key not in variants:
-            variants[key] = CalibrationStatistics(self.net, self.histograms, self.max_pieces_weights,
-                                                  max_pieces_activations, self.baseline_samples, self.seed,
-                                                  self.fit_options, activation_breakpoints)
-        return variants[key]
+        if key not in self._variants:
+            self._variants[key] = CalibrationStatistics(self.net, self.histograms, self.max_pieces_weights,
+                                                        max_pieces_activations, self.baseline_samples, self.seed,
+                                                        self.fit_options, activation_breakpoints)
+        return self._variants[key]
 
     def weights(self, index):
         """The folded weights of convolution ``index`` as float64 (M, C, k, k)."""

@@ -56,9 +56,6 @@ def main(argv=None):
     return user_errors(args.command, args.run, args)
 
 
-if __name__ == "__main__":
-    sys.exit(main())
-
 
 def default_names(data):
     """The class names file of a VOC tree: the only ``*.names`` file at its root."""
@@ -86,5 +83,20 @@ def model_paths(args):
     if weights is None:
         raise ValueError("--weights: required with --cfg (an untrained network detects nothing)")
     if not weights.is_file():
-        raise FileNotFoundError(f"--weights: {weights} does not exist")
+        hint = ("" if args.weights else " (the shipped model is committed with the project; in a source "
+                                          "checkout it is data/models/)")
+        raise FileNotFoundError(f"--weights: {weights} does not exist{hint}")
     return cfg, weights
+
+
+def new_output_folder(path, option="--out"):
+    """``path`` as a Path, refused if it exists and holds anything: a command never writes into an
+    earlier run's files."""
+    path = Path(path)
+    if path.exists() and any(path.iterdir()):
+        raise FileExistsError(f"{option}: {path} exists and is not empty; choose a new folder")
+    return path
+
+
+if __name__ == "__main__":
+    sys.exit(main())

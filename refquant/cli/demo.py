@@ -3,7 +3,7 @@
 import datetime
 from pathlib import Path
 
-from refquant.cli import default_data, default_names
+from refquant.cli import default_data, default_names, model_paths, new_output_folder
 from refquant.demo.experiment import (
     BITS,
     CALIBRATION_IMAGES,
@@ -97,17 +97,7 @@ def settings_from_arguments(args):
         raise ValueError(f"--qat-step-at={args.qat_step_at!r}: expected a fraction in (0, 1]")
     if not args.qat_learning_rate > 0:
         raise ValueError(f"--qat-learning-rate={args.qat_learning_rate!r}: expected a positive rate")
-    if args.cfg and not Path(args.cfg).is_file():
-        raise FileNotFoundError(f"--cfg: {args.cfg} does not exist")
-    weights = args.weights or (None if args.cfg else str(shipped_model(".weights")))
-    if weights is None:
-        raise ValueError("--weights: required with --cfg (the demo quantizes a trained model)")
-    cfg = args.cfg or str(shipped_model(".cfg"))
-    for path, option in ((cfg, "--cfg"), (weights, "--weights")):
-        if not Path(path).is_file():
-            hint = (" (the shipped model is committed with the project; in a source checkout it is "
-                    "data/models/)" if option == "--weights" and not args.weights else "")
-            raise FileNotFoundError(f"{option}: {path} does not exist{hint}")
+    cfg, weights = (str(path) for path in model_paths(args))
     if args.data and not Path(args.data).is_dir():
         raise FileNotFoundError(f"--data: {args.data} does not exist or is not a folder")
     if args.names and not Path(args.names).is_file():
@@ -127,9 +117,7 @@ def run(args):
     from refquant.demo import run_experiment
     from refquant.demo.report import summary_lines
     settings = settings_from_arguments(args)
-    out = Path(settings.out)
-    if out.exists() and any(out.iterdir()):
-        raise FileExistsError(f"--out: {out} exists and is not empty; choose a new folder")
+    out = new_output_folder(settings.out)
     print(f"refquant demo: {settings.cfg} with {settings.weights}; results in {out}/")
     results = run_experiment(settings)
     print()

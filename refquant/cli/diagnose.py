@@ -10,7 +10,7 @@ import warnings
 from pathlib import Path
 
 from refquant import darknet, ptq
-from refquant.cli import default_data, default_names, model_paths
+from refquant.cli import default_data, default_names, model_paths, new_output_folder
 from refquant.data.voc import load_voc, read_names
 from refquant.demo.experiment import letterboxed_inputs, mean_average_precision
 from refquant.density.em import ConvergenceWarning
@@ -54,9 +54,7 @@ def run(args):
         value = getattr(args, option)
         if value is not None and value < 1:
             raise ValueError(f"--{option.replace('_', '-')}: expected a positive number of images, got {value}")
-    out = Path(args.out) if args.out else None
-    if out is not None and out.exists() and any(out.iterdir()):
-        raise FileExistsError(f"--out: {out} exists and is not empty; choose a new folder")
+    out = new_output_folder(args.out) if args.out else None
     progress = not args.no_progress
     _, height, width = net.input_shape
     calibration = load_voc(data, "train", names)[:args.calibration_images]

@@ -53,24 +53,18 @@ MIN_VISIBLE_PIXELS = 6  # fewer visible pixels than this: not annotated at all
 SUPERSAMPLE = 2  # shapes are drawn at twice the resolution and averaged down (anti-aliasing)
 
 
-def default_cache_dir():
-    """The folder of generated data sets: :func:`refquant.cache_dir` (``$REFQUANT_CACHE``, else the
-    XDG cache folder)."""
-    return refquant.cache_dir()
-
-
 def shapes_dataset(path=None, seed=0, size=160, train=2000, val=200, test=500, progress=True):
     """Path of the shapes VOC tree for these parameters, generated on first use.
 
     ``path``: the tree's directory; default ``<cache>/shapes-v1-seed<seed>-<size>px-
-    <train>-<val>-<test>`` under :func:`default_cache_dir`. An existing tree is
+    <train>-<val>-<test>`` under :func:`refquant.cache_dir`. An existing tree is
     reused after checking its ``manifest.json`` states the same parameters.
     ``train``, ``val``, ``test``: number of images per split. Returns a Path
     whose ``shapes.names`` lists the classes.
     """
     parameters = _parameters(seed, size, train, val, test)
     if path is None:
-        path = default_cache_dir() / f"shapes-v{VERSION}-seed{seed}-{size}px-{train}-{val}-{test}"
+        path = refquant.cache_dir() / f"shapes-v{VERSION}-seed{seed}-{size}px-{train}-{val}-{test}"
     path = Path(path)
     if not path.exists():
         generate(path, seed=seed, size=size, train=train, val=val, test=test, progress=progress)

@@ -15,6 +15,7 @@ import dataclasses
 import numpy as np
 from tqdm import tqdm
 
+from refquant.integer.measures import sqnr_from_powers
 from refquant.plan import quantizer_bits
 from refquant.quantizers.error import empirical_mse, expected_mse
 from refquant.yolo.network import NETWORK_INPUT
@@ -49,11 +50,6 @@ def partially_quantized_outputs(folded, images, weights=None, outputs=None):
     return results
 
 
-def sqnr_db(signal_power, noise_power):
-    """``10 log10(signal power / noise power)`` in dB; +inf when there is no noise."""
-    return float("inf") if noise_power == 0 else float(10.0 * np.log10(signal_power / noise_power))
-
-
 @dataclasses.dataclass(frozen=True)
 class TensorSensitivity:
     """One tensor's row: ``layer`` index, ``kind`` (``"weights"`` or ``"activations"``), its
@@ -75,23 +71,35 @@ def _head_input(folded):
     return folded.inputs[len(folded.layers) - 1][0]
 
 
-def _run(folded, inputs, batch_size, weights, outputs, reference_head_inputs=None, measure=None):
-    """(head outputs, head-input noise power) over ``inputs`` in batches; ``measure`` {layer:
-    quantizer} accumulates each layer's float squared error (returned as a third item)."""
+def _run(folded, inputs, batch_size, weights, outputs, reference_head_inputs):
+    """``(head outputs, head-input noise power against reference_head_inputs)`` over ``inputs`` in
+    batches, with the given tensors fake-quantized."""
     head_input = _head_input(folded)
-    heads, noise, count, squared = [], 0.0, 0, {i: [0.0, 0] for i in (measure or {})}
+    heads, noise, count = [], 0.0, 0
     for start in range(0, len(inputs), batch_size):
         layer_outputs = partially_quantized_outputs(folded, inputs[start:start + batch_size], weights, outputs)
         heads.append(layer_outputs[-1])
-        if reference_head_inputs is not None:
-            difference = layer_outputs[head_input].astype(np.float64) - reference_head_inputs[start:start + batch_size]
-            noise += float(np.sum(difference ** 2))
-            count += difference.size
-        for index, quantizer in (measure or {}).items():
+        difference = layer_outputs[head_input].astype(np.float64) - reference_head_inputs[start:start + batch_size]
+        noise += float(np.sum(difference ** 2))
+        count += difference.size
+    return np.concatenate(heads), noise / count
+
+
+def _float_pass(folded, inputs, batch_size, activations):
+    """The float network once over ``inputs``: ``(head outputs, head inputs, {layer: mean squared
+    error of its quantizer in ``activations`` on its float output})``."""
+    head_input = _head_input(folded)
+    heads, head_inputs, squared = [], [], {index: [0.0, 0] for index in activations}
+    for start in range(0, len(inputs), batch_size):
+        layer_outputs = folded.forward(inputs[start:start + batch_size], training=False, return_all=True)
+        heads.append(layer_outputs[-1])
+        head_inputs.append(layer_outputs[head_input].astype(np.float64))
+        for index, quantizer in activations.items():
             values = layer_outputs[index].astype(np.float64)
             squared[index][0] += float(np.sum((values - quantizer.fake(values)) ** 2))
             squared[index][1] += values.size
-    return np.concatenate(heads), (noise / count if count else 0.0), {i: s / n for i, (s, n) in squared.items()}
+    return (np.concatenate(heads), np.concatenate(head_inputs),
+            {index: total / n for index, (total, n) in squared.items()})
 
 
 def sensitivity(statistics, plan, inputs, score, batch_size=50, progress=True):
@@ -103,28 +111,22 @@ def sensitivity(statistics, plan, inputs, score, batch_size=50, progress=True):
     records). One float pass, then one pass per quantized tensor (a tqdm bar counts them).
     """
     folded = statistics.net
-    head_input = _head_input(folded)
-    references = []
-    for start in range(0, len(inputs), batch_size):
-        references.append(folded.forward(inputs[start:start + batch_size], training=False,
-                                         return_all=True)[head_input].astype(np.float64))
-    references = np.concatenate(references)
+    float_heads, references, measured = _float_pass(folded, inputs, batch_size, plan.activations)
     signal = float(np.mean(references ** 2))
-    float_heads, _, measured = _run(folded, inputs, batch_size, {}, {}, measure=plan.activations)
     float_mAP = score(float_heads)
     tensors = [("weights", i, q) for i, q in sorted(plan.weights.items())]
     tensors += [("activations", i, q) for i, q in sorted(plan.activations.items())]
     rows = []
     for kind, index, quantizer in tqdm(tensors, desc="sensitivity", unit="tensor", disable=not progress):
         chosen = {index: quantizer}
-        heads, noise, _ = _run(folded, inputs, batch_size, chosen if kind == "weights" else {},
+        heads, noise = _run(folded, inputs, batch_size, chosen if kind == "weights" else {},
                                chosen if kind == "activations" else {}, references)
         mAP = score(heads)
         density = plan.densities.get((kind, index))
         predicted = None if density is None else float(expected_mse(density, quantizer))
         error = (empirical_mse(statistics.weights(index), quantizer) if kind == "weights" else measured[index])
-        rows.append(TensorSensitivity(index, kind, quantizer_bits(quantizer), mAP, mAP - float_mAP, sqnr_db(signal, noise),
-                                      predicted, float(error)))
+        rows.append(TensorSensitivity(index, kind, quantizer_bits(quantizer), mAP, mAP - float_mAP,
+                                      sqnr_from_powers(signal, noise), predicted, float(error)))
     return float_mAP, rows
 
 

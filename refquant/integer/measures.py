@@ -60,7 +60,12 @@ def sqnr_db(reference, approximation):
     (float64; ``inf`` when they are equal)."""
     reference = np.asarray(reference, dtype=np.float64)
     noise = reference - np.asarray(approximation, dtype=np.float64)
-    signal_power, noise_power = float(np.sum(reference ** 2)), float(np.sum(noise ** 2))
+    return sqnr_from_powers(float(np.sum(reference ** 2)), float(np.sum(noise ** 2)))
+
+
+def sqnr_from_powers(signal_power, noise_power):
+    """``10 log10(signal power / noise power)`` in dB, the powers summed or averaged alike (so that
+    they can be accumulated batch by batch); ``inf`` without noise, ``-inf`` without signal."""
     if noise_power == 0.0:
         return math.inf
     if signal_power == 0.0:
