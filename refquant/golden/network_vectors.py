@@ -3,9 +3,7 @@ a small network's calibration and plans, its integer network, decoding and VOC A
 (docs/SPECIFICATION.md, sections 8 to 13).
 """
 import math
-import tempfile
 import warnings
-from pathlib import Path
 
 import numpy as np
 
@@ -18,6 +16,7 @@ from refquant.golden.numeric_vectors import _density_arrays, _scalar
 from refquant.integer import lowering
 from refquant.integer.network import IntegerNetwork
 from refquant.quantizers import uniform
+from refquant.testing import load_cfg, randomize_batchnorm
 from refquant.train import sgd_update, trainable
 from refquant.yolo import batchnorm
 from refquant.yolo.maxpool import maxpool_forward
@@ -47,10 +46,7 @@ activation=leaky
 
 def _one_layer_network():
     """A float64 network of one batch-normalised convolution (for folding and the SGD update)."""
-    with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / "one_layer.cfg"
-        path.write_text(_FOLD_CFG)
-        return darknet.load(path, dtype=np.float64)
+    return load_cfg(_FOLD_CFG, "one_layer.cfg", dtype=np.float64)
 
 
 def _layers_inputs():
@@ -278,10 +274,7 @@ PLANS = {
 
 def network_from(params, cfg_text=NETWORK_CFG, dtype=np.float32):
     """The network of :data:`NETWORK_CFG` with the parameters ``{"params/<layer>/<name>": array}``."""
-    with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / "network.cfg"
-        path.write_text(cfg_text)
-        net = darknet.load(path, dtype=dtype)
+    net = load_cfg(cfg_text, "network.cfg", dtype=dtype)
     for index, name, _ in darknet.weights_layout(net):
         net.layers[index].params[name][...] = params[f"params/{index}/{name}"]
     net.name = "network.cfg"
@@ -289,20 +282,9 @@ def network_from(params, cfg_text=NETWORK_CFG, dtype=np.float32):
 
 
 def _network_parameters():
-    """Darknet's seeded initialisation, then random batch-norm statistics, scales and biases."""
-    with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / "network.cfg"
-        path.write_text(NETWORK_CFG)
-        net = darknet.load(path, seed=NETWORK_SEED)
-    rng = np.random.default_rng(NETWORK_SEED)
-    for layer in net.layers:
-        if layer.type == "convolutional":
-            m = layer.filters
-            layer.params["biases"][:] = rng.normal(0.0, 0.2, m)
-            if layer.batch_normalize:
-                layer.params["scales"][:] = rng.uniform(0.5, 1.5, m)
-                layer.params["rolling_mean"][:] = rng.normal(0.0, 0.3, m)
-                layer.params["rolling_variance"][:] = rng.uniform(0.5, 2.0, m)
+    """Darknet's seeded initialisation, then random batch-norm statistics, scales and biases
+    (:func:`refquant.testing.randomize_batchnorm`, seeded by :data:`NETWORK_SEED`)."""
+    net = randomize_batchnorm(load_cfg(NETWORK_CFG, "network.cfg", seed=NETWORK_SEED), NETWORK_SEED)
     return {f"params/{index}/{name}": net.layers[index].params[name].copy()
             for index, name, _ in darknet.weights_layout(net)}
 
