@@ -16,7 +16,7 @@ from refquant.golden.numeric_vectors import _density_arrays, _scalar
 from refquant.integer import lowering
 from refquant.integer.network import IntegerNetwork
 from refquant.quantizers import uniform
-from refquant.testing import load_cfg, randomize_batchnorm
+from refquant.testing import cfg_section, cfg_text, convolutional, load_cfg, maxpool, net_section, randomize_batchnorm
 from refquant.train import sgd_update, trainable
 from refquant.yolo import batchnorm
 from refquant.yolo.maxpool import maxpool_forward
@@ -161,102 +161,14 @@ REGION_TOLERANCES = {"x": DRAWN, "truths/0": DRAWN, "truths/1": DRAWN, "y": _REG
                      "delta": _REGION_FLOAT, "dout": _REGION_FLOAT, "dx": _REGION_FLOAT}
 
 
-NETWORK_CFG = """# refquant golden vectors: a small YOLOv2-style network with every layer type of the integer network
-[net]
-width=32
-height=32
-channels=3
-
-[convolutional]
-batch_normalize=1
-filters=8
-size=3
-stride=1
-pad=1
-activation=leaky
-
-[maxpool]
-size=2
-stride=2
-
-[convolutional]
-batch_normalize=1
-filters=16
-size=3
-stride=1
-pad=1
-activation=leaky
-
-[maxpool]
-size=2
-stride=2
-
-[convolutional]
-batch_normalize=1
-filters=32
-size=3
-stride=1
-pad=1
-activation=leaky
-
-[maxpool]
-size=2
-stride=1
-
-[convolutional]
-batch_normalize=1
-filters=16
-size=1
-stride=1
-pad=1
-activation=leaky
-
-[route]
-layers=-5
-
-[convolutional]
-batch_normalize=1
-filters=8
-size=1
-stride=1
-pad=1
-activation=leaky
-
-[reorg]
-stride=2
-
-[route]
-layers=-1,-4
-
-[convolutional]
-batch_normalize=1
-filters=32
-size=3
-stride=1
-pad=1
-activation=leaky
-
-[convolutional]
-filters=16
-size=1
-stride=1
-pad=1
-activation=linear
-
-[region]
-anchors=1.08,1.19,3.42,4.41
-bias_match=1
-classes=3
-coords=4
-num=2
-softmax=1
-rescore=1
-object_scale=5
-noobject_scale=1
-class_scale=1
-coord_scale=1
-thresh=.6
-"""
+NETWORK_CFG = cfg_text(
+    net_section(32), convolutional(8), maxpool(), convolutional(16), maxpool(), convolutional(32),
+    maxpool(stride=1), convolutional(16, size=1), cfg_section("route", layers=-5), convolutional(8, size=1),
+    cfg_section("reorg", stride=2), cfg_section("route", layers="-1,-4"), convolutional(32),
+    convolutional(16, size=1, activation="linear", batch_normalize=False),
+    cfg_section("region", anchors="1.08,1.19,3.42,4.41", bias_match=1, classes=3, coords=4, num=2, softmax=1,
+                rescore=1, object_scale=5, noobject_scale=1, class_scale=1, coord_scale=1, thresh=".6"),
+    comment="refquant golden vectors: a small YOLOv2-style network with every layer type of the integer network")
 
 
 NETWORK_SEED = 7
