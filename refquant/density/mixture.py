@@ -188,9 +188,9 @@ class GaussianMixture:
         variance of component k restricted to ``[lo, hi]`` (:func:`gaussian_interval_moments`).
         """
         lo, hi = np.broadcast_arrays(np.asarray(lo, dtype=np.float64), np.asarray(hi, dtype=np.float64))
-        log_mass, mean, variance = gaussian_interval_moments(self.means, self.stds, lo[..., None],
-                                                             hi[..., None])
-        mass = self.weights * np.exp(log_mass)
+        _, mass, mean, variance = gaussian_interval_moments(self.means, self.stds, lo[..., None],
+                                                            hi[..., None])
+        mass = self.weights * mass
         return (mass.sum(axis=-1), (mass * mean).sum(axis=-1),
                 (mass * (variance + mean * mean)).sum(axis=-1))
 

@@ -51,8 +51,8 @@ class PiecewiseGaussian:
             raise ValueError(f"stds must be > 0, got {self.stds.tolist()}")
         self.edges = np.concatenate([[-np.inf], self.breakpoints, [np.inf]])
         # log Z_k: the log mass of N(mu_k, sigma_k^2) inside its own piece.
-        self._log_piece_mass, _, _ = gaussian_interval_moments(self.means, self.stds,
-                                                               self.edges[:-1], self.edges[1:])
+        self._log_piece_mass, self._piece_mass, _, _ = gaussian_interval_moments(
+            self.means, self.stds, self.edges[:-1], self.edges[1:])
         if np.any(~np.isfinite(self._log_piece_mass)):
             bad = np.flatnonzero(~np.isfinite(self._log_piece_mass)).tolist()
             raise ValueError(f"pieces {bad}: N(mean, std^2) puts no representable mass on the piece "
@@ -117,8 +117,8 @@ class PiecewiseGaussian:
     def _fraction_of_piece(self, k, lo, hi):
         """Fraction of piece k's mass lying in ``[lo, hi]`` (arrays broadcast with ``k``)."""
         mu, sigma = self.means[k], self.stds[k]
-        log_mass, _, _ = gaussian_interval_moments(mu, sigma, lo, hi)
-        return np.exp(log_mass - self._log_piece_mass[k])
+        log_mass, mass, _, _ = gaussian_interval_moments(mu, sigma, lo, hi)
+        return _mass_ratio(log_mass, mass, self._log_piece_mass[k], self._piece_mass[k])
 
     def ppf(self, q):
         """Quantile function, the inverse of :meth:`cdf`; ``ppf(0)`` and ``ppf(1)`` are the ends of the
@@ -172,9 +172,10 @@ class PiecewiseGaussian:
                 continue
             piece_lo = np.maximum(lo, self.edges[k])
             piece_hi = np.minimum(hi, self.edges[k + 1])
-            log_mass, mean, variance = gaussian_interval_moments(self.means[k], self.stds[k],
-                                                                 piece_lo, piece_hi)
-            mass = self.weights[k] * np.exp(log_mass - self._log_piece_mass[k])
+            log_mass, mass, mean, variance = gaussian_interval_moments(self.means[k], self.stds[k],
+                                                                       piece_lo, piece_hi)
+            mass = self.weights[k] * _mass_ratio(log_mass, mass, self._log_piece_mass[k],
+                                                 self._piece_mass[k])
             m0 += mass
             m1 += mass * mean
             m2 += mass * (variance + mean * mean)
@@ -182,8 +183,8 @@ class PiecewiseGaussian:
 
     def piece_moments(self):
         """``(mean_k, variance_k)``, each (K,): the moments of each truncated piece on its own."""
-        _, mean, variance = gaussian_interval_moments(self.means, self.stds,
-                                                      self.edges[:-1], self.edges[1:])
+        _, _, mean, variance = gaussian_interval_moments(self.means, self.stds,
+                                                         self.edges[:-1], self.edges[1:])
         return mean, variance
 
     def mean(self):
@@ -290,6 +291,20 @@ class PiecewiseGaussian:
         """Rebuild from :meth:`to_dict`'s output (keys breakpoints, weights, means, stds)."""
         return cls(parameters["breakpoints"], parameters["weights"],
                    parameters["means"], parameters["stds"])
+
+
+# Below this a mass is subnormal or close to it, and its ratio is taken in log space instead.
+_SMALLEST_LINEAR_MASS = 1e-280
+
+
+def _mass_ratio(log_mass, mass, log_piece_mass, piece_mass):
+    """``mass / piece_mass``: the linear masses keep a few ulps (a log of ~-700 holds the mass to
+    only ~1e-13); log space where either is too small to be held linearly."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        linear = mass / piece_mass
+        logarithmic = np.exp(log_mass - log_piece_mass)
+    usable = (mass >= _SMALLEST_LINEAR_MASS) & (piece_mass >= _SMALLEST_LINEAR_MASS)
+    return np.where(usable, linear, logarithmic)
 
 
 def _validated_vector(values, size, name):
