@@ -12,7 +12,13 @@ section; anything else is ``key=value`` in the current section. The first sectio
 is ``[net]`` (or ``[network]``); the i-th section after it is layer i. Unlike
 Darknet, which prints a warning and goes on, refquant refuses an unknown
 section, an unknown or repeated key, a missing required key and a malformed
-value, naming file, line and key (:class:`CfgError`).
+value, naming file, line and key (:class:`CfgError`). Numbers are read strictly
+(:func:`refquant.validate.parse_integer`, :func:`refquant.validate.parse_decimal`):
+Darknet's ``atoi``/``atof`` read the longest prefix (``size=3x`` is 3, ``nan`` is
+NaN), refquant takes the whole value as ASCII decimal, finite, within the key's
+range (:data:`KEY_RANGES`), and refuses a network whose parameters and one
+image's activations would need more than
+:data:`refquant.validate.MAX_ALLOCATION_BYTES` before allocating any of it.
 
 The weights file, all little-endian: int32 major, minor, revision; the images seen
 so far, ``seen``, as a 64-bit integer when ``major*10 + minor >= 2`` (and major,
@@ -21,12 +27,15 @@ in order, float32 biases (filters), and when ``batch_normalize=1`` scales,
 rolling mean, rolling variance (filters each), then the weights
 (filters x channels x size x size); for every connected layer, biases, weights
 (outputs x inputs, or inputs x outputs when major or minor exceeds 1000), then the
-batch-norm vectors. Nothing else: the file must be exactly that long.
+batch-norm vectors. Nothing else: the file must be exactly that long. Unlike
+Darknet, a file with NaN or infinite values or a negative rolling variance is
+refused, naming the layer and the count (``check_values=False`` reads it anyway).
 """
 import os
 
 import numpy as np
 
+from refquant import atomic, validate
 from refquant.yolo.connected import ConnectedLayer
 from refquant.yolo.convolutional import ConvolutionalLayer
 from refquant.yolo.detection import DetectionLayer
@@ -40,7 +49,7 @@ from refquant.yolo.upsample import UpsampleLayer
 from refquant.yolo.yolo_head import YoloLayer
 
 
-class CfgError(ValueError):
+class CfgError(validate.InputError):
     """A cfg or weights file that refquant cannot read; the message names file, line and key."""
 
 
@@ -86,12 +95,37 @@ _KIND_NAMES = {"int": "an integer", "float": "a number", "str": "a string",
                "ints": "comma-separated integers", "floats": "comma-separated numbers"}
 
 
+KEY_RANGES = {
+    "batch": validate.at_least(1), "subdivisions": validate.at_least(1), "width": validate.at_least(1),
+    "height": validate.at_least(1), "channels": validate.at_least(1), "inputs": validate.at_least(1),
+    "learning_rate": validate.at_least(0), "momentum": validate.between(0, 1), "decay": validate.at_least(0),
+    "burn_in": validate.at_least(0), "power": validate.at_least(0), "max_batches": validate.at_least(0),
+    "step": validate.at_least(1), "gamma": validate.at_least(0),
+    "time_steps": validate.at_least(1), "B1": validate.between(0, 1), "B2": validate.between(0, 1),
+    "eps": validate.above(0), "max_crop": validate.at_least(0), "min_crop": validate.at_least(0),
+    "max_ratio": validate.at_least(0), "min_ratio": validate.at_least(0), "clip": validate.at_least(0),
+    "aspect": validate.above(0), "saturation": validate.above(0), "exposure": validate.above(0),
+    "hue": validate.between(0, 1), "jitter": validate.between(0, 1, open_high=True),
+    "anchors": validate.above(0), "ignore_thresh": validate.between(0, 1), "truth_thresh": validate.between(0, 1),
+}
+"""The range of every numeric cfg key that has one, in any section, each element of a list alike.
+
+Where Darknet states no range these are the values its code is defined for: a momentum or
+an Adam ``B1``/``B2`` above 1 diverges, ``saturation`` and ``exposure`` are scale factors
+drawn as ``s`` or ``1/s`` (``rand_scale``), ``hue`` a shift of the hue circle, ``jitter`` a
+fraction of the image that a crop may remove from each side (1 would leave nothing), anchors
+box sizes in grid cells. Every float must also be finite, every integer a C ``int``."""
+
+
 def _parse_scalar(text, kind):
-    return int(text) if kind == "int" else float(text)
+    return validate.parse_integer(text) if kind == "int" else validate.parse_decimal(text)
 
 
 def parse_value(text, kind):
-    """Convert one cfg value; ``kind`` in int, float, str, ints, floats. ValueError if malformed."""
+    """Convert one cfg value; ``kind`` in int, float, str, ints, floats. ValueError if malformed.
+
+    Numbers must be ASCII decimal and finite (:func:`refquant.validate.parse_integer`,
+    :func:`refquant.validate.parse_decimal`)."""
     if kind == "str":
         return text
     if kind in ("int", "float"):
@@ -112,10 +146,11 @@ def read_cfg(path):
     """
     path = os.fspath(path)
     try:
-        with open(path, encoding="utf-8") as f:
-            lines = f.read().splitlines()
+        lines = validate.read_text(path, "cfg file").splitlines()
     except OSError as error:
         raise CfgError(f"{path}: cannot read cfg file ({error.strerror})") from error
+    except validate.InputError as error:
+        raise CfgError(str(error)) from None
     sections = []
     for number, raw in enumerate(lines, start=1):
         line = "".join(raw.split())
@@ -158,9 +193,16 @@ def typed_options(section, cfg_keys, path):
             text, line = raw[key]
             try:
                 typed[key] = parse_value(text, kind)
-            except ValueError:
+            except ValueError as error:
                 raise CfgError(f"{path}:{line}: [{name}] {key}={text!r}: expected "
-                               f"{_KIND_NAMES[kind]}") from None
+                               f"{_KIND_NAMES[kind]} ({error})") from None
+            if key in KEY_RANGES:
+                values = typed[key] if kind in ("ints", "floats") else (typed[key],)
+                for value in values:
+                    try:
+                        validate.check_range(value, KEY_RANGES[key], key)
+                    except validate.InputError as error:
+                        raise CfgError(f"{path}:{line}: [{name}] {error}") from None
         elif default is None:
             raise CfgError(f"{path}:{header_line}: [{name}] is missing the required key {key!r}")
         else:
@@ -173,10 +215,6 @@ def _net_hyperparameters(section, path):
         raise CfgError(f"{path}:{section['line']}: the first section must be [net] or [network], "
                        f"got [{section['name']}]")
     options = typed_options(section, NET_KEYS, path)
-    for key in ("width", "height", "channels"):
-        if options[key] < 1:
-            line = section["options"][key][1]
-            raise CfgError(f"{path}:{line}: [net] {key}={options[key]}: expected a positive integer")
     if options["policy"] not in LEARNING_RATE_POLICIES:
         line = section["options"]["policy"][1]
         raise CfgError(f"{path}:{line}: [net] policy={options['policy']!r}: expected one of "
@@ -216,14 +254,20 @@ def parse_cfg(path):
     return hyperparameters, layers
 
 
-def build_network(path, dtype=np.float32, seed=0):
-    """Parse a cfg and build its Network with a seeded random initialisation (see ``load``)."""
+def build_network(path, dtype=np.float32, seed=0, max_bytes=None):
+    """Parse a cfg and build its Network with a seeded random initialisation (see ``load``).
+
+    ``max_bytes``: the memory the network may need, parameters and one image's activations
+    (default :data:`refquant.validate.MAX_ALLOCATION_BYTES`); CfgError with the bytes needed,
+    before anything is allocated, above it."""
     path = os.fspath(path)
     hyperparameters, parsed = parse_cfg(path)
     input_shape = (hyperparameters["channels"], hyperparameters["height"], hyperparameters["width"])
+    if max_bytes is None:
+        max_bytes = validate.limit("REFQUANT_MAX_BYTES", validate.MAX_ALLOCATION_BYTES)
     try:
         return Network([layer for layer, _ in parsed], input_shape, dtype=dtype, seed=seed,
-                       hyperparameters=hyperparameters, name=os.path.basename(path))
+                       hyperparameters=hyperparameters, name=os.path.basename(path), max_bytes=max_bytes)
     except ValueError as error:
         index = getattr(error, "layer_index", None)
         where = f"{path}:{parsed[index][1]['line']}" if index is not None else path
@@ -279,11 +323,13 @@ def _float_count(layout):
     return sum(int(np.prod(shape)) for _, _, shape in layout)
 
 
-def read_weights(path, net):
+def read_weights(path, net, check_values=True):
     """Read a weights file for ``net``: (header (major, minor, revision, seen), {(i, name): float32 array}).
 
-    CfgError, with both sizes, if the file is shorter or longer than the cfg needs; nothing is
-    assigned to ``net`` here (``load`` assigns only after the whole file has been checked).
+    CfgError, with both sizes, if the file is shorter or longer than the cfg needs, and (with
+    ``check_values``, the default) naming the layer and the count for NaN or infinite values or a negative
+    rolling variance (:func:`check_parameters`); nothing is assigned to ``net`` here (``load``
+    assigns only after the whole file has been checked).
     """
     path = os.fspath(path)
     try:
@@ -314,20 +360,39 @@ def read_weights(path, net):
         else:
             arrays[(index, name)] = values[offset:offset + size].reshape(shape)
         offset += size
+    if check_values:
+        check_parameters(arrays, net, path)
     return (major, minor, revision, seen), arrays
 
 
-def load(cfg_path, weights_path=None, dtype=np.float32, seed=0):
+def check_parameters(arrays, net, path):
+    """CfgError naming the first layer of ``arrays`` ({(layer index, name): array}) with NaN or
+    infinite values (and how many), or with a negative rolling variance (batch norm divides by
+    its square root, Darknet's ``normalize_cpu``: the forward pass would be NaN)."""
+    for (index, name), values in arrays.items():
+        bad = validate.count_nonfinite(values)
+        where = f"{path}: layer {index} [{net.layers[index].type}] {name}"
+        if bad:
+            raise CfgError(f"{where}: {bad} of {values.size} values are NaN or infinite; expected finite "
+                           f"parameters (check_values=False reads them anyway)")
+        if name == "rolling_variance" and np.any(values < 0):
+            raise CfgError(f"{where}: {int(np.count_nonzero(values < 0))} of {values.size} values are negative "
+                           f"(lowest {float(values.min())}); a variance is >= 0")
+
+
+def load(cfg_path, weights_path=None, dtype=np.float32, seed=0, check_values=True):
     """Build the Network described by ``cfg_path``; with ``weights_path``, load Darknet weights.
 
     Without weights: a seeded random initialisation (``numpy.random.default_rng(seed)``,
     Darknet's scheme, see ``ConvolutionalLayer.build``). ``dtype``: np.float32 (Darknet's)
     or np.float64 (exact gradient checks). Any error leaves nothing half-built: the cfg
-    and the whole weights file are checked before the network is returned.
+    and the whole weights file are checked before the network is returned; weights that are
+    not finite, or a negative rolling variance, are refused unless ``check_values=False``
+    (:func:`read_weights`).
     """
     net = build_network(cfg_path, dtype=dtype, seed=seed)
     if weights_path is not None:
-        header, arrays = read_weights(weights_path, net)
+        header, arrays = read_weights(weights_path, net, check_values=check_values)
         for (index, name), values in arrays.items():
             net.layers[index].params[name][...] = values
         net.weights_header = header[:3]
@@ -350,5 +415,4 @@ def save_weights(net, path):
         if _stored_transposed(net.layers[index], name, major, minor):
             values = values.T
         chunks.append(np.ascontiguousarray(values, dtype=FLOAT_DTYPE).tobytes())
-    with open(os.fspath(path), "wb") as f:
-        f.write(b"".join(chunks))
+    atomic.write_bytes(path, b"".join(chunks))

@@ -9,7 +9,7 @@ import os
 
 import numpy as np
 
-from refquant import darknet
+from refquant import atomic, darknet, validate
 from refquant.density.pgm import PiecewiseGaussian
 from refquant.folding import folded_cfg_text, is_folded
 from refquant.quantizers.uniform import UniformQuantizer
@@ -38,6 +38,14 @@ INTEGER_ACTIVATIONS = ("linear", "leaky", "relu")
 PLAN_FORMAT = "refquant-quantization-plan"
 
 
+LAYER_ENTRY_KEYS = ("weight_shape", "weights", "activations", "weights_density", "activations_density")
+"""The optional keys of a plan's layer entry (:meth:`QuantizationPlan.to_dict`)."""
+
+
+PLAN_LAYER_TYPES = tuple(sorted({layer_class.type for layer_class in darknet.LAYER_TYPES.values()}))
+"""Layer types a plan may list: the ``type`` of every layer class of :data:`refquant.darknet.LAYER_TYPES`."""
+
+
 PLAN_VERSION = 1
 
 
@@ -56,12 +64,41 @@ def _quantizer_to_dict(quantizer):
             "qmin": quantizer.qmin, "qmax": quantizer.qmax}
 
 
+QUANTIZER_KEYS = ("step", "zero_point", "qmin", "qmax")
+
+
 def _quantizer_from_dict(data, where):
+    """A UniformQuantizer from its JSON object, every field type- and range-checked (the JSON
+    schema of section 11.2): step a finite number > 0, zero_point a finite number, qmin < qmax
+    integers of int32 codes; ValueError naming ``where`` and the key."""
+    validate.json_object(data, where, required=QUANTIZER_KEYS)
+    step = validate.json_number(data["step"], f"{where}.step", validate.above(0))
+    zero_point = data["zero_point"]
+    if isinstance(zero_point, int) and not isinstance(zero_point, bool):  # an integer code stays an int
+        zero_point = validate.json_integer(zero_point, f"{where}.zero_point", validate.between(*validate.INT32_RANGE))
+    else:
+        zero_point = validate.json_number(zero_point, f"{where}.zero_point")
+    qmin = validate.json_integer(data["qmin"], f"{where}.qmin", validate.between(*validate.INT32_RANGE))
+    qmax = validate.json_integer(data["qmax"], f"{where}.qmax", validate.between(*validate.INT32_RANGE))
+    if qmin >= qmax:
+        raise validate.InputError(f"{where}: qmin={qmin} must be below qmax={qmax}")
     try:
-        return UniformQuantizer(float(data["step"]), data["zero_point"], int(data["qmin"]), int(data["qmax"]))
-    except (KeyError, TypeError, ValueError) as error:
-        raise ValueError(f"{where}: expected a quantizer {{step, zero_point, qmin, qmax}}, got {data!r} "
-                         f"({error})") from None
+        return UniformQuantizer(step, zero_point, qmin, qmax)
+    except (TypeError, ValueError) as error:
+        raise validate.InputError(f"{where}: {error}") from None
+
+
+def _density_from_dict(data, where):
+    """A PiecewiseGaussian from its JSON object: four lists of finite numbers, then the model's
+    own checks (sizes, order, weights summing to 1), ValueError naming ``where``."""
+    validate.json_object(data, where, required=("breakpoints", "weights", "means", "stds"))
+    for key in ("breakpoints", "weights", "means", "stds"):
+        for position, value in enumerate(validate.json_list(data[key], f"{where}.{key}")):
+            validate.json_number(value, f"{where}.{key}[{position}]")
+    try:
+        return PiecewiseGaussian.from_dict(data)
+    except (KeyError, TypeError, ValueError, ArithmeticError) as error:
+        raise validate.InputError(f"{where}: {error}") from None
 
 
 def conv_indices(net_or_types):
@@ -177,50 +214,66 @@ class QuantizationPlan:
 
     @classmethod
     def from_dict(cls, data, where="plan"):
-        """Rebuild a plan from :meth:`to_dict`'s output; ValueError naming ``where`` and the key."""
+        """Rebuild a plan from :meth:`to_dict`'s output, checked against the JSON schema of
+        section 11.2 (types, ranges, finite values, the layers consistent with each other);
+        ValueError naming ``where`` and the key for anything else."""
         if not isinstance(data, dict) or data.get("format") != PLAN_FORMAT:
-            raise ValueError(f"{where}: not a refquant quantization plan (expected \"format\": \"{PLAN_FORMAT}\")")
-        if data.get("version") != PLAN_VERSION:
-            raise ValueError(f"{where}: plan version {data.get('version')!r}, this refquant reads {PLAN_VERSION}")
+            raise validate.InputError(f"{where}: not a refquant quantization plan "
+                                      f"(expected \"format\": \"{PLAN_FORMAT}\")")
+        validate.json_object(data, where, required=("format", "version", "input", "layers"),
+                             optional=("network", "method", "options"))
+        version = data["version"]
+        if isinstance(version, bool) or version != PLAN_VERSION:
+            raise validate.InputError(f"{where}: plan version {version!r}, this refquant reads {PLAN_VERSION}")
         weights, activations, shapes, densities, types = {}, {}, {}, {}, []
-        for position, entry in enumerate(data.get("layers", [])):
-            if entry.get("index") != position or "type" not in entry:
-                raise ValueError(f"{where}: layers[{position}] must have \"index\": {position} and a \"type\"")
-            types.append(entry["type"])
+        for position, entry in enumerate(validate.json_list(data["layers"], f"{where}: layers")):
+            at = f"{where}: layers[{position}]"
+            validate.json_object(entry, at, required=("index", "type"), optional=LAYER_ENTRY_KEYS)
+            if validate.json_integer(entry["index"], f"{at}.index") != position:
+                raise validate.InputError(f"{at}.index: expected {position} (layers in order), got {entry['index']}")
+            kind = validate.json_string(entry["type"], f"{at}.type")
+            if kind not in PLAN_LAYER_TYPES:
+                raise validate.InputError(f"{at}.type: {kind!r} is not a layer type; expected one of "
+                                          f"{', '.join(PLAN_LAYER_TYPES)}")
+            types.append(kind)
+            if ("weights" in entry) != ("weight_shape" in entry) or ("weights" in entry and kind != "convolutional"):
+                raise validate.InputError(f"{at}: weights and weight_shape go together, on a convolutional layer only")
             if "weights" in entry:
-                weights[position] = _quantizer_from_dict(entry["weights"], f"{where}: layers[{position}].weights")
-                shapes[position] = tuple(int(v) for v in entry.get("weight_shape", ()))
+                weights[position] = _quantizer_from_dict(entry["weights"], f"{at}.weights")
+                shape = validate.json_list(entry["weight_shape"], f"{at}.weight_shape", length=4)
+                shapes[position] = tuple(validate.json_integer(v, f"{at}.weight_shape[{k}]", validate.at_least(1))
+                                         for k, v in enumerate(shape))
             if "activations" in entry:
-                activations[position] = _quantizer_from_dict(entry["activations"],
-                                                             f"{where}: layers[{position}].activations")
+                if kind not in ("convolutional", "route"):
+                    raise validate.InputError(f"{at}.activations: a [{kind}] layer keeps its input's grid")
+                activations[position] = _quantizer_from_dict(entry["activations"], f"{at}.activations")
             for kind_name in ("weights", "activations"):
                 if f"{kind_name}_density" in entry:
-                    try:
-                        densities[(kind_name, position)] = PiecewiseGaussian.from_dict(entry[f"{kind_name}_density"])
-                    except (KeyError, TypeError, ValueError) as error:
-                        raise ValueError(f"{where}: layers[{position}].{kind_name}_density: {error}") from None
-        if "input" not in data:
-            raise ValueError(f"{where}: missing \"input\" quantizer")
+                    densities[(kind_name, position)] = _density_from_dict(entry[f"{kind_name}_density"],
+                                                                          f"{at}.{kind_name}_density")
+        options = validate.json_object(data.get("options", {}), f"{where}: options")
         return cls(input=_quantizer_from_dict(data["input"], f"{where}: input"), weights=weights,
                    activations=activations, layer_types=types, weight_shapes=shapes,
-                   method=str(data.get("method", "manual")), options=dict(data.get("options", {})),
-                   densities=densities, network=str(data.get("network", "")))
+                   method=validate.json_string(data.get("method", "manual"), f"{where}: method"),
+                   options=dict(options), densities=densities,
+                   network=validate.json_string(data.get("network", ""), f"{where}: network"))
 
     def save(self, path):
-        """Write the plan as JSON to ``path``."""
-        with open(os.fspath(path), "w", encoding="utf-8") as f:
-            json.dump(self.to_dict(), f, indent=1)
+        """Write the plan as JSON to ``path``, all or nothing (:func:`refquant.atomic.write_text`)."""
+        atomic.write_text(path, json.dumps(self.to_dict(), indent=1))
 
     @classmethod
-    def load(cls, path):
-        """Read a plan written by :meth:`save`; ValueError naming the file for anything malformed."""
+    def load(cls, path, net=None):
+        """Read a plan written by :meth:`save` (:meth:`from_dict`), and with ``net`` check it fits
+        (:meth:`check`); ValueError naming the file for anything malformed or not fitting."""
         path = os.fspath(path)
-        try:
-            with open(path, encoding="utf-8") as f:
-                data = json.load(f)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path}:{error.lineno}: not valid JSON ({error.msg})") from None
-        return cls.from_dict(data, where=path)
+        plan = cls.from_dict(validate.read_json(path, "quantization plan"), where=path)
+        if net is not None:
+            try:
+                plan.check(net)
+            except ValueError as error:
+                raise validate.InputError(f"{path}: {error}") from None
+        return plan
 
 
 def _check_weight_grid(quantizer, where):
@@ -325,9 +378,7 @@ def save_quantized(folded, plan, cfg_path, prefix):
     plan.check(folded)
     prefix = os.fspath(prefix)
     paths = (prefix + ".cfg", prefix + ".weights", prefix + ".plan.json")
-    text = folded_cfg_text(cfg_path)
-    with open(paths[0], "w", encoding="utf-8") as f:
-        f.write(text)
+    atomic.write_text(paths[0], folded_cfg_text(cfg_path))
     check = darknet.build_network(paths[0])
     if [layer.type for layer in check.layers] != [layer.type for layer in folded.layers]:
         raise ValueError(f"{cfg_path}: its layers are not those of {folded.name}")
@@ -343,9 +394,4 @@ def load_quantized(prefix, dtype=np.float32):
     folded = darknet.load(prefix + ".cfg", prefix + ".weights", dtype=dtype)
     if not is_folded(folded):
         raise ValueError(f"{prefix}.cfg: has batch-normalized convolutions; not a folded network")
-    plan = QuantizationPlan.load(prefix + ".plan.json")
-    try:
-        plan.check(folded)
-    except ValueError as error:
-        raise ValueError(f"{prefix}.plan.json: {error}") from None
-    return folded, plan
+    return folded, QuantizationPlan.load(prefix + ".plan.json", net=folded)

@@ -28,8 +28,9 @@ Checkpoints, every ``checkpoint_every`` updates and on Ctrl-C, in the output dir
 ``<name>_<k>.weights`` (Darknet format, :func:`refquant.darknet.save_weights`),
 ``<name>_<k>.optimizer.npz`` (the momentum buffers ``update``, no pickle), then
 ``<name>.checkpoint.json`` naming them, with the update count, ``seen`` and the seed. Each
-file is written to a temporary file and renamed into place (``os.replace``, atomic), the JSON
-last, so a crash at any moment leaves the previous checkpoint whole and named. Older
+file is written by :func:`refquant.atomic.atomic_write` (a temporary file renamed into place),
+the JSON last, so a crash at any moment leaves the previous checkpoint whole and named; the
+temporary files a killed run leaves are removed when the next run starts. Older
 checkpoint files are removed once the JSON no longer names them. At the end,
 ``<name>_final.weights`` (Darknet's name for the last weights).
 """
@@ -46,7 +47,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from refquant import darknet
+from refquant import darknet, validate
+from refquant.atomic import atomic_write, remove_partials
 from refquant.data.augment import load_batch
 from refquant.data.voc import load_voc, read_names
 
@@ -122,7 +124,7 @@ def training_options(net, overrides=None):
         if key not in TRAINING_KEYS:
             raise ValueError(f"training option {key!r}: unknown; expected one of {', '.join(TRAINING_KEYS)}")
         if value is not None:
-            options[key] = value
+            options[key] = _checked_override(key, value)
     options["steps"] = [int(v) for v in options.get("steps", ())]
     options["scales"] = [float(v) for v in options.get("scales", ())]
     for key in ("batch", "subdivisions", "max_batches", "burn_in", "step"):
@@ -141,6 +143,16 @@ def training_options(net, overrides=None):
     if options["policy"] == "steps" and len(options["steps"]) != len(options["scales"]):
         raise ValueError(f"steps {options['steps']} and scales {options['scales']}: expected one scale per step")
     return options
+
+
+def _checked_override(key, value):
+    """An override under the rules of its cfg key (finite, :data:`refquant.darknet.KEY_RANGES`)."""
+    for item in (value if isinstance(value, (list, tuple)) else (value,)):
+        if isinstance(item, float) and not math.isfinite(item):
+            raise validate.InputError(f"training option {key}={item}: expected a finite number")
+        if key in darknet.KEY_RANGES and not isinstance(item, str):
+            validate.check_range(item, darknet.KEY_RANGES[key], f"training option {key}")
+    return value
 
 
 def trainable(net):
@@ -244,32 +256,6 @@ def train_iteration(net, records, options, updates, iteration, seed, batches=Non
     sgd_update(net, gradients, updates, learning_rate(options, iteration), options["momentum"],
                options["decay"], options["batch"])
     return total
-
-
-def atomic_write(path, write):
-    """Write ``path`` all or nothing: ``write(file object)`` fills a temporary file beside it,
-    which is flushed to disk and renamed over ``path`` (``os.replace``); on any error the
-    temporary file is removed and ``path`` is untouched."""
-    path = Path(path)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes 0600; the user's usual mode, as open() would
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
-
-
-def _umask():
-    """The process's file-creation mask (read by setting it, then restored)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 def save_checkpoint(out_dir, name, net, updates, state):
@@ -409,6 +395,8 @@ def train(cfg, data, names, out_dir, split="train", weights=None, seed=0, overri
     """
     cfg, data, out_dir = Path(cfg), Path(data), Path(out_dir)
     name = name or cfg.stem
+    if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) or checkpoint_every < 1:
+        raise ValueError(f"checkpoint_every={checkpoint_every!r}: expected a positive number of updates")
     class_names = read_names(names)
     net = darknet.load(cfg, weights, seed=seed)
     head = net.layers[-1]
@@ -427,6 +415,7 @@ def train(cfg, data, names, out_dir, split="train", weights=None, seed=0, overri
                 "data_sha256": records_digest(records), "split": split, "seed": int(seed),
                 "initial_weights": None if weights is None else str(weights),
                 "initial_weights_sha256": None if weights is None else file_digest(weights), "options": options}
+    remove_partials(out_dir)  # what a killed run was writing: never complete, never read
     if not resume and not force and out_dir.is_dir() and any(out_dir.iterdir()):
         raise FileExistsError(f"{out_dir}: not empty (an earlier run's files?); resume=True (--resume) continues "
                               f"the run it holds, force=True (--force) writes over it")

@@ -52,7 +52,7 @@ def test_missing_required_key_names_section_line_and_key(tmp_path):
     with pytest.raises(CfgError, match=r"nohw\.cfg:1: \[net\] is missing the required key 'height'"):
         darknet.load(path)
     path = cfg(tmp_path, "[net]\nwidth=0\nheight=8\nchannels=3\n[conv]\nfilters=1\nsize=1\n", "w0.cfg")
-    with pytest.raises(CfgError, match=r"w0\.cfg:2: \[net\] width=0: expected a positive integer"):
+    with pytest.raises(CfgError, match=r"w0\.cfg:2: \[net\] width=0: expected a value >= 1"):
         darknet.load(path)
 
 

@@ -274,26 +274,6 @@ def test_resume_after_moving_the_data_and_the_run(tiny, tmp_path):
     assert moved["weights"].read_bytes() == whole["weights"].read_bytes()
 
 
-def test_atomic_write_leaves_no_partial_file(tmp_path):
-    """Simulated crash in the middle of writing: the target keeps its old content (or stays absent)
-    and no temporary file is left in the directory."""
-    target = tmp_path / "model.weights"
-
-    def crash(f):
-        f.write(b"half of the file")
-        raise OSError("disk full (simulated)")
-
-    with pytest.raises(OSError, match="simulated"):
-        train.atomic_write(target, crash)
-    assert os.listdir(tmp_path) == []
-    target.write_bytes(b"old")
-    with pytest.raises(OSError, match="simulated"):
-        train.atomic_write(target, crash)
-    assert os.listdir(tmp_path) == ["model.weights"] and target.read_bytes() == b"old"
-    train.atomic_write(target, lambda f: f.write(b"new"))
-    assert os.listdir(tmp_path) == ["model.weights"] and target.read_bytes() == b"new"
-
-
 def test_crash_while_checkpointing_keeps_the_previous_checkpoint(tiny, tmp_path, monkeypatch):
     """A crash while the optimizer state of update 4 is written (after its weights file was renamed
     into place): the JSON still names update 2's files, which load and resume; no partial file."""

@@ -54,6 +54,13 @@ class ConnectedLayer:
                                rolling_variance=np.ones(m, dtype))
         self.zero_grads()
 
+    def stored_values(self, input_shape):
+        """Number of values :meth:`build` allocates for ``input_shape`` (before allocating them)."""
+        inputs = 1
+        for size in input_shape:
+            inputs *= int(size)
+        return self.outputs * (inputs + (4 if self.batch_normalize else 1))
+
     def zero_grads(self):
         """Set every trainable gradient to zero."""
         trainable = ("biases", "weights", "scales") if self.batch_normalize else ("biases", "weights")

@@ -214,6 +214,10 @@ class ConvolutionalLayer:
                              f"{self.size}x{self.size} kernel with padding {self.padding}")
         return (self.filters, out_h, out_w)
 
+    def stored_values(self, input_shape):
+        """Number of values :meth:`build` allocates for ``input_shape`` (before allocating them)."""
+        return self.filters * (input_shape[0] * self.size * self.size + (4 if self.batch_normalize else 1))
+
     def parameter_count(self):
         """Number of stored values (weights, biases, and the four batch-norm vectors)."""
         return int(sum(p.size for p in self.params.values()))

@@ -9,6 +9,7 @@ the gradient of the layer that produced that input, as Darknet's ``net.delta``
 accumulation does.
 """
 import copy
+import math
 
 import numpy as np
 
@@ -33,10 +34,13 @@ class Network:
     weights file), ``weights_header`` (major, minor, revision), ``name``.
     """
 
-    def __init__(self, layers, input_shape, dtype=np.float32, seed=0, hyperparameters=None, name="network"):
+    def __init__(self, layers, input_shape, dtype=np.float32, seed=0, hyperparameters=None, name="network",
+                 max_bytes=None):
         """Wire ``layers``, check every shape at ``input_shape`` and initialise the parameters.
 
-        NetworkShapeError (with ``layer_index``) if a layer cannot take its input.
+        NetworkShapeError (with ``layer_index``) if a layer cannot take its input; with
+        ``max_bytes``, NetworkSizeError before any parameter is allocated if the parameters and
+        one image's activations would need more (:func:`memory_estimate`).
         """
         self.dtype = np.dtype(dtype)
         if self.dtype not in (np.float32, np.float64):
@@ -56,6 +60,8 @@ class Network:
                     raise NetworkShapeError(str(error), index) from None
             else:
                 self.inputs.append([index - 1])
+        if max_bytes is not None:
+            check_memory(self, max_bytes)
         rng = np.random.default_rng(seed)
         shapes = [self.input_shape]
         for index, layer in enumerate(self.layers):
@@ -244,6 +250,53 @@ class Network:
         lines.append(f"total: {len(self.layers)} layers, {self.parameter_count()} parameters, "
                      f"{total_flops / 1e9:.3f} BFLOPs at {input_shape[2]} x {input_shape[1]} x {input_shape[0]}")
         return "\n".join(lines)
+
+
+class NetworkSizeError(NetworkShapeError):
+    """A network too large to build; ``layer_index`` names its largest layer (None: the input)."""
+
+
+def memory_estimate(net):
+    """[(layer index, parameter bytes, output bytes)], the input first (index None): what
+    ``net``'s parameters and one image's activations need, from the shapes alone (before
+    :meth:`Network.__init__` allocates them).
+
+    Parameters: the values ``layer.build`` allocates (``stored_values``); activations: the
+    input and every layer's output for one image. Training triples the parameters (gradients,
+    momentum) and multiplies the activations by the batch: this is the least a run needs.
+    """
+    itemsize = net.dtype.itemsize
+    shapes = [net.input_shape]
+    parts = [(None, 0, itemsize * math.prod(net.input_shape))]
+    for index, layer in enumerate(net.layers):
+        in_shapes = [net.input_shape if j == NETWORK_INPUT else shapes[j + 1] for j in net.inputs[index]]
+        shapes.append(net._layer_output_shape(index, in_shapes))
+        values = layer.stored_values(in_shapes[0]) if hasattr(layer, "stored_values") else 0
+        parts.append((index, itemsize * values, itemsize * math.prod(shapes[-1])))
+    return parts
+
+
+def check_memory(net, max_bytes):
+    """NetworkSizeError when :func:`memory_estimate` exceeds ``max_bytes``, naming the input size
+    and the layer that needs the most (its ``layer_index`` when parameters dominate)."""
+    parts = memory_estimate(net)
+    parameters = sum(part[1] for part in parts)
+    activations = sum(part[2] for part in parts)
+    total = parameters + activations
+    if total <= max_bytes:
+        return
+    from refquant.validate import format_bytes  # the network module stays importable on its own
+    channels, height, width = net.input_shape
+    index, stored, output = max(parts[1:], key=lambda part: part[1] + part[2])
+    layer = net.layers[index]
+    keys = {"convolutional": f"filters={getattr(layer, 'filters', '?')}, size={getattr(layer, 'size', '?')}",
+            "connected": f"output={getattr(layer, 'outputs', '?')}"}.get(layer.type, "its output shape")
+    raise NetworkSizeError(
+        f"the network needs {format_bytes(total)} ({total} bytes), above the limit of {format_bytes(max_bytes)} "
+        f"(REFQUANT_MAX_BYTES): {format_bytes(parameters)} of parameters and {format_bytes(activations)} of "
+        f"activations for one image of [net] width={width}, height={height}, channels={channels}; the largest "
+        f"layer is {index} [{layer.type}] ({keys}) with {format_bytes(stored)} of parameters and "
+        f"{format_bytes(output)} of output", index if parameters >= activations else None)
 
 
 def _whc(shape):
