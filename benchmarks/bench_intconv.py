@@ -22,7 +22,7 @@ import numba
 import numpy as np
 import torch
 
-from refquant.integer.conv import conv2d
+from refquant.integer.conv import conv2d, pack_weights
 from refquant.integer.requantize import quantize_bias, quantize_multiplier, requantize
 
 # (input channels, output channels, input size, kernel): yolov2-tiny-voc.cfg's convolutions at 416x416.
@@ -61,9 +61,11 @@ def refquant_layer(x_codes, w_codes, bias, step_x, zero_point_x, step_w, step_y,
     bias_codes = quantize_bias(bias, step_x, step_w)
     multiplier, shift = quantize_multiplier(step_x * step_w / step_y)
 
+    packed = pack_weights(w_codes)  # once, as fbgemm packs its weights once (set_weight_bias)
+
     def conv_only(bias=None):
         # Removing the zero point is part of the layer: fbgemm does it too.
-        return conv2d(x_codes.astype(np.int16) - np.int16(zero_point_x), w_codes, 1, kernel // 2,
+        return conv2d(x_codes.astype(np.int16) - np.int16(zero_point_x), packed, 1, kernel // 2,
                       bias=bias, x_range=(-zero_point_x, 255 - zero_point_x))
 
     def layer():

@@ -6,11 +6,15 @@ kernel (im2col into byte panels, a blocked int32 GEMM that LLVM vectorises, para
 and output channels), equal bit for bit. Both compute the exact correlation (Darknet's and
 PyTorch's convolutions do not flip the kernel), zero padding, after the caller removed the zero points.
 """
+import dataclasses
+
 import numba
 import numpy as np
 from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
+
+from refquant.integer import vnni
 
 INT32_MIN = -(2**31)
 
@@ -324,14 +328,6 @@ def _blocking(n_outputs, n_pixels, k_padded, n_threads):
     return p_block, k_block, o_group
 
 
-def _pack_weights(w, o_padded, k_padded):
-    """(O, C, kh, kw) int8 -> (o_padded, k_padded) int8, row o = w[o] flattened (c, i, j), zero-padded."""
-    n_outputs = w.shape[0]
-    packed = np.zeros((o_padded, k_padded), np.int8)
-    packed[:n_outputs, :w[0].size] = w.reshape(n_outputs, -1)
-    return packed
-
-
 def _wrap_int32(values):
     """int64 -> int32 modulo 2**32: the true sum, congruent mod 2**32 to ``values``, fits int32."""
     return ((values - INT32_MIN) % 2**32 + INT32_MIN).astype(np.int32)
@@ -341,11 +337,53 @@ def _round_up(value, multiple):
     return -(-value // multiple) * multiple
 
 
+@dataclasses.dataclass(frozen=True, eq=False)
+class PackedWeights:
+    """Weights laid out once for :func:`conv2d`'s GEMM (what fbgemm and TFLite call prepacking).
+
+    ``codes`` (O, C, kh, kw) int8, as given; ``w_range`` their declared (checked) value range;
+    ``sums`` (O,) int64, each output's sum of weights; ``matrix`` the GEMM's layout:
+    :func:`refquant.integer.vnni.pack_weights`' (O/8, K/4, 8, 4) when ``vnni``, else
+    (O padded to 4, K padded to 4), row o = codes[o] flattened (c, i, j), zero-padded.
+    """
+
+    codes: np.ndarray
+    w_range: tuple
+    sums: np.ndarray
+    matrix: np.ndarray
+    vnni: bool
+
+
+def pack_weights(w, w_range=None):
+    """:class:`PackedWeights` of ``w`` (O, C, kh, kw) int8: pass it to :func:`conv2d` in place of ``w``
+    when the same weights convolve many inputs (a network's layer), to pack them once.
+
+    ``w_range`` optionally declares tighter bounds than int8's, checked against ``w``.
+    Which layout is made (VNNI or portable) is decided here, by :func:`refquant.integer.vnni.vnni_available`.
+    """
+    for name, value in (("w", w),):
+        if not isinstance(value, np.ndarray) or value.dtype not in WEIGHT_DTYPES:
+            raise TypeError(f"{name} must be an int8 numpy array, got {getattr(value, 'dtype', type(value).__name__)}")
+    if w.ndim != 4 or min(w.shape) < 1:
+        raise ValueError(f"w must have shape (O, C, kh, kw) with no empty axis, got shape {w.shape}")
+    w_range = _declared_range("w", w, w_range)
+    n_outputs = w.shape[0]
+    flat = w.reshape(n_outputs, -1)
+    use_vnni = vnni.vnni_available()
+    if use_vnni:
+        matrix = vnni.pack_weights(flat)
+    else:
+        matrix = np.zeros((_round_up(n_outputs, _RANK), _round_up(flat.shape[1], _RANK)), np.int8)
+        matrix[:n_outputs, :flat.shape[1]] = flat
+    return PackedWeights(w, w_range, flat.sum(1, dtype=np.int64), matrix, use_vnni)
+
+
 def conv2d(x, w, stride=1, pad=0, bias=None, x_range=None, w_range=None):
     """Exact integer correlation, fast: bit-identical to :func:`conv2d_reference`.
 
     x: (N, C, H, W) uint8, int8 or int16 values (zero points already removed);
-    w: (O, C, kh, kw) int8; bias: optional (O,) int32 the accumulators start from;
+    w: (O, C, kh, kw) int8, or its :func:`pack_weights` (then ``w_range`` is the packed one);
+    bias: optional (O,) int32 the accumulators start from;
     returns int32 (N, O, Ho, Wo), Ho = (H+2pad-kh)//stride+1.
     Raises ValueError before computing if the int32 accumulator could overflow
     (:func:`check_accumulator_range`, with the dtypes' ranges unless
@@ -354,20 +392,31 @@ def conv2d(x, w, stride=1, pad=0, bias=None, x_range=None, w_range=None):
     Method: x - offset (offset = min(x, 0)) is made non-negative and cut into
     bytes, laid out by im2col as panels of (K, pixels); an int32 GEMM with the packed
     weights accumulates each byte plane, and ``256**b`` and ``offset * sum(w)``
-    are added back (see the comment above ``_RANK``). Parallel with Numba's threads.
+    are added back (see the comment above ``_RANK``). The GEMM is
+    :mod:`refquant.integer.vnni`'s (VPDPBUSD) where the CPU has AVX-512 VNNI, else
+    :func:`_gemm_accumulate`; both sum products in wrap-around int32, so both give the exact sums
+    whenever the range check passes. Parallel with Numba's threads.
     """
-    shape, stride, pad, bias = _prepare(x, w, stride, pad, bias, x_range, w_range)
+    if isinstance(w, PackedWeights):
+        if w_range is not None:
+            raise ValueError("w_range is declared by pack_weights when w is packed; pass it there")
+        packed = w
+    else:
+        _check_conv_arguments(x, w, stride, pad)  # argument errors before packing
+        packed = pack_weights(w, w_range)
+    shape, stride, pad = _check_conv_arguments(x, packed.codes, stride, pad)
+    bias, bias_range = _check_bias(bias, shape[1])
+    x_lo, x_hi = _declared_range("x", x, x_range)
+    check_accumulator_range((x_lo, x_hi), packed.w_range, packed.codes[0].size, bias_range)
     n_images, n_outputs, out_height, out_width = shape
-    k_padded = _round_up(w[0].size, _RANK)
-    o_padded = _round_up(n_outputs, _RANK)
-    w_packed = _pack_weights(w, o_padded, k_padded)
-    # bias + offset * sum(w) starts every accumulator; wrapped, as all the int32 sums below.
-    weight_sums = w.reshape(n_outputs, -1).sum(1, dtype=np.int64)
     out = np.empty(shape, np.int32)
     chunk = max(1, _CHUNK_PIXELS // (out_height * out_width))
     for first in range(0, n_images, chunk):
-        out[first:first + chunk] = _conv2d_images(x[first:first + chunk], w_packed, weight_sums, bias,
-                                                  w.shape[2:], stride, pad, (n_outputs, out_height, out_width))
+        images = x[first:first + chunk]
+        # x's own range when it is the whole batch: one pass over x fewer
+        lo, hi = (x_lo, x_hi) if x_range is None and images.shape[0] == n_images else (images.min(), images.max())
+        acc = _conv2d_images(images, packed, bias, stride, pad, (n_outputs, out_height, out_width), (lo, hi))
+        out[first:first + chunk] = acc
     return out
 
 
@@ -377,29 +426,45 @@ shapes detector's integer network about 10 % faster than one image at a time), a
 many pixels' columns and accumulators are live at once."""
 
 
-def _conv2d_images(x, w_packed, weight_sums, bias, kernel_shape, stride, pad, out_shape):
-    """:func:`conv2d`'s work on a few images at once: x (n, C, H, W) -> int32 (n, O, Ho, Wo)."""
+def _conv2d_images(x, packed, bias, stride, pad, out_shape, x_bounds):
+    """:func:`conv2d`'s work on a few images at once: x (n, C, H, W) -> int32 (n, O, Ho, Wo) (a view).
+
+    ``x_bounds``: (min, max) of ``x`` (or bounds containing them, for the byte count).
+    """
     n_images = x.shape[0]
     n_outputs, out_height, out_width = out_shape
-    o_padded, k_padded = w_packed.shape
+    kernel_shape = packed.codes.shape[2:]
     n_pixels = n_images * out_height * out_width
-    p_block, k_block, o_group = _blocking(o_padded, n_pixels, k_padded, numba.get_num_threads())
-    n_panels = -(-n_pixels // p_block)
-    offset = min(int(x.min()), 0)
-    n_bytes = 1 if max(int(x.max()), 0) - offset < 256 else 2
+    offset = min(int(x_bounds[0]), 0)
+    n_bytes = 1 if max(int(x_bounds[1]), 0) - offset < 256 else 2
+    if packed.vnni:
+        o_padded = packed.matrix.shape[0] * vnni.OUTPUT_BLOCK
+        n_threads = numba.get_num_threads()
+    else:
+        o_padded, k_padded = packed.matrix.shape
+        p_block, k_block, o_group = _blocking(o_padded, n_pixels, k_padded, numba.get_num_threads())
+    # bias + offset * sum(w) starts every accumulator; wrapped, as all the int32 sums below.
     start = np.zeros(o_padded, np.int32)
-    start[:n_outputs] = _wrap_int32(bias + offset * weight_sums)
-    acc = np.empty((n_panels, o_padded, p_block), np.int32)
-    acc[:] = start[None, :, None]
+    start[:n_outputs] = _wrap_int32(bias + offset * packed.sums)
+    acc = None
     for byte_index in range(n_bytes):
         planes = _padded_byte_planes(x, offset, byte_index, pad)
-        columns = _im2col_panels(planes, *kernel_shape, stride, out_height, out_width, k_padded, p_block)
+        if packed.vnni:
+            columns = vnni.im2col_tiles(planes, *kernel_shape, stride, out_height, out_width, packed.matrix.shape[1])
+            part = np.empty((o_padded, columns.shape[0] * vnni.TILE_PIXELS), np.int32)
+            part[:] = start[:, None] if byte_index == 0 else 0
+            vnni.gemm_accumulate(packed.matrix, columns, part, n_threads)
+        else:
+            columns = _im2col_panels(planes, *kernel_shape, stride, out_height, out_width, k_padded, p_block)
+            part = np.empty((columns.shape[0], o_padded, p_block), np.int32)
+            part[:] = start[None, :, None] if byte_index == 0 else 0
+            _gemm_accumulate(packed.matrix, columns, part, k_block, o_group)
+            # (panels, Op, p_block) -> (Op, panels * p_block): undo the panel layout
+            part = part.transpose(1, 0, 2).reshape(o_padded, -1)
         if byte_index == 0:
-            _gemm_accumulate(w_packed, columns, acc, k_block, o_group)
+            acc = part
         else:  # NumPy's int32 arithmetic wraps, as intended here
-            high = np.zeros_like(acc)
-            _gemm_accumulate(w_packed, columns, high, k_block, o_group)
-            acc += high << np.int32(8 * byte_index)
-    # (panels, Op, p_block) -> (O, n*Ho*Wo) -> (n, O, Ho, Wo): undo the panel layout
-    acc = acc[:, :n_outputs].transpose(1, 0, 2).reshape(n_outputs, n_panels * p_block)[:, :n_pixels]
+            acc += part << np.int32(8 * byte_index)
+    # (Op, pixels) -> (O, n*Ho*Wo) -> (n, O, Ho, Wo)
+    acc = acc[:n_outputs, :n_pixels]
     return acc.reshape(n_outputs, n_images, out_height, out_width).transpose(1, 0, 2, 3)

@@ -130,7 +130,9 @@ def _check_requantize_arguments(acc, multipliers_and_shifts, zero_point, qmin, q
     acc = np.asarray(acc)
     if acc.dtype.kind not in "iu":
         raise TypeError(f"acc must be an integer array (int32 accumulators), got dtype {acc.dtype}")
-    if acc.size and (int(acc.min()) < INT32_MIN or int(acc.max()) > INT32_MAX):
+    # a dtype within int32 needs no look at the values (two passes saved per layer)
+    if acc.size and not np.can_cast(acc.dtype, np.int32) and (int(acc.min()) < INT32_MIN
+                                                               or int(acc.max()) > INT32_MAX):
         raise ValueError(f"acc has values in [{acc.min()}, {acc.max()}], outside int32: the float64 "
                          f"simulation would no longer be exact")
     for name, value, limit in multipliers_and_shifts:
@@ -145,11 +147,35 @@ def _check_requantize_arguments(acc, multipliers_and_shifts, zero_point, qmin, q
 
 
 @numba.njit(cache=True, parallel=True)
-def _requantize_flat(acc, multiplier, shift, negative_multiplier, negative_shift,
-                     zero_point, qmin, qmax, codes):
+def _requantize_flat_reference(acc, multiplier, shift, negative_multiplier, negative_shift,
+                               zero_point, qmin, qmax, codes):
+    """:func:`requantize_leaky_code` on every element of ``acc`` (1-D) into ``codes``: the definition."""
     for index in numba.prange(acc.size):
         codes[index] = requantize_leaky_code(np.int64(acc[index]), multiplier, shift, negative_multiplier,
                                              negative_shift, zero_point, qmin, qmax)
+
+
+@numba.njit(cache=True, parallel=True)
+def _requantize_flat(acc, multiplier, shift, negative_multiplier, negative_shift,
+                     zero_point, qmin, qmax, codes):
+    """:func:`_requantize_flat_reference`, equal bit for bit, without a branch: a loop LLVM vectorises
+    (the reference's branches and call keep it to one element at a time, about 5x slower).
+
+    With ``v = acc * multiplier`` and ``s = shift`` of the accumulator's side,
+    ``rounding_right_shift(v, s) = (v + 2**(s-1) - 1 + ((v >> s) & 1)) >> s`` for s >= 1: writing
+    ``v = q 2**s + r`` (0 <= r < 2**s, q = v >> s), the sum adds 1 to q exactly when
+    ``r + 2**(s-1) - 1 + (q & 1) >= 2**s``, i.e. r above the half, or r at the half and q odd:
+    round half to even. ``g = min(s, 1)`` folds s = 0 in: the sum is then v. No overflow:
+    |v| < 2**31 * 2**22 and 2**(s-1) <= 2**61, so the sum stays below 2**63.
+    """
+    for index in numba.prange(acc.size):
+        value = np.int64(acc[index])
+        negative = value < 0
+        product = value * (negative_multiplier if negative else multiplier)
+        bits = negative_shift if negative else shift
+        g = min(bits, 1)
+        rounded = (product + ((np.int64(1) << bits) >> 1) - g + ((product >> bits) & g)) >> bits
+        codes[index] = min(max(rounded + zero_point, qmin), qmax)
 
 
 def _requantize_array(acc, multiplier, shift, negative_multiplier, negative_shift,

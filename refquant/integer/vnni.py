@@ -1,0 +1,308 @@
+"""The integer convolution's GEMM on AVX-512 VNNI: unsigned bytes times signed bytes, int32 sums.
+
+One instruction, ``VPDPBUSD``, does what the GEMM needs 64 times at once: for each of its 16 int32
+lanes, ``acc += x[0]*w[0] + x[1]*w[1] + x[2]*w[2] + x[3]*w[3]`` with four uint8 ``x`` and four
+int8 ``w``. Each product is exact (|255 * -128| < 2**15), the four-product sum is exact (< 2**17)
+and the addition to ``acc`` wraps around modulo 2**32 with no saturation (unlike ``VPMADDUBSW``,
+whose 16-bit pair sums saturate, or ``VPDPBUSDS``). So the kernel computes exactly the wrap-around
+int32 sums of :func:`refquant.integer.conv._gemm_accumulate`, the portable kernel, in a different
+order, and modular addition does not depend on the order: the two are equal bit for bit on every
+input, and equal to the true sum whenever it fits int32, which
+:func:`refquant.integer.conv.check_accumulator_range` proves before anything runs.
+
+Layouts (K = C*kh*kw padded to ``4 * k4``; a *tile* is ``TILE_PIXELS`` = 32 output pixels):
+
+* weights ``(O/8, k4, 8, 4)`` int8: for output block b and step s, the 8 outputs' 4 weights
+  ``w[8b + r, 4s:4s+4]``, 32 contiguous bytes that the micro-kernel broadcasts one int32 at a time;
+* columns ``(n_tiles, k4, 32, 4)`` uint8: im2col, for tile t and step s, the 32 pixels' 4 input bytes
+  ``x[4s:4s+4, 32t + q]``, 128 contiguous bytes: two 64-byte vector loads;
+* accumulators ``(O_padded, n_tiles * 32)`` int32, output channel by pixel.
+
+The micro-kernel keeps an 8 x 32 block of accumulators in 16 vector registers (two per output) over
+a run of K, streaming one 128-byte column step and one 32-byte weight step per 16 ``VPDPBUSD``.
+The vectors are LLVM's ``<16 x i32>``, given to Numba as a type of its own with five intrinsics
+(zero-cost wrappers of one LLVM instruction each). LLVM refuses an intrinsic the CPU lacks, so
+nothing here is compiled unless :func:`vnni_available` says the CPU has AVX-512 VNNI.
+"""
+import os
+
+import numba
+import numpy as np
+from llvmlite import binding as llvm_binding
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic, models, register_model
+
+TILE_PIXELS = 32
+"""Output pixels per micro-kernel tile: two vectors of 16 int32 lanes."""
+
+OUTPUT_BLOCK = 8
+"""Output channels per micro-kernel tile (8 x 2 accumulator vectors of the 32 registers)."""
+
+K_STEP = 4
+"""Products summed per lane by one VPDPBUSD: K is padded to a multiple of it."""
+
+K_STEPS_PER_BLOCK = 128
+"""K steps (512 K values) of a tile swept by all outputs of a task before the next: 16 KiB of
+columns, held in L1 while the weights stream from L2."""
+
+_REQUIRED_FEATURES = ("avx512f", "avx512bw", "avx512vnni")
+
+
+def vnni_available():
+    """Whether :func:`gemm_accumulate` may run here: the CPU Numba compiles for has AVX-512 VNNI.
+
+    That is the host's CPU unless ``NUMBA_CPU_NAME`` names another (a portable cache, e.g.
+    ``generic``), in which case only features ``NUMBA_CPU_FEATURES`` lists count.
+    ``REFQUANT_VNNI=0`` in the environment turns this path off (the portable kernel runs instead).
+    """
+    if os.environ.get("REFQUANT_VNNI", "1") == "0":
+        return False
+    if numba.config.CPU_NAME and numba.config.CPU_NAME != "host":
+        listed = set((numba.config.CPU_FEATURES or "").split(","))
+        return all(f"+{feature}" in listed for feature in _REQUIRED_FEATURES)
+    features = llvm_binding.get_host_cpu_features()
+    return all(features.get(feature, False) for feature in _REQUIRED_FEATURES)
+
+
+class _Int32x16(types.Type):
+    """Numba's name for LLVM's ``<16 x i32>``: one 512-bit register of 16 int32 lanes."""
+
+    def __init__(self):
+        super().__init__(name="int32x16")
+
+
+int32x16 = _Int32x16()
+_VECTOR = ir.VectorType(ir.IntType(32), 16)
+_BYTES = ir.VectorType(ir.IntType(8), 64)
+
+
+@register_model(_Int32x16)
+class _Int32x16Model(models.PrimitiveModel):
+    def __init__(self, dmm, fe_type):
+        super().__init__(dmm, fe_type, _VECTOR)
+
+
+def _byte_pointer(context, builder, array_type, array, byte_offset):
+    """Pointer to byte ``byte_offset`` of a C-contiguous array's data (no bounds check: callers index
+    inside arrays they sized)."""
+    data = context.make_array(array_type)(context, builder, array).data
+    return builder.gep(builder.bitcast(data, ir.IntType(8).as_pointer()), [byte_offset])
+
+
+@intrinsic
+def _load(typingctx, array, byte_offset):
+    """The 64 bytes of ``array`` from ``byte_offset`` as an int32x16 (unaligned load)."""
+    def codegen(context, builder, signature, args):
+        pointer = _byte_pointer(context, builder, signature.args[0], *args)
+        return builder.load(builder.bitcast(pointer, _VECTOR.as_pointer()), align=1)
+    return int32x16(array, byte_offset), codegen
+
+
+@intrinsic
+def _store(typingctx, array, byte_offset, vector):
+    """Write an int32x16 to the 64 bytes of ``array`` from ``byte_offset``."""
+    def codegen(context, builder, signature, args):
+        pointer = _byte_pointer(context, builder, signature.args[0], args[0], args[1])
+        builder.store(args[2], builder.bitcast(pointer, _VECTOR.as_pointer()), align=1)
+        return context.get_dummy_value()
+    return types.void(array, byte_offset, vector), codegen
+
+
+@intrinsic
+def _broadcast(typingctx, array, byte_offset):
+    """The 4 bytes of ``array`` at ``byte_offset`` as one int32, copied to all 16 lanes."""
+    def codegen(context, builder, signature, args):
+        pointer = _byte_pointer(context, builder, signature.args[0], *args)
+        word = builder.load(builder.bitcast(pointer, ir.IntType(32).as_pointer()), align=1)
+        vector = builder.insert_element(ir.Constant(_VECTOR, None), word, ir.Constant(ir.IntType(32), 0))
+        return builder.shuffle_vector(vector, vector, ir.Constant(_VECTOR, None))
+    return int32x16(array, byte_offset), codegen
+
+
+@intrinsic
+def _dot_accumulate(typingctx, acc, x, w):
+    """VPDPBUSD: per lane, ``acc + sum_j uint8(x byte j) * int8(w byte j)``, j = 0..3, wrapping int32."""
+    def codegen(context, builder, signature, args):
+        function_type = ir.FunctionType(_VECTOR, [_VECTOR, _BYTES, _BYTES])
+        function = cgutils.get_or_insert_function(builder.module, function_type, "llvm.x86.avx512.vpdpbusd.512")
+        return builder.call(function, [args[0], builder.bitcast(args[1], _BYTES), builder.bitcast(args[2], _BYTES)])
+    return int32x16(acc, x, w), codegen
+
+
+@numba.njit(cache=True, inline="always")
+def _load_pair(acc, byte_offset):
+    """The 32 int32 of ``acc`` from ``byte_offset``: one output's accumulators over a tile."""
+    return _load(acc, byte_offset), _load(acc, byte_offset + 64)
+
+
+@numba.njit(cache=True, inline="always")
+def _store_pair(acc, byte_offset, first, second):
+    _store(acc, byte_offset, first)
+    _store(acc, byte_offset + 64, second)
+
+
+@numba.njit(cache=True, inline="always")
+def _tile_update(weights, block, columns, tile, k_start, k_stop, acc, pixel_bytes):
+    """acc[8b:8b+8, 32t:32t+32] += weights[b, k_start:k_stop] . columns[t, k_start:k_stop] (K steps).
+
+    ``pixel_bytes`` = 4 * acc.shape[1], the byte stride between two outputs' accumulator rows.
+    """
+    k_steps = weights.shape[1]
+    w_base = (block * k_steps) * 32            # 8 outputs x 4 bytes per K step
+    x_base = (tile * k_steps) * 128            # 32 pixels x 4 bytes per K step
+    row = 8 * block * pixel_bytes + tile * 128  # acc[8b, 32t] in bytes
+    a0, b0 = _load_pair(acc, row)
+    a1, b1 = _load_pair(acc, row + pixel_bytes)
+    a2, b2 = _load_pair(acc, row + 2 * pixel_bytes)
+    a3, b3 = _load_pair(acc, row + 3 * pixel_bytes)
+    a4, b4 = _load_pair(acc, row + 4 * pixel_bytes)
+    a5, b5 = _load_pair(acc, row + 5 * pixel_bytes)
+    a6, b6 = _load_pair(acc, row + 6 * pixel_bytes)
+    a7, b7 = _load_pair(acc, row + 7 * pixel_bytes)
+    for step in range(k_start, k_stop):
+        xa, xb = _load(columns, x_base + 128 * step), _load(columns, x_base + 128 * step + 64)
+        w = w_base + 32 * step
+        w0, w1, w2, w3 = _broadcast(weights, w), _broadcast(weights, w + 4), _broadcast(weights, w + 8), _broadcast(weights, w + 12)
+        a0, b0 = _dot_accumulate(a0, xa, w0), _dot_accumulate(b0, xb, w0)
+        a1, b1 = _dot_accumulate(a1, xa, w1), _dot_accumulate(b1, xb, w1)
+        a2, b2 = _dot_accumulate(a2, xa, w2), _dot_accumulate(b2, xb, w2)
+        a3, b3 = _dot_accumulate(a3, xa, w3), _dot_accumulate(b3, xb, w3)
+        w4, w5, w6, w7 = _broadcast(weights, w + 16), _broadcast(weights, w + 20), _broadcast(weights, w + 24), _broadcast(weights, w + 28)
+        a4, b4 = _dot_accumulate(a4, xa, w4), _dot_accumulate(b4, xb, w4)
+        a5, b5 = _dot_accumulate(a5, xa, w5), _dot_accumulate(b5, xb, w5)
+        a6, b6 = _dot_accumulate(a6, xa, w6), _dot_accumulate(b6, xb, w6)
+        a7, b7 = _dot_accumulate(a7, xa, w7), _dot_accumulate(b7, xb, w7)
+    _store_pair(acc, row, a0, b0)
+    _store_pair(acc, row + pixel_bytes, a1, b1)
+    _store_pair(acc, row + 2 * pixel_bytes, a2, b2)
+    _store_pair(acc, row + 3 * pixel_bytes, a3, b3)
+    _store_pair(acc, row + 4 * pixel_bytes, a4, b4)
+    _store_pair(acc, row + 5 * pixel_bytes, a5, b5)
+    _store_pair(acc, row + 6 * pixel_bytes, a6, b6)
+    _store_pair(acc, row + 7 * pixel_bytes, a7, b7)
+
+
+@numba.njit(cache=True, parallel=True)
+def _gemm_tasks(weights, columns, acc, tiles_per_task, blocks_per_task):
+    n_blocks, k_steps = weights.shape[0], weights.shape[1]
+    n_tiles = columns.shape[0]
+    pixel_bytes = 4 * acc.shape[1]
+    n_tile_groups = (n_tiles + tiles_per_task - 1) // tiles_per_task
+    n_block_groups = (n_blocks + blocks_per_task - 1) // blocks_per_task
+    for task in numba.prange(n_tile_groups * n_block_groups):
+        tile_start = (task // n_block_groups) * tiles_per_task
+        block_start = (task % n_block_groups) * blocks_per_task
+        for k_start in range(0, k_steps, K_STEPS_PER_BLOCK):
+            k_stop = min(k_start + K_STEPS_PER_BLOCK, k_steps)
+            for tile in range(tile_start, min(tile_start + tiles_per_task, n_tiles)):
+                for block in range(block_start, min(block_start + blocks_per_task, n_blocks)):
+                    _tile_update(weights, block, columns, tile, k_start, k_stop, acc, pixel_bytes)
+
+
+def gemm_accumulate(weights, columns, acc, n_threads):
+    """acc (8B, 32T) int32 += W . X, wrapping modulo 2**32, by VPDPBUSD; in parallel.
+
+    ``weights`` (B, k4, 8, 4) int8 from :func:`pack_weights`; ``columns`` (T, k4, 32, 4) uint8 from
+    :func:`im2col_tiles`; W[o, k] = weights[o // 8, k // 4, o % 8, k % 4] and X[k, p] =
+    columns[p // 32, k // 4, p % 32, k % 4]. All three C-contiguous. Tasks are a group of tiles
+    by a group of output blocks, about 4 per thread so that uneven tasks even out.
+    """
+    n_blocks, n_tiles = weights.shape[0], columns.shape[0]
+    assert weights.shape[1:] == (columns.shape[1], OUTPUT_BLOCK, K_STEP) and columns.shape[2:] == (TILE_PIXELS, K_STEP)
+    assert acc.shape == (OUTPUT_BLOCK * n_blocks, TILE_PIXELS * n_tiles) and acc.dtype == np.int32
+    assert weights.flags.c_contiguous and columns.flags.c_contiguous and acc.flags.c_contiguous
+    tiles_per_task = min(n_tiles, 8)  # 256 pixels: a task's columns of one K block stay in L2
+    tasks_wanted = 4 * n_threads
+    tile_groups = -(-n_tiles // tiles_per_task)
+    block_groups = max(1, min(n_blocks, -(-tasks_wanted // tile_groups)))
+    _gemm_tasks(weights, columns, acc, tiles_per_task, -(-n_blocks // block_groups))
+
+
+def pack_weights(w_matrix):
+    """(O, K) int8 -> (ceil(O/8), ceil(K/4), 8, 4) int8, zero-padded: the layout of :func:`gemm_accumulate`."""
+    n_outputs, k = w_matrix.shape
+    packed = np.zeros((-(-n_outputs // OUTPUT_BLOCK), -(-k // K_STEP), OUTPUT_BLOCK, K_STEP), np.int8)
+    _pack_weights_into(np.ascontiguousarray(w_matrix), packed)
+    return packed
+
+
+@numba.njit(cache=True, parallel=True)
+def _pack_weights_into(w_matrix, packed):
+    n_outputs, k_total = w_matrix.shape
+    for o in numba.prange(n_outputs):
+        block, row = o // OUTPUT_BLOCK, o % OUTPUT_BLOCK
+        for k in range(k_total):
+            packed[block, k // K_STEP, row, k % K_STEP] = w_matrix[o, k]
+
+
+@numba.njit(cache=True, parallel=True)
+def im2col_tiles(planes, kh, kw, stride, out_height, out_width, k_steps):
+    """Padded (N, C, Hp, Wp) uint8 -> columns (n_tiles, k_steps, 32, 4) uint8 for :func:`gemm_accumulate`.
+
+    Pixel p = (n*Ho + y)*Wo + x (the images' output pixels one after another) goes to tile p // 32,
+    lane p % 32; K row k = (c*kh + i)*kw + j to step k // 4, byte k % 4, and holds the padded input
+    at (n, c, y*stride + i, x*stride + j). Rows past K and pixels past N*Ho*Wo are 0.
+
+    The four bytes of a lane are one little-endian uint32, ``row0 | row1 << 8 | row2 << 16 | row3 << 24``,
+    built from four input rows read in step and stored as words: a loop LLVM vectorises, where
+    byte stores four apart are not. One task per K step, so no two threads write the same block.
+    """
+    n_images, channels, padded_height, padded_width = planes.shape
+    n_pixels = n_images * out_height * out_width
+    n_tiles = (n_pixels + TILE_PIXELS - 1) // TILE_PIXELS
+    words = np.empty((n_tiles, k_steps, TILE_PIXELS), np.uint32)
+    words[n_tiles - 1, :, n_pixels - (n_tiles - 1) * TILE_PIXELS:] = 0  # pixels past N*Ho*Wo
+    # flat views with unsigned offsets: Numba then skips its negative-index test in the inner loop
+    source, destination = planes.reshape(-1), words.reshape(-1)
+    image_size, plane_size = np.uint64(channels * padded_height * padded_width), np.uint64(padded_height * padded_width)
+    row_step, k_total = np.uint64(stride * padded_width), channels * kh * kw
+    for step in numba.prange(k_steps):
+        # offset of the input that row k reads for output (n, y, x) = offset_k + n*image + y*row_step + x*stride
+        offsets = np.zeros(K_STEP, np.uint64)
+        valid = 0
+        for byte in range(K_STEP):
+            k = K_STEP * step + byte
+            if k < k_total:
+                c, i, j = k // (kh * kw), (k // kw) % kh, k % kw
+                offsets[byte] = c * plane_size + np.uint64(i * padded_width + j)
+                valid += 1
+        tile, lane = 0, 0  # where pixel p goes, counted rather than divided
+        for n in range(n_images):
+            for y in range(out_height):
+                row = np.uint64(n) * image_size + np.uint64(y) * row_step
+                x = 0
+                while x < out_width:  # the run of row y that falls in the current tile
+                    run = min(out_width - x, TILE_PIXELS - lane)
+                    start = np.uint64((tile * k_steps + step) * TILE_PIXELS + lane)
+                    first = row + np.uint64(x * stride)
+                    if valid == K_STEP:
+                        _interleave(destination, start, np.uint64(run), source, first + offsets[0],
+                                    first + offsets[1], first + offsets[2], first + offsets[3], stride)
+                    else:  # the last step, partly past K: the missing bytes are 0
+                        for q in range(run):
+                            word = np.uint32(0)
+                            for byte in range(valid):
+                                word |= np.uint32(source[first + offsets[byte] + np.uint64(q * stride)]) << (8 * byte)
+                            destination[start + np.uint64(q)] = word
+                    x += run
+                    lane += run
+                    if lane == TILE_PIXELS:
+                        tile, lane = tile + 1, 0
+    return words.view(np.uint8).reshape(n_tiles, k_steps, TILE_PIXELS, K_STEP)
+
+
+@numba.njit(cache=True, inline="always")
+def _interleave(destination, start, count, source, s0, s1, s2, s3, stride):
+    """destination[start + q] = the uint32 of bytes source[s0 + q*stride], [s1 + ...], [s2 + ...], [s3 + ...]."""
+    if stride == 1:  # contiguous reads: the loop LLVM vectorises
+        for q in range(count):
+            destination[start + q] = (np.uint32(source[s0 + q]) | (np.uint32(source[s1 + q]) << 8)
+                                      | (np.uint32(source[s2 + q]) << 16) | (np.uint32(source[s3 + q]) << 24))
+    else:
+        step = np.uint64(stride)
+        for q in range(count):
+            at = q * step
+            destination[start + q] = (np.uint32(source[s0 + at]) | (np.uint32(source[s1 + at]) << 8)
+                                      | (np.uint32(source[s2 + at]) << 16) | (np.uint32(source[s3 + at]) << 24))
