@@ -229,9 +229,9 @@ def make_tree(root):
     (root / "ImageSets" / "Main" / "test.txt").write_text("000001\n\n000002  1\n")
     write(root / "Annotations", "000001.xml", DOG_AND_PERSON)
     write(root / "Annotations", "000002.xml", DOG_AND_PERSON.replace("<name>dog</name>", "<name>cat</name>")
-          .replace("<width>353</width>", "<width>40</width>").replace("<height>500</height>", "<height>30</height>"))
+          .replace("<width>353</width>", "<width>360</width>"))  # its boxes still inside it
     jpeg(root / "JPEGImages", "000001.jpg", size=(353, 500))
-    jpeg(root / "JPEGImages", "000002.jpg", size=(40, 30))
+    jpeg(root / "JPEGImages", "000002.jpg", size=(360, 500))
 
 
 def test_load_voc_tree(tmp_path):
@@ -242,7 +242,7 @@ def test_load_voc_tree(tmp_path):
     records = load_voc(tmp_path, "test", NAMES)
     assert [r["id"] for r in records] == ["000001", "000002"]
     assert records[1]["image_path"] == tmp_path / "JPEGImages" / "000002.jpg"
-    assert (records[1]["width"], records[1]["height"]) == (40, 30)
+    assert (records[1]["width"], records[1]["height"]) == (360, 500)
     assert ground_truth(records) == [
         {"image": "000001", "label": "dog", "box": (48.0, 240.0, 195.0, 371.0), "difficult": False},
         {"image": "000001", "label": "person", "box": (8.0, 12.0, 352.0, 498.0), "difficult": True},

@@ -1,13 +1,98 @@
 """The ``refquant`` command line: one module per subcommand in this package, each providing
 ``add_arguments(parser)`` and ``run(args) -> int``; :func:`main` dispatches and turns the errors a
 user can cause into one line on stderr and exit status 2 (:func:`user_errors`).
+
+Arguments are checked where argparse reads them, by the types below (:func:`number`,
+:func:`integer`, :func:`path`): a number is ASCII decimal and finite and within its range, a
+path is not empty; argparse's own errors are printed in the same one line (:class:`Parser`).
 """
 import argparse
 import importlib
+import re
 import sys
 from pathlib import Path
 
+from refquant import validate
 from refquant.detection.evaluate import shipped_model
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with its errors in one line, ``refquant COMMAND: error: MESSAGE``, exit status 2
+    (argparse's status; its default prints the usage first, several lines)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def number(low=None, high=None, open_low=False, open_high=False, bounds=None):
+    """An argparse type: a finite decimal number (:func:`refquant.validate.parse_decimal`, so not
+    ``nan``, ``inf`` or ``1_0``) within the range (``bounds`` as in :mod:`refquant.validate`)."""
+    bounds = bounds or (low, high, open_low, open_high)
+
+    def parse(text):
+        try:
+            return validate.check_range(validate.parse_decimal(text.strip()), bounds, "value")
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r}: expected {_expected('a finite decimal number', bounds)}")
+    parse.__name__ = "number"  # argparse names the type in some messages
+    return parse
+
+
+INTEGER_ARGUMENT = re.compile(r"[+-]?[0-9]{1,19}\Z", re.ASCII)
+
+
+def integer(low=None, high=None):
+    """An argparse type: an integer in ASCII digits (not ``1_0``, ``1.0`` or non-ASCII digits)
+    within [``low``, ``high``] (None: unbounded on that side)."""
+    bounds = (low, high, False, False)
+
+    def parse(text):
+        if not INTEGER_ARGUMENT.match(text.strip()) or not _inside(int(text), bounds):
+            raise argparse.ArgumentTypeError(f"{text!r}: expected {_expected('an integer', bounds)}")
+        return int(text)
+    parse.__name__ = "integer"
+    return parse
+
+
+def path(text):
+    """An argparse type: a path that is not empty (an empty ``--cfg ''`` must not fall back to
+    the shipped default) and has no NUL character (no file system takes one)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a path, got an empty string")
+    if "\0" in text:
+        raise argparse.ArgumentTypeError(f"{text!r}: a path cannot contain a NUL character")
+    return text
+
+
+def _expected(kind, bounds):
+    """``an integer >= 1``, ``a finite decimal number in [0, 1]``."""
+    if bounds[0] is None and bounds[1] is None:
+        return kind
+    return f"{kind} {validate.describe_range(bounds).removeprefix('a value ')}"
+
+
+def _inside(value, bounds):
+    try:
+        validate.check_range(value, bounds, "value")
+    except ValueError:
+        return False
+    return True
+
+
+BITS = integer(2, 8)
+"""A width in bits (:data:`refquant.plan.MIN_BITS` .. :data:`refquant.plan.MAX_BITS`)."""
+
+
+COUNT = integer(1)
+"""A positive count (images, updates)."""
+
+
+SEED = integer(0, 2**63 - 1)
+"""A seed of ``numpy.random.default_rng`` (non-negative)."""
+
+
+FRACTION = number(0, 1)
+"""A threshold or fraction in [0, 1]."""
 
 SUBCOMMANDS = {
     "demo": ("refquant.cli.demo", "run the paper's experiment on the shipped data and model"),
@@ -22,7 +107,7 @@ SUBCOMMANDS = {
 
 def build_parser(command=None):
     """The parser; only the chosen subcommand's module is imported (they pull in Numba)."""
-    parser = argparse.ArgumentParser(prog="refquant", description="Low-precision YOLO, reference implementation.")
+    parser = Parser(prog="refquant", description="Low-precision YOLO, reference implementation.")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (module_name, help_text) in SUBCOMMANDS.items():
         sub_parser = sub.add_parser(name, help=help_text, description=help_text)
@@ -52,7 +137,10 @@ def user_errors(command, run, args):
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     command = argv[0] if argv and argv[0] in SUBCOMMANDS else None
-    args = build_parser(command).parse_args(argv)
+    try:
+        args = build_parser(command).parse_args(argv)
+    except SystemExit as exit_request:  # --help (0) or an argument refused (2), already printed
+        return exit_request.code
     return user_errors(args.command, args.run, args)
 
 

@@ -3,6 +3,7 @@
 The held-out protocol: settings are chosen on trees of one's own seeds and on validation splits;
 a tree of another seed is new data for the shipped model (same generator, other images).
 """
+from refquant.cli import SEED, integer, path
 from refquant.data.shapes import generate
 
 
@@ -11,11 +12,11 @@ def add_arguments(parser):
     shapes = sub.add_parser("shapes", help="draw a shapes VOC tree from a seed into a new folder",
                             description="Draw a shapes VOC tree (Annotations, JPEGImages, ImageSets, "
                                         "shapes.names) from a seed into PATH, which must not exist.")
-    shapes.add_argument("path", metavar="PATH", help="the new tree's folder (must not exist)")
-    shapes.add_argument("--seed", type=int, required=True, help="the generator's seed (the shipped tree is seed 0)")
-    shapes.add_argument("--size", type=int, default=160, help="image side in pixels (default 160)")
+    shapes.add_argument("path", type=path, metavar="PATH", help="the new tree's folder (must not exist)")
+    shapes.add_argument("--seed", type=SEED, required=True, help="the generator's seed (the shipped tree is seed 0)")
+    shapes.add_argument("--size", type=integer(16, 4096), default=160, help="image side in pixels (default 160)")
     for split, default in (("train", 2000), ("val", 200), ("test", 500)):
-        shapes.add_argument(f"--{split}", type=int, default=default, help=f"images in the {split} split "
+        shapes.add_argument(f"--{split}", type=integer(0, 10**7), default=default, help=f"images in the {split} split "
                                                                           f"(default {default})")
     shapes.add_argument("--no-progress", action="store_true", help="no progress bar")
 

@@ -3,7 +3,8 @@
 import datetime
 from pathlib import Path
 
-from refquant.cli import default_data, default_names, model_paths, new_output_folder
+from refquant.cli import BITS as WIDTH
+from refquant.cli import COUNT, SEED, default_data, default_names, model_paths, new_output_folder, number, path
 from refquant.demo.experiment import (
     BITS,
     CALIBRATION_IMAGES,
@@ -20,11 +21,11 @@ from refquant.demo.experiment import (
 
 
 def add_arguments(parser):
-    parser.add_argument("--out", default=None, help="output folder (default: a new ./refquant-demo-YYYYmmdd-HHMMSS)")
-    parser.add_argument("--cfg", default=None, help="Darknet cfg (default: the shipped shapes-tiny-yolo.cfg)")
-    parser.add_argument("--weights", default=None, help="Darknet weights (default: the shipped model's)")
-    parser.add_argument("--names", default=None, help="class names (default: the shipped model's .names)")
-    parser.add_argument("--data", default=None, help="VOC-format tree with train and test splits "
+    parser.add_argument("--out", type=path, default=None, help="output folder (default: a new ./refquant-demo-YYYYmmdd-HHMMSS)")
+    parser.add_argument("--cfg", type=path, default=None, help="Darknet cfg (default: the shipped shapes-tiny-yolo.cfg)")
+    parser.add_argument("--weights", type=path, default=None, help="Darknet weights (default: the shipped model's)")
+    parser.add_argument("--names", type=path, default=None, help="class names (default: the shipped model's .names)")
+    parser.add_argument("--data", type=path, default=None, help="VOC-format tree with train and test splits "
                                                      "(default: the shapes data set)")
     parser.add_argument("--bits", default=None, help=f"PTQ widths, comma-separated (default {','.join(map(str, BITS))})")
     parser.add_argument("--methods", default=None,
@@ -35,22 +36,22 @@ def add_arguments(parser):
     parser.add_argument("--activation-breakpoints", choices=("auto", "kink"), default="auto",
                         help="breakpoints of the activations' PGMs: chosen by BIC with 0 among the candidates "
                              "(auto, the default), or 0 alone for leaky-ReLU outputs (kink); see refquant.ptq")
-    parser.add_argument("--first-bits", type=int, default=8, help="width of the first convolution (default 8)")
-    parser.add_argument("--last-bits", type=int, default=8, help="width of the last convolution (default 8)")
-    parser.add_argument("--calibration-images", type=int, default=None,
+    parser.add_argument("--first-bits", type=WIDTH, default=8, help="width of the first convolution (default 8)")
+    parser.add_argument("--last-bits", type=WIDTH, default=8, help="width of the last convolution (default 8)")
+    parser.add_argument("--calibration-images", type=COUNT, default=None,
                         help=f"train images for calibration (default {CALIBRATION_IMAGES})")
-    parser.add_argument("--test-images", type=int, default=None,
+    parser.add_argument("--test-images", type=COUNT, default=None,
                         help="evaluate on the first N test images (default: the whole test split)")
-    parser.add_argument("--qat-iterations", type=int, default=None, help=f"QAT updates (default {QAT_ITERATIONS})")
-    parser.add_argument("--qat-batch", type=int, default=None, help=f"images per QAT update (default {QAT_BATCH})")
-    parser.add_argument("--qat-learning-rate", type=float, default=QAT_LEARNING_RATE,
+    parser.add_argument("--qat-iterations", type=COUNT, default=None, help=f"QAT updates (default {QAT_ITERATIONS})")
+    parser.add_argument("--qat-batch", type=COUNT, default=None, help=f"images per QAT update (default {QAT_BATCH})")
+    parser.add_argument("--qat-learning-rate", type=number(0, open_low=True), default=QAT_LEARNING_RATE,
                         help=f"QAT learning rate (default {QAT_LEARNING_RATE})")
-    parser.add_argument("--qat-step-at", type=float, default=QAT_STEP_AT,
+    parser.add_argument("--qat-step-at", type=number(0, 1, open_low=True), default=QAT_STEP_AT,
                         help=f"fraction of the QAT updates after which the learning rate drops x0.1 "
                              f"(default {QAT_STEP_AT:.3g}; 1: never)")
-    parser.add_argument("--refit-every", type=int, default=None,
+    parser.add_argument("--refit-every", type=COUNT, default=None,
                         help=f"refit the PGMs every N QAT iterations (default {REFIT_EVERY})")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the QAT batches and augmentation (default 0)")
+    parser.add_argument("--seed", type=SEED, default=0, help="seed of the QAT batches and augmentation (default 0)")
     parser.add_argument("--quick", action="store_true",
                         help="tiny budgets (a few images and QAT iterations) for tests and a first look")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")

@@ -4,7 +4,7 @@
 from pathlib import Path
 
 from refquant import darknet
-from refquant.cli import model_paths
+from refquant.cli import FRACTION, model_paths, path
 from refquant.data.voc import load_image, read_names
 from refquant.detection.decode import DETECTION_THRESHOLD, NMS_THRESHOLD
 from refquant.detection.detect import detect_image
@@ -13,15 +13,15 @@ from refquant.detection.evaluate import SHIPPED_MODEL
 
 
 def add_arguments(parser):
-    parser.add_argument("image", help="image file (JPEG, PNG, ...)")
-    parser.add_argument("--out", required=True, help="output PNG")
-    parser.add_argument("--cfg", default=None, help=f"Darknet cfg (default: the shipped {SHIPPED_MODEL}.cfg)")
-    parser.add_argument("--weights", default=None, help=f"Darknet weights (default: the shipped {SHIPPED_MODEL}.weights)")
-    parser.add_argument("--names", default=None,
+    parser.add_argument("image", type=path, help="image file (JPEG, PNG, ...)")
+    parser.add_argument("--out", type=path, required=True, help="output PNG")
+    parser.add_argument("--cfg", type=path, default=None, help=f"Darknet cfg (default: the shipped {SHIPPED_MODEL}.cfg)")
+    parser.add_argument("--weights", type=path, default=None, help=f"Darknet weights (default: the shipped {SHIPPED_MODEL}.weights)")
+    parser.add_argument("--names", type=path, default=None,
                         help="class names file (default: the .names file beside the cfg, same stem)")
-    parser.add_argument("--thresh", type=float, default=DETECTION_THRESHOLD,
+    parser.add_argument("--thresh", type=FRACTION, default=DETECTION_THRESHOLD,
                         help=f"score threshold (default {DETECTION_THRESHOLD}, Darknet's for drawing)")
-    parser.add_argument("--nms", type=float, default=NMS_THRESHOLD, help=f"NMS IoU threshold (default {NMS_THRESHOLD})")
+    parser.add_argument("--nms", type=FRACTION, default=NMS_THRESHOLD, help=f"NMS IoU threshold (default {NMS_THRESHOLD})")
     parser.add_argument("--no-letterbox", action="store_true", help="resize the image to the input instead of letterboxing")
 
 

@@ -9,8 +9,8 @@ import json
 import warnings
 from pathlib import Path
 
-from refquant import darknet, ptq
-from refquant.cli import default_data, default_names, model_paths, new_output_folder
+from refquant import atomic, darknet, ptq
+from refquant.cli import BITS, COUNT, default_data, default_names, model_paths, new_output_folder, path
 from refquant.data.voc import load_voc, read_names
 from refquant.demo.experiment import letterboxed_inputs, mean_average_precision
 from refquant.density.em import ConvergenceWarning
@@ -22,23 +22,23 @@ from refquant.quantizers.baselines import METHODS
 
 
 def add_arguments(parser):
-    parser.add_argument("--cfg", default=None, help=f"Darknet cfg (default: the shipped {SHIPPED_MODEL}.cfg)")
-    parser.add_argument("--weights", default=None, help=f"Darknet weights (default: the shipped {SHIPPED_MODEL}.weights)")
-    parser.add_argument("--data", default=None, help="VOC-format tree (default: the shapes data set)")
-    parser.add_argument("--names", default=None, help="class names file (default: the *.names at the root of --data)")
+    parser.add_argument("--cfg", type=path, default=None, help=f"Darknet cfg (default: the shipped {SHIPPED_MODEL}.cfg)")
+    parser.add_argument("--weights", type=path, default=None, help=f"Darknet weights (default: the shipped {SHIPPED_MODEL}.weights)")
+    parser.add_argument("--data", type=path, default=None, help="VOC-format tree (default: the shapes data set)")
+    parser.add_argument("--names", type=path, default=None, help="class names file (default: the *.names at the root of --data)")
     parser.add_argument("--split", default="val", help="held-out image set to measure on (default val)")
-    parser.add_argument("--images", type=int, default=None, help="only the first N images of --split")
-    parser.add_argument("--calibration-images", type=int, default=64,
+    parser.add_argument("--images", type=COUNT, default=None, help="only the first N images of --split")
+    parser.add_argument("--calibration-images", type=COUNT, default=64,
                         help="first N images of the train split to calibrate on (default 64)")
-    parser.add_argument("--bits", type=int, default=8, help="width of weights and activations (default 8)")
-    parser.add_argument("--first-bits", type=int, default=DEFAULT_BITS_FIRST_LAST,
+    parser.add_argument("--bits", type=BITS, default=8, help="width of weights and activations (default 8)")
+    parser.add_argument("--first-bits", type=BITS, default=DEFAULT_BITS_FIRST_LAST,
                         help=f"width of the first convolution (default {DEFAULT_BITS_FIRST_LAST})")
-    parser.add_argument("--last-bits", type=int, default=DEFAULT_BITS_FIRST_LAST,
+    parser.add_argument("--last-bits", type=BITS, default=DEFAULT_BITS_FIRST_LAST,
                         help=f"width of the last convolution (default {DEFAULT_BITS_FIRST_LAST})")
     parser.add_argument("--method", default="pgm", choices=list(METHODS), help="calibration method (default pgm)")
     parser.add_argument("--activation-breakpoints", default=ptq.DEFAULT_ACTIVATION_BREAKPOINTS,
                         choices=list(ptq.ACTIVATION_BREAKPOINTS), help="the PGM's activation breakpoint policy")
-    parser.add_argument("--out", default=None, help="folder for sensitivity.json and sensitivity.png")
+    parser.add_argument("--out", type=path, default=None, help="folder for sensitivity.json and sensitivity.png")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -85,7 +85,7 @@ def _write(out, args, float_mAP, rows):
     out.mkdir(parents=True, exist_ok=True)
     record = {"split": args.split, "method": args.method, "bits": args.bits, "float_mAP": float_mAP,
               "tensors": [row.__dict__ for row in rows]}
-    (out / "sensitivity.json").write_text(json.dumps(record, indent=1) + "\n")
+    atomic.write_text(out / "sensitivity.json", json.dumps(record, indent=1) + "\n")
     figure = Figure(figsize=(11, max(4.5, 0.3 * len(rows) + 1.2)))
     left, right = figure.subplots(1, 2)
     plot_sensitivity(rows, ax=left)
@@ -94,4 +94,4 @@ def _write(out, args, float_mAP, rows):
     else:
         right.set_axis_off()
     figure.tight_layout()
-    figure.savefig(out / "sensitivity.png", dpi=110)
+    atomic.atomic_write(out / "sensitivity.png", lambda f: figure.savefig(f, format="png", dpi=110))

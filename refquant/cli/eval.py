@@ -6,28 +6,28 @@ from pathlib import Path
 
 import numpy as np
 
-from refquant import darknet
-from refquant.cli import default_data, default_names, model_paths
+from refquant import atomic, darknet
+from refquant.cli import COUNT, FRACTION, default_data, default_names, model_paths, number, path
 from refquant.data.voc import load_voc, read_names
 from refquant.detection.decode import NMS_THRESHOLD, VALIDATION_THRESHOLD
 from refquant.detection.evaluate import SHIPPED_MODEL, check_names, evaluate, format_table
 
 
 def add_arguments(parser):
-    parser.add_argument("--cfg", default=None, help=f"Darknet cfg (default: the shipped {SHIPPED_MODEL}.cfg)")
-    parser.add_argument("--weights", default=None, help=f"Darknet weights (default: the shipped {SHIPPED_MODEL}.weights)")
-    parser.add_argument("--data", default=None, help="VOC-format tree (default: the shapes data set)")
-    parser.add_argument("--names", default=None,
+    parser.add_argument("--cfg", type=path, default=None, help=f"Darknet cfg (default: the shipped {SHIPPED_MODEL}.cfg)")
+    parser.add_argument("--weights", type=path, default=None, help=f"Darknet weights (default: the shipped {SHIPPED_MODEL}.weights)")
+    parser.add_argument("--data", type=path, default=None, help="VOC-format tree (default: the shapes data set)")
+    parser.add_argument("--names", type=path, default=None,
                         help="class names file (default: the only *.names file at the root of --data)")
     parser.add_argument("--split", default="test", help="image set of ImageSets/Main (default test)")
-    parser.add_argument("--thresh", type=float, default=VALIDATION_THRESHOLD,
+    parser.add_argument("--thresh", type=FRACTION, default=VALIDATION_THRESHOLD,
                         help=f"score threshold (default {VALIDATION_THRESHOLD}, Darknet's for mAP)")
-    parser.add_argument("--nms", type=float, default=NMS_THRESHOLD, help=f"NMS IoU threshold (default {NMS_THRESHOLD})")
-    parser.add_argument("--iou", type=float, default=0.5, help="IoU a detection needs to match (default 0.5)")
+    parser.add_argument("--nms", type=FRACTION, default=NMS_THRESHOLD, help=f"NMS IoU threshold (default {NMS_THRESHOLD})")
+    parser.add_argument("--iou", type=number(0, 1, open_low=True), default=0.5, help="IoU a detection needs to match (default 0.5)")
     parser.add_argument("--use-07", action="store_true", help="VOC2007 11-point AP instead of the VOC2010 area rule")
     parser.add_argument("--no-letterbox", action="store_true", help="resize images to the input instead of letterboxing")
-    parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N images of the split")
-    parser.add_argument("--json", default=None, help="also write the APs to this JSON file")
+    parser.add_argument("--limit", type=COUNT, default=None, help="evaluate only the first N images of the split")
+    parser.add_argument("--json", type=path, default=None, help="also write the APs to this JSON file")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -51,5 +51,5 @@ def run(args):
           f"IoU >= {args.iou}, {rule} rule)")
     print(format_table(ap, names))
     if args.json:
-        Path(args.json).write_text(json.dumps({k: (None if np.isnan(v) else v) for k, v in ap.items()}, indent=1) + "\n")
+        atomic.write_text(args.json, json.dumps({k: (None if np.isnan(v) else v) for k, v in ap.items()}, indent=1) + "\n")
     return 0

@@ -4,6 +4,7 @@ import sys
 from pathlib import Path
 
 import refquant
+from refquant.cli import path
 from refquant.golden.check import check
 from refquant.golden.export import export
 from refquant.golden.vectors import VECTORS
@@ -14,11 +15,11 @@ def add_arguments(parser):
     sub = parser.add_subparsers(dest="golden_command", required=True)
     exporter = sub.add_parser("export", help="write the golden vectors and their manifest into DIR",
                               description="Write the golden vectors (.npz), the network files and manifest.json.")
-    exporter.add_argument("directory", metavar="DIR")
+    exporter.add_argument("directory", type=path, metavar="DIR")
     checker = sub.add_parser("check", help="recompute the golden vectors in DIR and report every mismatch",
                              description="Recompute every golden vector in DIR with this refquant; exit status 1 "
                                          "and one line per mismatch (vector, array, index, expected, got) if any.")
-    checker.add_argument("directory", metavar="DIR")
+    checker.add_argument("directory", type=path, metavar="DIR")
     checker.add_argument("--vector", action="append", choices=list(VECTORS), default=None,
                          help="check only this vector (repeatable; default: all)")
     for sub_parser in (exporter, checker):

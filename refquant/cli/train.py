@@ -2,24 +2,25 @@
 """
 from pathlib import Path
 
-from refquant.cli import default_data, default_names
+from refquant import darknet
+from refquant.cli import SEED, default_data, default_names, integer, number, path
 from refquant.detection.evaluate import shipped_model
 from refquant.train import train
 
 
 def add_arguments(parser):
-    parser.add_argument("--cfg", default=None, help="Darknet cfg of the network, its [net] giving the defaults "
+    parser.add_argument("--cfg", type=path, default=None, help="Darknet cfg of the network, its [net] giving the defaults "
                                                     "(default: the shipped model's cfg)")
-    parser.add_argument("--data", default=None,
+    parser.add_argument("--data", type=path, default=None,
                         help="VOC-format tree to train on (default: the shapes data set, generated on first use)")
-    parser.add_argument("--names", default=None,
+    parser.add_argument("--names", type=path, default=None,
                         help="class names file (default: the only *.names file at the root of --data)")
     parser.add_argument("--split", default="train", help="image set of ImageSets/Main to train on (default train)")
-    parser.add_argument("--weights", default=None, help="Darknet weights to start from (default: random init)")
-    parser.add_argument("--out", required=True, help="output directory for checkpoints and the final weights")
+    parser.add_argument("--weights", type=path, default=None, help="Darknet weights to start from (default: random init)")
+    parser.add_argument("--out", type=path, required=True, help="output directory for checkpoints and the final weights")
     parser.add_argument("--name", default=None, help="file stem of the outputs (default: the cfg's)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the initialisation, images and augmentation")
-    parser.add_argument("--checkpoint-every", type=int, default=100, help="updates between checkpoints")
+    parser.add_argument("--seed", type=SEED, default=0, help="seed of the initialisation, images and augmentation")
+    parser.add_argument("--checkpoint-every", type=integer(1), default=100, help="updates between checkpoints")
     parser.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
     parser.add_argument("--force", action="store_true", help="write into a non-empty --out (its files are replaced)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -30,9 +31,21 @@ def add_arguments(parser):
                             ("policy", str, "learning-rate policy"), ("jitter", float, "crop jitter"),
                             ("hue", float, "hue shift"), ("saturation", float, "saturation scale"),
                             ("exposure", float, "exposure scale")):
-        parser.add_argument(f"--{key}", type=kind, default=None, help=f"{text} (default: the cfg's)")
+        parser.add_argument(f"--{key}", type=_cfg_type(key.replace("-", "_"), kind), default=None,
+                            help=f"{text} (default: the cfg's)")
     parser.add_argument("--steps", default=None, help="comma-separated updates where the rate is scaled (steps policy)")
     parser.add_argument("--scales", default=None, help="comma-separated scales, one per step")
+
+
+def _cfg_type(key, kind):
+    """The argparse type of an option that overrides the cfg key ``key``: its range there
+    (:data:`refquant.darknet.KEY_RANGES`), at least 1 for a count of updates."""
+    if kind is str:
+        return path
+    bounds = darknet.KEY_RANGES.get(key, (1 if key == "max_batches" else None, None, False, False))
+    if kind is int:
+        return integer(bounds[0], bounds[1])
+    return number(bounds=bounds)
 
 
 def _parse_list(text, kind, option):

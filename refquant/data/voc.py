@@ -15,6 +15,14 @@ a document that declares a DTD (where entities are declared) is rejected before
 any declaration is read, so neither entity expansion ("billion laughs") nor
 external entities (local files, URLs) can happen. VOC annotations never have a
 DTD. Errors name the file and line.
+
+The other rules of this boundary (docs/SPECIFICATION.md, section 17): text files (names,
+image sets) are UTF-8, a byte-order mark tolerated (:func:`refquant.validate.read_text`); an
+element that a VOC annotation has once (``<size>``, ``<width>``, an object's ``<name>``,
+``<bndbox>``, ``<xmin>``, ...) is refused when repeated, rather than the first one used; a box
+must lie inside its image, ``1 <= xmin <= xmax <= width`` and likewise in y (VOC pixels are
+1-based and inclusive); an image whose header states more than
+:data:`refquant.validate.MAX_IMAGE_PIXELS` pixels is refused before it is decoded.
 """
 from pathlib import Path
 from xml.etree import ElementTree
@@ -22,6 +30,8 @@ from xml.parsers import expat
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+
+from refquant import validate
 
 
 def read_names(path):
@@ -31,7 +41,7 @@ def read_names(path):
     duplicate name, or when the file holds no name.
     """
     names, seen = [], {}
-    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(validate.read_text(path, "names file").splitlines(), start=1):
         name = line.strip()
         if not name:
             continue
@@ -49,7 +59,7 @@ def read_image_set(root, split):
     path = Path(root) / "ImageSets" / "Main" / f"{split}.txt"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such image set; expected ImageSets/Main/{split}.txt in the VOC tree {root}")
-    return [line.split()[0] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [line.split()[0] for line in validate.read_text(path, "image set").splitlines() if line.strip()]
 
 
 def parse_xml(path):
@@ -105,9 +115,11 @@ def read_annotation(path, names):
     height = _integer(_child(size, "height", path, lines), path, lines)
     if width <= 0 or height <= 0:
         raise ValueError(f"{path}:{lines[size]}: image size {width}x{height}, expected positive width and height")
-    filename = root.findtext("filename", default="").strip()
+    _child(size, "depth", path, lines, required=False)  # not used, but not twice either
+    filename_element = _child(root, "filename", path, lines, required=False)
+    filename = "" if filename_element is None else (filename_element.text or "").strip()
     class_ids = {name: index for index, name in enumerate(names)}
-    objects = [_read_object(element, class_ids, path, lines) for element in root.findall("object")]
+    objects = [_read_object(element, class_ids, path, lines, (width, height)) for element in root.findall("object")]
     return {"width": width, "height": height, "filename": filename, "objects": objects}
 
 
@@ -118,11 +130,17 @@ def load_image(path, expected_size=None):
     different size is an error. A truncated or corrupt file gives a ValueError
     naming it (Pillow's own lenient mode, ``LOAD_TRUNCATED_IMAGES``, is not used).
     """
+    max_pixels = validate.limit("REFQUANT_MAX_PIXELS", validate.MAX_IMAGE_PIXELS)
     try:
         with Image.open(path) as image:
+            width, height = image.size  # from the header: nothing is decoded yet
+            if width * height > max_pixels:
+                raise validate.InputError(
+                    f"{path}: its header states {width}x{height} = {width * height} pixels, above the limit of "
+                    f"{max_pixels} (REFQUANT_MAX_PIXELS); {validate.format_bytes(12 * width * height)} as float32 RGB")
             image.load()
             pixels = np.asarray(image.convert("RGB"))
-    except FileNotFoundError:
+    except (FileNotFoundError, validate.InputError):
         raise
     except Image.DecompressionBombError as error:
         raise ValueError(f"{path}: refused, the image is too large to decode safely ({error})") from None
@@ -162,7 +180,7 @@ def ground_truth(records):
             for record in records for obj in record["objects"]]
 
 
-def _read_object(element, class_ids, path, lines):
+def _read_object(element, class_ids, path, lines, image_size):
     name_element = _child(element, "name", path, lines)
     name = (name_element.text or "").strip()
     if name not in class_ids:
@@ -172,16 +190,25 @@ def _read_object(element, class_ids, path, lines):
     box = tuple(_number(_child(box_element, key, path, lines), path, lines) for key in ("xmin", "ymin", "xmax", "ymax"))
     if box[0] > box[2] or box[1] > box[3]:
         raise ValueError(f"{path}:{lines[box_element]}: box {box} has xmin > xmax or ymin > ymax")
+    width, height = image_size
+    if box[0] < 1 or box[1] < 1 or box[2] > width or box[3] > height:
+        raise ValueError(f"{path}:{lines[box_element]}: box {box} leaves the {width}x{height} image of <size>; "
+                         f"expected 1 <= xmin <= xmax <= {width} and 1 <= ymin <= ymax <= {height} (VOC pixels)")
     return {"label": name, "class_id": class_ids[name], "box": box,
             "difficult": _flag(element, "difficult", path, lines),
             "truncated": _flag(element, "truncated", path, lines)}
 
 
-def _child(element, tag, path, lines):
-    child = element.find(tag)
-    if child is None:
+def _child(element, tag, path, lines, required=True):
+    """The one ``<tag>`` child of ``element``: ValueError naming the line if it is missing (and
+    ``required``) or repeated (a VOC annotation has each field once; no reading is preferred)."""
+    found = element.findall(tag)
+    if len(found) > 1:
+        raise ValueError(f"{path}:{lines[found[1]]}: <{element.tag}> has a second <{tag}> (first at line "
+                         f"{lines[found[0]]}); expected one")
+    if not found and required:
         raise ValueError(f"{path}:{lines[element]}: <{element.tag}> has no <{tag}>")
-    return child
+    return found[0] if found else None
 
 
 def _number(element, path, lines):
@@ -202,7 +229,7 @@ def _integer(element, path, lines):
 
 
 def _flag(element, tag, path, lines):
-    child = element.find(tag)
+    child = _child(element, tag, path, lines, required=False)
     if child is None:
         return False
     value = _integer(child, path, lines)

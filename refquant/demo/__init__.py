@@ -43,6 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
+from refquant import atomic
 from refquant.demo.experiment import Experiment
 from refquant.demo.plots import write_figures
 from refquant.demo.report import report_markdown, results_dict
@@ -66,8 +67,9 @@ def run_experiment(settings):
     experiment.timings["plots"] = time.perf_counter() - plot_start
     experiment.timings["total"] = time.perf_counter() - start
     results = results_dict(experiment, figures)
-    (out / "results.json").write_text(json.dumps(results, indent=1, default=_json_default) + "\n")
-    (out / "report.md").write_text(report_markdown(results))
+    # results.json last: its presence says the run is complete (the plans and figures exist)
+    atomic.write_text(out / "report.md", report_markdown(results))
+    atomic.write_text(out / "results.json", json.dumps(results, indent=1, default=_json_default) + "\n")
     return results
 
 

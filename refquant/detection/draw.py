@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from refquant import atomic
+
 
 def label_colours(labels):
     """One RGB colour (ints 0..255) per label, evenly spaced hues, full saturation."""
@@ -49,7 +51,7 @@ def draw_detections(image, detections, labels=None, path=None, line_width=None):
         path = Path(path)
         if path.suffix.lower() != ".png":
             raise ValueError(f"{path}: expected a .png output path")
-        canvas.save(path, format="PNG")
+        atomic.atomic_write(path, lambda f: canvas.save(f, format="PNG"))
     return canvas
 
 

@@ -1,15 +1,22 @@
 """``refquant golden check DIR``: every file against its sha256, every vector's inputs regenerated
 from its seeds, its outputs recomputed from the stored inputs (as another implementation would)
 and compared under the manifest's tolerances; each mismatch reported with its location.
+
+The manifest is validated before any file it names is opened (docs/SPECIFICATION.md, section
+16): a manifest that is missing, not UTF-8 JSON, of another format, or whose ``files`` and
+``vectors`` tables do not have the documented types is a :class:`ManifestError` (the command's
+exit status 2: the directory is not one refquant can check), not a mismatch (status 1: the
+directory was checked and differs); a file name that is absolute, climbs out with ``..`` or
+resolves outside the directory (a symbolic link) is refused the same way.
 """
-import json
+import os
 import zipfile
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from refquant import darknet
+from refquant import darknet, validate
 from refquant import plan as plan_module
 from refquant.golden.format import (
     _OUTPUT_CACHE,
@@ -28,10 +35,19 @@ from refquant.golden.network_vectors import NETWORK_CFG, PLANS, network_from, pl
 from refquant.golden.vectors import VECTORS
 
 
+class ManifestError(validate.InputError):
+    """A golden manifest refquant cannot use (missing, malformed, naming files outside its
+    directory); the message names the file and the key."""
+
+
+ARRAY_ROLES = ("input", "output")
+
+
 def check(directory, vectors=None, progress=None):
     """Every mismatch between the golden vectors in ``directory`` and refquant: a list of :class:`Mismatch`.
 
     ``vectors``: names of the vectors to check (default all); the file hashes are always checked.
+    ManifestError (a ValueError) if the manifest cannot be used (:func:`read_manifest`).
     """
     directory = Path(directory)
     _OUTPUT_CACHE.clear()  # recompute, never reuse an export's results
@@ -40,15 +56,8 @@ def check(directory, vectors=None, progress=None):
     if unknown:
         raise ValueError(f"golden check: unknown vectors {unknown}; known: {', '.join(VECTORS)}")
     manifest_path = directory / MANIFEST
-    if not manifest_path.is_file():
-        return [Mismatch("manifest", "", None, None, None,
-                         f"{manifest_path}: missing (run 'refquant golden export')")]
-    try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        return [Mismatch("manifest", "", None, None, None,
-                         f"{manifest_path}:{error.lineno}: not valid JSON ({error.msg})")]
-    mismatches = _check_manifest(manifest, manifest_path)
+    manifest = read_manifest(directory)
+    mismatches = _vector_names(manifest, manifest_path)
     if mismatches:
         return mismatches
     corrupt = set()
@@ -68,34 +77,86 @@ def check(directory, vectors=None, progress=None):
     return mismatches
 
 
-def _check_manifest(manifest, path):
+def read_manifest(directory):
+    """The manifest of ``directory``, validated: ManifestError naming the file and key unless it
+    is a JSON object of this format and version whose ``files`` map names inside the directory
+    to ``{sha256, bytes}`` and whose ``vectors`` map names to ``{file, arrays, ...}``, every
+    array ``{role, shape, dtype, tolerance}`` (the schema of :mod:`refquant.golden.format`)."""
+    directory = Path(directory)
+    path = directory / MANIFEST
+    if not path.is_file():
+        raise ManifestError(f"{path}: missing; {directory} is not a golden-vector directory "
+                            "(make one with 'refquant golden export DIR')")
+    try:
+        manifest = validate.read_json(path, "golden-vector manifest")
+        _check_manifest(manifest, path, directory)
+    except ManifestError:
+        raise
+    except validate.InputError as error:
+        raise ManifestError(str(error)) from None
+    return manifest
+
+
+def _check_manifest(manifest, path, directory):
+    validate.json_object(manifest, f"{path}")
+    found = (manifest.get("format"), manifest.get("format_version"))
+    version = found[1]
+    if found[0] != FORMAT or isinstance(version, bool) or version != FORMAT_VERSION:
+        raise ManifestError(f"{path}: not a golden-vector manifest this refquant reads (format {found[0]!r} "
+                            f"version {found[1]!r}, expected {FORMAT!r} version {FORMAT_VERSION})")
+    files = validate.json_object(manifest.get("files"), f"{path}: files")
+    for name, entry in files.items():
+        where = f"{path}: files[{name!r}]"
+        confined(directory, name, where)
+        validate.json_object(entry, where, required=("sha256",), optional=("bytes",))
+        digest = validate.json_string(entry["sha256"], f"{where}.sha256")
+        if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+            raise ManifestError(f"{where}.sha256: expected 64 lower-case hexadecimal digits, got {digest[:80]!r}")
+        if "bytes" in entry:
+            validate.json_integer(entry["bytes"], f"{where}.bytes", validate.at_least(0))
+    for name, entry in validate.json_object(manifest.get("vectors"), f"{path}: vectors").items():
+        where = f"{path}: vectors[{name!r}]"
+        validate.json_object(entry, where)
+        file_name = validate.json_string(entry.get("file"), f"{where}.file")
+        confined(directory, file_name, f"{where}.file")
+        if file_name not in files:
+            raise ManifestError(f"{where}.file: {file_name!r} is not in the files table (no sha256 to check it by)")
+        for array, spec in validate.json_object(entry.get("arrays"), f"{where}.arrays").items():
+            _check_array_entry(spec, f"{where}.arrays[{array!r}]")
+
+
+def _check_array_entry(spec, where):
+    validate.json_object(spec, where, required=("role", "shape", "dtype", "tolerance"))
+    if spec["role"] not in ARRAY_ROLES:
+        raise ManifestError(f"{where}.role: expected one of {', '.join(ARRAY_ROLES)}, got {spec['role']!r}")
+    for k, size in enumerate(validate.json_list(spec["shape"], f"{where}.shape")):
+        validate.json_integer(size, f"{where}.shape[{k}]", validate.at_least(0))
+    validate.json_string(spec["dtype"], f"{where}.dtype")
+    tolerance = validate.json_object(spec["tolerance"], f"{where}.tolerance", required=("rtol", "atol", "why"))
+    for key in ("rtol", "atol"):
+        validate.json_number(tolerance[key], f"{where}.tolerance.{key}", validate.at_least(0))
+    validate.json_string(tolerance["why"], f"{where}.tolerance.why")
+
+
+def confined(directory, name, where):
+    """``directory / name`` if ``name`` is a relative path that stays inside ``directory`` (no
+    ``..``, not absolute, not through a symbolic link that leaves it); ManifestError naming
+    ``where`` otherwise. A manifest must not make ``golden check`` read ``../../etc/hostname``."""
+    if not isinstance(name, str) or not name or "\0" in name:
+        raise ManifestError(f"{where}: expected a file name, got {name!r}")
+    relative = Path(name)
+    if relative.is_absolute() or ".." in relative.parts or os.path.isabs(name) or "\\" in name:
+        raise ManifestError(f"{where}: {name!r} is not a plain relative path inside the directory")
+    root = Path(directory).resolve()
+    target = (root / relative).resolve()
+    if target != root and root not in target.parents:
+        raise ManifestError(f"{where}: {name!r} resolves to {target}, outside {root}")
+    return target
+
+
+def _vector_names(manifest, path):
+    """Mismatches for the vectors this refquant makes that the manifest lacks, and the reverse."""
     problems = []
-    if not isinstance(manifest, dict):
-        return [Mismatch("manifest", "", None, "a JSON object", type(manifest).__name__,
-                         f"{path}: not a golden-vector manifest (expected a JSON object)")]
-    if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
-        problems.append(Mismatch("manifest", "", None, f"{FORMAT} v{FORMAT_VERSION}",
-                                 f"{manifest.get('format')} v{manifest.get('format_version')}",
-                                 f"{path}: not a golden-vector manifest this refquant reads"))
-        return problems
-    for key in ("files", "vectors"):
-        if not isinstance(manifest.get(key), dict):
-            problems.append(Mismatch("manifest", "", None, None, None, f"{path}: missing the {key!r} table"))
-    if problems:
-        return problems
-    for name, entry in manifest["files"].items():
-        if not (isinstance(entry, dict) and isinstance(entry.get("sha256"), str)):
-            problems.append(Mismatch("manifest", "", None, None, None,
-                                     f"{path}: files[{name!r}] is malformed (expected an object with a 'sha256' string)"))
-    for name, entry in manifest["vectors"].items():
-        if not (isinstance(entry, dict) and isinstance(entry.get("file"), str)
-                and isinstance(entry.get("arrays", {}), dict)
-                and all(isinstance(a, dict) for a in entry.get("arrays", {}).values())):
-            problems.append(Mismatch(name, "", None, None, None,
-                                     f"{path}: vectors[{name!r}] is malformed (expected an object with a 'file' "
-                                     "string and an 'arrays' object of objects)"))
-    if problems:
-        return problems
     missing = set(VECTORS) - set(manifest["vectors"])
     extra = set(manifest["vectors"]) - set(VECTORS)
     for name in sorted(missing):
@@ -165,7 +226,7 @@ def _check_network_files(directory, corrupt):
     if not (directory / "network.cfg").is_file():
         if "network.cfg" not in corrupt:
             found.append(Mismatch("network.cfg", "", None, None, None, f"{directory / 'network.cfg'}: missing file"))
-    elif "network.cfg" not in corrupt and (directory / "network.cfg").read_text() != NETWORK_CFG:
+    elif "network.cfg" not in corrupt and (directory / "network.cfg").read_bytes() != NETWORK_CFG.encode():
         found.append(Mismatch("network.cfg", "", None, None, None, "differs from refquant.golden.network_vectors.NETWORK_CFG"))
     if "network.npz" in corrupt or "network.weights" in corrupt or not (directory / "network.npz").is_file():
         return found
@@ -173,26 +234,32 @@ def _check_network_files(directory, corrupt):
         stored = _load_npz(directory / "network.npz")
     except (OSError, ValueError, zipfile.BadZipFile, EOFError):
         return found
-    net = network_from({k: v for k, v in stored.items() if k.startswith("params/")})
+    try:
+        net = network_from({k: v for k, v in stored.items() if k.startswith("params/")})
+    except (KeyError, ValueError, TypeError, IndexError) as error:  # network.npz and its hash both replaced
+        return found + [Mismatch("network.npz", "", None, None, None, f"does not describe the network: {error!r}")]
     try:
         _, arrays = darknet.read_weights(directory / "network.weights", net)
     except darknet.CfgError as error:
         return found + [Mismatch("network.weights", "", None, None, None, str(error))]
     for (index, name), value in arrays.items():
-        result = compare(stored[f"params/{index}/{name}"], np.asarray(value), EXACT)
-        if result is not None:
-            found.append(Mismatch("network.weights", f"params/{index}/{name}", *result))
+        found += _compare_stored(stored, f"params/{index}/{name}", np.asarray(value), "network.weights")
     for name in PLANS:
         path = directory / f"plan_{name}.json"
         if f"plan_{name}.json" in corrupt:
             continue
         try:
             plan = plan_module.QuantizationPlan.load(path)
-        except ValueError as error:
+        except (ValueError, OSError) as error:
             found.append(Mismatch(path.name, "", None, None, None, str(error)))
             continue
         for key, value in plan_arrays(f"plans/{name}", plan).items():
-            result = compare(stored[key], value, EXACT)
-            if result is not None:
-                found.append(Mismatch(path.name, key, *result))
+            found += _compare_stored(stored, key, value, path.name)
     return found
+
+
+def _compare_stored(stored, key, value, file_name):
+    if key not in stored:
+        return [Mismatch(file_name, key, None, None, None, "not in network.npz")]
+    result = compare(stored[key], value, EXACT)
+    return [] if result is None else [Mismatch(file_name, key, *result)]
