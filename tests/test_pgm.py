@@ -384,6 +384,72 @@ def test_em_agrees_with_direct_maximisation_of_the_likelihood(accelerate):
     assert fitted.fit_info.log_likelihood >= total - 1e-7
 
 
+def _bounded_direct_maximum(xk, hi, sigma_max):
+    """scipy's L-BFGS-B on the exact truncated-normal log-likelihood of samples on (-inf, hi),
+    over (mu, sigma) with sigma <= sigma_max: ``(mu, sigma, log L)``."""
+    def negative(theta):
+        return -stats.truncnorm.logpdf(xk, -np.inf, (hi - theta[0]) / theta[1], loc=theta[0],
+                                       scale=theta[1]).sum()
+    best = None
+    for start in ([xk.mean(), xk.std()], [hi + 5.0 * sigma_max, 0.9 * sigma_max]):
+        result = optimize.minimize(negative, start, method="L-BFGS-B",
+                                   bounds=[(None, None), (1e-3 * xk.std(), sigma_max)],
+                                   options={"ftol": 1e-15, "gtol": 1e-10, "maxiter": 10000})
+        if best is None or result.fun < best.fun:
+            best = result
+    return best.x[0], best.x[1], -best.fun
+
+
+def _tail_samples(scales, seed):
+    """A left tail of exponentials of the given scales (equal shares) below 0, beside N(1, 0.5^2)."""
+    rng = np.random.default_rng(seed)
+    tail = np.concatenate([-rng.exponential(scale, 3000) for scale in scales])
+    return np.concatenate([tail, rng.normal(1.0, 0.5, 7000)])
+
+
+def test_a_flat_ridge_is_finished_at_the_maximum():
+    """An exponential tail (coefficient of variation ~1, where a truncated Gaussian's maximum
+    likelihood sits far out on a flat ridge and EM crawls): the fit reaches the maximum that
+    scipy's bounded L-BFGS-B finds on scipy's truncnorm likelihood; EM alone stops short."""
+    x = _tail_samples([0.15], seed=1)
+    fitted = PiecewiseGaussian.fit(x, [0.0])
+    tail = x[x < 0.0]
+    _, _, log_likelihood = _bounded_direct_maximum(tail, 0.0, 10.0 * x.std())
+    assert fitted.fit_info.converged and fitted.fit_info.bounded == ()
+
+    def log_likelihood_at(mu, sigma):
+        return stats.truncnorm.logpdf(tail, -np.inf, -mu / sigma, loc=mu, scale=sigma).sum()
+    own = log_likelihood_at(fitted.means[0], fitted.stds[0])
+    assert own >= log_likelihood - 1e-9  # scipy's search does not beat it ...
+    for factor in (0.9, 1.1):  # ... and scipy's profile over mu is lower at a std 10% off
+        sigma = factor * fitted.stds[0]
+        profile = optimize.minimize_scalar(lambda m: -log_likelihood_at(m, sigma),
+                                           bracket=(fitted.means[0] * factor ** 2, fitted.means[0]))
+        assert -profile.fun < own - 1e-5
+    assert fitted.stds[0] < 10.0 * x.std() * 0.5  # an inner maximum, not the bound
+    with pytest.warns(ConvergenceWarning):
+        em_only = PiecewiseGaussian.fit(x, [0.0], profile=False, max_iter=2000)
+    assert em_only.log_likelihood(x) < fitted.log_likelihood(x) - 0.1
+
+
+def test_a_tail_heavier_than_exponential_is_fitted_on_the_bound():
+    """Two exponential scales (coefficient of variation > 1): the truncated-Gaussian likelihood
+    rises without end as sigma grows (its supremum is an exponential). The fit stops on the
+    bound sigma = 10 std(x), at the mean scipy's bounded maximisation finds there."""
+    x = _tail_samples([0.05, 0.5], seed=2)
+    fitted = PiecewiseGaussian.fit(x, [0.0])
+    sigma_max = 10.0 * x.std()
+    assert fitted.fit_info.bounded == (0,) and fitted.fit_info.converged
+    assert fitted.stds[0] == pytest.approx(sigma_max, rel=1e-12)
+    tail = x[x < 0.0]
+    _, sigma, _ = _bounded_direct_maximum(tail, 0.0, sigma_max)
+    assert sigma == pytest.approx(sigma_max, rel=1e-6)  # scipy's maximum is on the bound too
+    on_bound = optimize.minimize_scalar(  # and there, scipy's 1-D maximum over mu
+        lambda m: -stats.truncnorm.logpdf(tail, -np.inf, -m / sigma_max, loc=m, scale=sigma_max).sum(),
+        bracket=(0.9 * fitted.means[0], fitted.means[0]), tol=1e-12)
+    assert fitted.means[0] == pytest.approx(on_bound.x, rel=1e-7)
+
+
 def _histogram_of(x, inner_edges):
     """Counts of x in [-inf, e_1), [e_1, e_2), ..., [e_last, inf) (numpy's searchsorted)."""
     counts = np.bincount(np.searchsorted(inner_edges, x, side="right"), minlength=inner_edges.size + 1)
@@ -516,7 +582,7 @@ def test_non_convergence_is_a_warning_with_the_numbers():
     with pytest.warns(ConvergenceWarning, match=r"did not converge for pieces \[0, 1, 2\] within "
                                                 r"max_iter=2 steps \(tol=1e-09\): piece 0: mean .*, std "
                                                 r".* \(samples' std .*\), moment residual"):
-        fitted = PiecewiseGaussian.fit(x, [-1.0, 1.0], max_iter=2)
+        fitted = PiecewiseGaussian.fit(x, [-1.0, 1.0], max_iter=2, profile=False)
     assert not fitted.fit_info.converged and fitted.fit_info.iterations == 2
 
 

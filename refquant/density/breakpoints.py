@@ -18,6 +18,7 @@ from refquant.density.em import (
     _histogram_cells,
     _runs_statistics,
     _sample_cells,
+    _sigma_bound,
 )
 
 #: Quantile levels of the candidate breakpoints for ``breakpoints="auto"``: denser in the tails,
@@ -85,7 +86,8 @@ def _best_segmentations(edges, count, mean, var, n, max_pieces, options):
         edges[first], edges[last], runs, runs + 1, edges[first], edges[last],
         run_count[first, last], run_mean[first, last], run_var[first, last],
         np.zeros(first.size, dtype=bool), run_mean[first, last], run_var[first, last],
-        search.max_iter, search.tol, search.accelerate)
+        _sigma_bound(count, mean, var) ** 2, search.max_iter, search.tol, search.accelerate,
+        search.profile)
     score = np.full((n_cells + 1, n_cells + 1), -np.inf)
     pieces_count = run_count[first, last]
     score[first, last] = log_likelihood + pieces_count * np.log(pieces_count / n)
@@ -135,7 +137,7 @@ def _chosen_by_bic(segmentations, refit, options):
 
 def _search_options(options):
     return dataclasses.replace(options, max_iter=min(options.max_iter, _SEARCH_MAX_ITER),
-                               tol=max(options.tol, _SEARCH_TOL))
+                               tol=max(options.tol, _SEARCH_TOL), profile=False)
 
 
 def _fit_auto_samples(x, max_pieces, options, caller):

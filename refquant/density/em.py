@@ -15,7 +15,7 @@ import warnings
 import numba
 import numpy as np
 
-from refquant.density.truncated_normal import _LOG_SQRT_2PI, _truncated_moments
+from refquant.density.truncated_normal import _LOG_SQRT_2PI, _interval_moments
 
 
 class DegenerateDataError(ValueError):
@@ -41,6 +41,8 @@ class FitInfo:
     - ``selection``: for ``breakpoints="auto"``, one row per K tried:
       ``(K, breakpoints, log_likelihood, bic)``; empty otherwise.
     - ``merged_breakpoints``: breakpoints dropped because a piece was degenerate.
+    - ``bounded``: pieces whose std is at the bound ``SIGMA_BOUND`` times the data's std, their
+      likelihood having no finite maximum (docs/SPECIFICATION.md, section 3.3).
     """
     source: str
     n_samples: float
@@ -51,6 +53,22 @@ class FitInfo:
     bic: float
     selection: tuple = ()
     merged_breakpoints: tuple = ()
+    bounded: tuple = ()
+
+
+@numba.njit(cache=True)
+def _cell_moments(c, mu, sigma, cell_lo, cell_hi, cell_count, cell_mean, cell_var, censored):
+    """``(mean, variance, log-likelihood)`` of cell c at ``N(mu, sigma^2)``: a censored cell's
+    conditional mean and variance and ``count log P(cell)``; an exact cell's own statistics and
+    ``sum log phi((x - mu)/sigma) / sigma`` over its samples (without the piece's ``- log Z``)."""
+    count = cell_count[c]
+    var = sigma * sigma
+    if censored[c]:
+        log_mass, _, m, v = _interval_moments(mu, sigma, cell_lo[c], cell_hi[c])
+        return m, v, count * log_mass
+    m = cell_mean[c]
+    v = cell_var[c]
+    return m, v, count * (-0.5 * math.log(var) - _LOG_SQRT_2PI - (v + (m - mu) ** 2) / (2.0 * var))
 
 
 @numba.njit(cache=True)
@@ -77,34 +95,88 @@ def _em_step(piece_lo, piece_hi, mu, var, cell_lo, cell_hi, cell_count, cell_mea
         count = cell_count[c]
         if count == 0.0:
             continue
-        if censored[c]:
-            log_mass, m, v = _truncated_moments((cell_lo[c] - mu) / sigma, (cell_hi[c] - mu) / sigma,
-                                                (cell_hi[c] - cell_lo[c]) / sigma)
-            m = mu + sigma * m
-            v = var * v
-            log_likelihood += count * log_mass
-        else:
-            m = cell_mean[c]
-            v = cell_var[c]
-            log_likelihood += count * (-0.5 * math.log(var) - _LOG_SQRT_2PI
-                                       - (v + (m - mu) ** 2) / (2.0 * var))
+        m, v, cell_log_likelihood = _cell_moments(c, mu, sigma, cell_lo, cell_hi, cell_count,
+                                                  cell_mean, cell_var, censored)
+        log_likelihood += cell_log_likelihood
         total = n + count
         delta = m - mean
         mean += delta * count / total
         sum_squares += count * v + delta * delta * n * count / total
         n = total
     variance = sum_squares / n
-    log_z, e_in, v_in = _truncated_moments((piece_lo - mu) / sigma, (piece_hi - mu) / sigma,
-                                           (piece_hi - piece_lo) / sigma)
-    e_in = mu + sigma * e_in
-    v_in = var * v_in
+    log_z, z, e_in, v_in = _interval_moments(mu, sigma, piece_lo, piece_hi)
     log_likelihood -= n * log_z
-    z = math.exp(log_z)
     gap = mean - e_in
     mu_next = mu + z * gap
     var_next = var + z * (variance - v_in) + z * gap * ((mean - mu) + (e_in - mu) - z * gap)
     residual = abs(gap) / sigma + abs(variance - v_in) / var
     return mu_next, var_next, log_likelihood, residual
+
+
+@numba.njit(cache=True)
+def _score_at(piece_lo, piece_hi, mu, var, cell_lo, cell_hi, cell_count, cell_mean, cell_var,
+              censored, start, stop):
+    """``(l, dl/dtheta1, d2l/dtheta1^2, dl/dtheta2)`` of one piece at ``(mu, var)``, in the natural
+    parameters ``theta = (mu/var, -1/(2 var))``.
+
+    For an exponential family the derivatives of ``log P(cell)`` are its conditional moments:
+    ``dl/dtheta1 = sum_c n_c (E_c - E)``, ``d2l/dtheta1^2 = sum_c n_c (V_c - V)`` (an exact
+    sample has no curvature: ``V_c = 0``), ``dl/dtheta2 = sum_c n_c (E_c[x^2] - E[x^2])``, with
+    ``E``, ``V`` those of the piece's truncated Gaussian.
+    """
+    sigma = math.sqrt(var)
+    log_z, _, e_in, v_in = _interval_moments(mu, sigma, piece_lo, piece_hi)
+    log_likelihood = 0.0
+    gradient1 = 0.0
+    curvature = 0.0
+    gradient2 = 0.0
+    for c in range(start, stop):
+        count = cell_count[c]
+        if count == 0.0:
+            continue
+        m, v, cell_log_likelihood = _cell_moments(c, mu, sigma, cell_lo, cell_hi, cell_count,
+                                                  cell_mean, cell_var, censored)
+        log_likelihood += cell_log_likelihood - count * log_z
+        gradient1 += count * (m - e_in)
+        curvature += count * ((v if censored[c] else 0.0) - v_in)
+        gradient2 += count * ((v - v_in) + (m - e_in) * (m + e_in))
+    return log_likelihood, gradient1, curvature, gradient2
+
+
+# Newton on the bound stops when a step moves the mean by at most this many sigmas.
+_BOUND_STEP_TOL = 1e-12
+
+
+@numba.njit(cache=True)
+def _fit_on_bound(piece_lo, piece_hi, mu, var_max, cell_lo, cell_hi, cell_count, cell_mean,
+                  cell_var, censored, start, stop):
+    """The maximum of a piece's likelihood over mu with ``var = var_max`` fixed, by Newton in
+    ``theta1 = mu / var_max`` (concave there: a truncation of a log-concave density has a smaller
+    variance, so each ``V_c - V <= 0``), halving a step that lowers the likelihood.
+
+    Returns ``(mu, log_likelihood, dl/dtheta2, steps, ok)``; ``ok`` is False when the curvature
+    vanishes (no mass left to move), and the caller then falls back to EM.
+    """
+    args = (cell_lo, cell_hi, cell_count, cell_mean, cell_var, censored, start, stop)
+    sigma = math.sqrt(var_max)
+    log_likelihood, gradient1, curvature, gradient2 = _score_at(piece_lo, piece_hi, mu, var_max, *args)
+    for steps in range(1, 201):
+        if not curvature < 0.0 or not math.isfinite(log_likelihood):
+            return mu, log_likelihood, gradient2, steps, False
+        step = -var_max * gradient1 / curvature
+        while True:
+            trial = mu + step
+            trial_log_likelihood, trial_gradient1, trial_curvature, trial_gradient2 = _score_at(
+                piece_lo, piece_hi, trial, var_max, *args)
+            if trial_log_likelihood >= log_likelihood or abs(step) <= _BOUND_STEP_TOL * sigma:
+                break
+            step *= 0.5
+        mu = trial
+        log_likelihood, gradient1, curvature, gradient2 = (trial_log_likelihood, trial_gradient1,
+                                                           trial_curvature, trial_gradient2)
+        if abs(step) <= _BOUND_STEP_TOL * sigma:
+            return mu, log_likelihood, gradient2, steps, True
+    return mu, log_likelihood, gradient2, 200, False
 
 
 @numba.njit(cache=True)
@@ -174,9 +246,87 @@ def _em_fit_piece(piece_lo, piece_hi, mu, var, cell_lo, cell_hi, cell_count, cel
 
 
 @numba.njit(cache=True)
+def _fit_profile(piece_lo, piece_hi, mu, var, var_max, cell_lo, cell_hi, cell_count, cell_mean,
+                 cell_var, censored, start, stop):
+    """The maximum of a piece's likelihood with ``var < var_max`` by its profile over
+    ``theta2 = -1/(2 var)``: for each theta2, mu maximised by :func:`_fit_on_bound`; the profile's
+    slope is the joint likelihood's ``dl/dtheta2`` at that mu (envelope theorem), decreasing in
+    theta2 (a profile of a concave function is concave), so its root is bracketed and found by
+    the Illinois variant of regula falsi, to ``var`` within 1e-13 relative.
+
+    Used when EM stops at ``max_iter`` short of the maximum (a ridge where EM crawls). Returns
+    ``(mu, var, log_likelihood, ok)``; ``ok`` False when no bracket is found.
+    """
+    args = (cell_lo, cell_hi, cell_count, cell_mean, cell_var, censored, start, stop)
+    # Bracket: theta2 with a positive slope (below) and one with a negative slope (above).
+    mu_a, log_likelihood_a, slope_a, _, ok = _fit_on_bound(piece_lo, piece_hi, mu, var, *args)
+    if not ok:
+        return mu, var, -np.inf, False
+    var_a = var
+    var_b, mu_b, slope_b, log_likelihood_b = var, mu_a, slope_a, log_likelihood_a
+    for _ in range(200):
+        if (slope_a > 0.0) != (slope_b > 0.0):
+            break
+        if slope_a > 0.0:  # still rising: move the upper end up, to the bound at most
+            var_a, mu_a, slope_a, log_likelihood_a = var_b, mu_b, slope_b, log_likelihood_b
+            var_b = min(4.0 * var_b, var_max)
+        else:  # falling: move the lower end down
+            var_b, mu_b, slope_b, log_likelihood_b = var_a, mu_a, slope_a, log_likelihood_a
+            var_a = 0.25 * var_a
+        target = var_b if slope_a > 0.0 else var_a
+        mu_t, log_likelihood_t, slope_t, _, ok = _fit_on_bound(piece_lo, piece_hi,
+                                                               mu_b if slope_a > 0.0 else mu_a,
+                                                               target, *args)
+        if not ok:
+            return mu, var, -np.inf, False
+        if slope_a > 0.0:
+            mu_b, slope_b, log_likelihood_b = mu_t, slope_t, log_likelihood_t
+            if var_b == var_max and slope_b > 0.0:
+                return mu, var, -np.inf, False  # rises to the bound: the caller's bounded case
+        else:
+            mu_a, slope_a, log_likelihood_a = mu_t, slope_t, log_likelihood_t
+    if (slope_a > 0.0) == (slope_b > 0.0):
+        return mu, var, -np.inf, False
+    # Illinois regula falsi on slope(theta2), theta2 = -1/(2 var): a < b in theta2 as var_a < var_b.
+    theta_a, theta_b = -0.5 / var_a, -0.5 / var_b
+    side = 0
+    for _ in range(200):
+        theta = (theta_a * slope_b - theta_b * slope_a) / (slope_b - slope_a)
+        if not theta_a < theta < theta_b:
+            theta = 0.5 * (theta_a + theta_b)
+        var_t = -0.5 / theta
+        mu_t, log_likelihood_t, slope_t, _, ok = _fit_on_bound(piece_lo, piece_hi, 0.5 * (mu_a + mu_b),
+                                                               var_t, *args)
+        if not ok:
+            return mu, var, -np.inf, False
+        if slope_t > 0.0:
+            theta_a, slope_a, mu_a, log_likelihood_a = theta, slope_t, mu_t, log_likelihood_t
+            if side == -1:
+                slope_b *= 0.5
+            side = -1
+        else:
+            theta_b, slope_b, mu_b, log_likelihood_b = theta, slope_t, mu_t, log_likelihood_t
+            if side == 1:
+                slope_a *= 0.5
+            side = 1
+        if theta_b - theta_a <= 1e-13 * abs(theta_a) or slope_t == 0.0:
+            return mu_t, var_t, log_likelihood_t, True
+    return mu, var, -np.inf, False
+
+
+@numba.njit(cache=True)
 def _em_fit_pieces(piece_lo, piece_hi, starts, stops, cell_lo, cell_hi, cell_count, cell_mean,
-                   cell_var, censored, mu0, var0, max_steps, tol, accelerate):
-    """:func:`_em_fit_piece` for each piece p, whose cells are ``starts[p]:stops[p]``."""
+                   cell_var, censored, mu0, var0, var_max, max_steps, tol, accelerate, profile):
+    """Each piece p (cells ``starts[p]:stops[p]``) fitted with ``sigma^2 <= var_max``
+    (docs/SPECIFICATION.md, section 3.3).
+
+    First the maximum on the bound (:func:`_fit_on_bound`); if the likelihood still rises with
+    sigma there (``dl/dtheta2 >= 0``), it is the estimate (``bounded[p]``): the unbounded
+    likelihood has no finite maximum, only a supremum as sigma grows without end. Otherwise EM
+    (:func:`_em_fit_piece`) from ``(mu0[p], min(var0[p], var_max))``, its result replaced by the
+    bound's if it ends above the bound; a piece EM leaves short of ``tol`` after ``max_steps`` is
+    finished by the profile search (:func:`_fit_profile`) when ``profile``.
+    """
     n_pieces = piece_lo.size
     mu = np.empty(n_pieces)
     var = np.empty(n_pieces)
@@ -184,12 +334,43 @@ def _em_fit_pieces(piece_lo, piece_hi, starts, stops, cell_lo, cell_hi, cell_cou
     steps = np.empty(n_pieces, dtype=np.int64)
     converged = np.empty(n_pieces, dtype=np.bool_)
     residual = np.empty(n_pieces)
+    bounded = np.zeros(n_pieces, dtype=np.bool_)
     for p in range(n_pieces):
+        args = (cell_lo, cell_hi, cell_count, cell_mean, cell_var, censored, starts[p], stops[p])
+        mu_bound, log_likelihood_bound, slope, bound_steps, ok = _fit_on_bound(
+            piece_lo[p], piece_hi[p], mu0[p], var_max, *args)
+        if ok and slope >= 0.0:
+            mu[p], var[p], log_likelihood[p] = mu_bound, var_max, log_likelihood_bound
+            steps[p], converged[p], residual[p], bounded[p] = bound_steps, True, 0.0, True
+            continue
         (mu[p], var[p], log_likelihood[p], steps[p], converged[p],
-         residual[p]) = _em_fit_piece(piece_lo[p], piece_hi[p], mu0[p], var0[p], cell_lo, cell_hi,
-                                    cell_count, cell_mean, cell_var, censored, starts[p],
-                                    stops[p], max_steps, tol, accelerate)
-    return mu, var, log_likelihood, steps, converged, residual
+         residual[p]) = _em_fit_piece(piece_lo[p], piece_hi[p], mu0[p], min(var0[p], var_max), *args,
+                                    max_steps, tol, accelerate)
+        if ok and var[p] > var_max:
+            mu[p], var[p], log_likelihood[p] = mu_bound, var_max, log_likelihood_bound
+            converged[p], residual[p], bounded[p] = True, 0.0, True
+        elif profile and not converged[p]:
+            mu_profile, var_profile, log_likelihood_profile, found = _fit_profile(
+                piece_lo[p], piece_hi[p], mu[p], var[p], var_max, *args)
+            if found and log_likelihood_profile >= log_likelihood[p]:
+                _, _, log_likelihood[p], residual[p] = _em_step(piece_lo[p], piece_hi[p], mu_profile,
+                                                                 var_profile, *args)
+                mu[p], var[p], converged[p] = mu_profile, var_profile, True
+    return mu, var, log_likelihood, steps, converged, residual, bounded
+
+
+# The bound on a piece's std, in units of the std of all the data being fitted: far above any
+# piece a Gaussian describes (a piece's own spread is at most the data's), and close enough to
+# the limit that a bounded tail differs from the exponential supremum by a curvature of
+# 1 / (100 s^2) over data spanning a few s.
+SIGMA_BOUND = 10.0
+
+
+def _sigma_bound(count, mean, var):
+    """``SIGMA_BOUND`` times the std of the data given as cells (count, mean, variance)."""
+    n = count.sum()
+    overall_mean = np.dot(count, mean) / n
+    return SIGMA_BOUND * math.sqrt(np.dot(count, var + (mean - overall_mean) ** 2) / n)
 
 
 @numba.njit(cache=True)
@@ -380,6 +561,7 @@ class _Options:
     tol: float
     accelerate: bool
     min_piece_samples: int
+    profile: bool = True
 
 
 def _piece_of_cells(breakpoints, cells):
@@ -476,17 +658,16 @@ def _fit_given_breakpoints(breakpoints, cells, source, options, caller, n_chosen
     count, mean, var, _ = _piece_summaries(breakpoints, cells)
     n = count.sum()
     fitted = count > 0
-    mu, piece_var, log_likelihood, steps, converged, residual = _em_fit_pieces(
+    sigma_max = _sigma_bound(count, mean, var)
+    mu, piece_var, log_likelihood, steps, converged, residual, bounded = _em_fit_pieces(
         edges[:-1][fitted], edges[1:][fitted], starts[fitted], stops[fitted], cells.lo, cells.hi,
         cells.count, cells.mean, cells.var, cells.censored, mean[fitted], var[fitted],
-        options.max_iter, options.tol, options.accelerate)
+        sigma_max ** 2, options.max_iter, options.tol, options.accelerate, options.profile)
     if not converged.all():
         _warn_not_converged(caller, np.flatnonzero(fitted)[~converged], mu[~converged],
                             np.sqrt(piece_var[~converged]), np.sqrt(var[fitted][~converged]),
                             residual[~converged], options)
-    overall_mean = np.dot(count, mean) / n
-    overall_std = math.sqrt(np.dot(count, var + (mean - overall_mean) ** 2) / n)
-    means, stds = _placeholder_parameters(edges, overall_std)
+    means, stds = _placeholder_parameters(edges, sigma_max / SIGMA_BOUND)
     means[fitted] = mu
     stds[fitted] = np.sqrt(piece_var)
     weights = count / n
@@ -496,7 +677,8 @@ def _fit_given_breakpoints(breakpoints, cells, source, options, caller, n_chosen
                              iterations=int(steps.max()), converged=bool(converged.all()),
                              n_parameters=n_parameters,
                              bic=-2.0 * total_log_likelihood + n_parameters * math.log(n),
-                             merged_breakpoints=merged))
+                             merged_breakpoints=merged,
+                             bounded=tuple(int(k) for k in np.flatnonzero(fitted)[bounded])))
 
 
 def _warn_not_converged(caller, pieces, means, stds, sample_stds, residuals, options):
@@ -506,10 +688,8 @@ def _warn_not_converged(caller, pieces, means, stds, sample_stds, residuals, opt
                                                                     residuals))
     warnings.warn(f"{caller}: EM did not converge for pieces {pieces.tolist()} within max_iter="
                   f"{options.max_iter} steps (tol={options.tol:g}): {details}. The estimates are "
-                  f"usable but short of the maximum. If the std keeps growing far beyond the "
-                  f"samples' std, the piece's samples have a tail heavier than a Gaussian's: the "
-                  f"likelihood then has no maximum, only a supremum in the limit mean -> +-inf, "
-                  f"std -> inf (an exponential tail), which EM approaches without reaching.",
+                  f"usable but short of the maximum (fit with profile=True to finish them by a search "
+                  f"of the likelihood's profile over the std).",
                   ConvergenceWarning, stacklevel=4)
 
 

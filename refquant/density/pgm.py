@@ -222,7 +222,7 @@ class PiecewiseGaussian:
 
     @classmethod
     def fit(cls, x, breakpoints="auto", *, max_pieces=4, max_iter=20000, tol=1e-9,
-            min_piece_samples=5, accelerate=True):
+            min_piece_samples=5, accelerate=True, profile=True):
         """The PGM of maximum likelihood for the samples ``x`` (any shape; flattened).
 
         ``breakpoints``: ``"auto"`` (K in 1..``max_pieces`` and the breakpoints chosen by
@@ -231,13 +231,18 @@ class PiecewiseGaussian:
         ``tol``: a piece has converged when its truncated Gaussian's mean and variance match
         the samples', ``|xbar - E| / sigma + |v - V| / sigma^2 <= tol`` (the likelihood
         equations, so this is a distance from the maximum, not merely a small step).
-        ``accelerate``: SQUAREM (True) or plain EM (False). One pass over ``x`` computes each
+        ``accelerate``: SQUAREM (True) or plain EM (False). ``profile``: a piece EM leaves short
+        of ``tol`` after ``max_iter`` steps (a flat ridge) is finished by a search of the
+        likelihood's profile over sigma (True), or kept as EM left it (False). Every piece's std
+        is bounded by ``SIGMA_BOUND`` times the data's; a piece whose likelihood still rises
+        there is fitted on the bound (``fit_info.bounded``). One pass over ``x`` computes each
         piece's (count, mean, variance); EM then never touches the samples again.
         The result carries :class:`FitInfo` in ``fit_info``; a piece that did not converge
         raises a :class:`ConvergenceWarning` with the numbers. Degenerate input: docs/SPECIFICATION.md, section 3.4.
         """
         caller = "PiecewiseGaussian.fit"
-        options = _Options(int(max_iter), float(tol), bool(accelerate), int(min_piece_samples))
+        options = _Options(int(max_iter), float(tol), bool(accelerate), int(min_piece_samples),
+                           bool(profile))
         x = _finite_samples(x, caller)
         _check_spread(x, options.min_piece_samples, caller)
         if isinstance(breakpoints, str):
@@ -250,7 +255,7 @@ class PiecewiseGaussian:
 
     @classmethod
     def fit_histogram(cls, counts, bin_edges, breakpoints="auto", *, max_pieces=4, max_iter=20000,
-                      tol=1e-9, min_piece_samples=5, accelerate=True):
+                      tol=1e-9, min_piece_samples=5, accelerate=True, profile=True):
         """The PGM of maximum binned likelihood ``sum_j counts[j] log P(bin j)``.
 
         ``counts``: (B,) counts ``>= 0`` (e.g. summed ``numpy.histogram`` counts of every batch
@@ -260,7 +265,8 @@ class PiecewiseGaussian:
         Other arguments as in :meth:`fit`.
         """
         caller = "PiecewiseGaussian.fit_histogram"
-        options = _Options(int(max_iter), float(tol), bool(accelerate), int(min_piece_samples))
+        options = _Options(int(max_iter), float(tol), bool(accelerate), int(min_piece_samples),
+                           bool(profile))
         counts, bin_edges = _checked_histogram(counts, bin_edges, caller)
         cells = _histogram_cells(counts, bin_edges)
         _without_degenerate_pieces(np.empty(0), cells, options.min_piece_samples, caller)

@@ -275,21 +275,28 @@ def standardise(x, mu, sigma):
 
 
 @numba.njit(cache=True)
+def _interval_moments(mu, sigma, lo, hi):
+    """Scalar kernel of :func:`gaussian_interval_moments`: ``(log_mass, mass, mean, variance)``."""
+    alpha, alpha_error = standardise(lo, mu, sigma)
+    beta, beta_error = standardise(hi, mu, sigma)
+    width = (hi - lo) / sigma if math.isfinite(hi - lo) else np.nan
+    log_mass, mass, anchor, sign, offset, var_z = _anchored_moments(alpha, alpha_error, beta,
+                                                                    beta_error, width)
+    if log_mass == -np.inf:
+        return log_mass, 0.0, 0.0, 0.0
+    if anchor == _ANCHOR_CENTRE:
+        point = 0.5 * (lo + hi)
+    elif anchor == _ANCHOR_LOW:
+        point = hi if sign < 0.0 else lo
+    else:
+        point = mu
+    return log_mass, mass, point + sign * sigma * offset, sigma * sigma * var_z
+
+
+@numba.njit(cache=True)
 def _interval_moments_array(mu, sigma, lo, hi, log_mass, mass, mean, variance):
     for i in range(mu.size):
-        alpha, alpha_error = standardise(lo[i], mu[i], sigma[i])
-        beta, beta_error = standardise(hi[i], mu[i], sigma[i])
-        width = (hi[i] - lo[i]) / sigma[i] if math.isfinite(hi[i] - lo[i]) else np.nan
-        log_mass[i], mass[i], anchor, sign, offset, var_z = _anchored_moments(
-            alpha, alpha_error, beta, beta_error, width)
-        if anchor == _ANCHOR_CENTRE:
-            point = 0.5 * (lo[i] + hi[i])
-        elif anchor == _ANCHOR_LOW:
-            point = hi[i] if sign < 0.0 else lo[i]
-        else:
-            point = mu[i]
-        mean[i] = point + sign * sigma[i] * offset if log_mass[i] > -np.inf else 0.0
-        variance[i] = sigma[i] * sigma[i] * var_z
+        log_mass[i], mass[i], mean[i], variance[i] = _interval_moments(mu[i], sigma[i], lo[i], hi[i])
 
 
 def truncated_standard_normal(alpha, beta, width=None):
