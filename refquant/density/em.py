@@ -352,7 +352,9 @@ def _em_fit_pieces(piece_lo, piece_hi, starts, stops, cell_lo, cell_hi, cell_cou
         elif profile and not converged[p]:
             mu_profile, var_profile, log_likelihood_profile, found = _fit_profile(
                 piece_lo[p], piece_hi[p], mu[p], var[p], var_max, *args)
-            if found and log_likelihood_profile >= log_likelihood[p]:
+            # EM may already sit at the maximum within rounding (its residual just above tol):
+            # the profile's point is kept unless it is lower by more than rounding.
+            if found and log_likelihood_profile >= log_likelihood[p] - 1e-12 * abs(log_likelihood[p]):
                 _, _, log_likelihood[p], residual[p] = _em_step(piece_lo[p], piece_hi[p], mu_profile,
                                                                  var_profile, *args)
                 mu[p], var[p], converged[p] = mu_profile, var_profile, True

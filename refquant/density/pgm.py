@@ -221,7 +221,7 @@ class PiecewiseGaussian:
         return model
 
     @classmethod
-    def fit(cls, x, breakpoints="auto", *, max_pieces=4, max_iter=20000, tol=1e-9,
+    def fit(cls, x, breakpoints="auto", *, max_pieces=4, max_iter=1000, tol=1e-9,
             min_piece_samples=5, accelerate=True, profile=True):
         """The PGM of maximum likelihood for the samples ``x`` (any shape; flattened).
 
@@ -254,7 +254,7 @@ class PiecewiseGaussian:
         return cls._from_fit(_fit_given_breakpoints(breakpoints, cells, "samples", options, caller))
 
     @classmethod
-    def fit_histogram(cls, counts, bin_edges, breakpoints="auto", *, max_pieces=4, max_iter=20000,
+    def fit_histogram(cls, counts, bin_edges, breakpoints="auto", *, max_pieces=4, max_iter=1000,
                       tol=1e-9, min_piece_samples=5, accelerate=True, profile=True):
         """The PGM of maximum binned likelihood ``sum_j counts[j] log P(bin j)``.
 

@@ -59,7 +59,7 @@ VECTORS = {vector.name: vector for vector in [
            "to them by EM: given breakpoints, and automatic selection (K and breakpoints by BIC).",
            ("refquant.density.pgm.PiecewiseGaussian.fit", "refquant.density.pgm.PiecewiseGaussian.fit_histogram"),
            {case: spec[2] for case, spec in PGM_CASES.items()},
-           {"max_pieces": PGM_MAX_PIECES, "max_iter": 20000, "tol": 1e-9, "min_piece_samples": 5,
+           {"max_pieces": PGM_MAX_PIECES, "max_iter": 1000, "tol": 1e-9, "min_piece_samples": 5,
             "cases": {case: {"generating_density": spec[0], "n": spec[1], "breakpoints": spec[3], "source": spec[4]}
                       for case, spec in PGM_CASES.items()}},
            _pgm_inputs, _pgm_outputs, PGM_TOLERANCES),
