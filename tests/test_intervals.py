@@ -13,11 +13,23 @@ import torch
 from scipy import integrate, stats
 from torch.ao.quantization.observer import MinMaxObserver
 
-from refquant.quantizers.uniform import UniformQuantizer, code_range, signed_quantizer, unsigned_quantizer
-from refquant.quantizers.baselines import aciq_clipping, aciq_quantizer, expanded_quantized_distribution, kl_divergence, kl_quantizer, kl_threshold, method_errors, minmax_quantizer, mse_search_quantizer, percentile_quantizer, quantizer_from_interval
+from refquant.density.pgm import PiecewiseGaussian
+from refquant.quantizers.baselines import (
+    aciq_clipping,
+    aciq_quantizer,
+    expanded_quantized_distribution,
+    kl_divergence,
+    kl_quantizer,
+    kl_threshold,
+    method_errors,
+    minmax_quantizer,
+    mse_search_quantizer,
+    percentile_quantizer,
+    quantizer_from_interval,
+)
 from refquant.quantizers.error import empirical_mse, expected_mse
 from refquant.quantizers.optimal import optimal_quantizer
-from refquant.density.pgm import PiecewiseGaussian
+from refquant.quantizers.uniform import UniformQuantizer, code_range, signed_quantizer, unsigned_quantizer
 
 # The densities of the tests. A leaky-ReLU activation (slope 0.1): the negative side is the
 # positive half-normal squeezed tenfold. Weights: a centre piece and two heavier tails.
@@ -347,6 +359,36 @@ def test_power_of_two_step_against_enumeration(dist, bits, zero_representable):
                    else np.linspace(-2 * n, 2 * n, 400)[None, :] - dist.mean() / steps)
     errors = brute_force_errors(dist, steps, zero_points, 0, n - 1)
     assert expected_mse(dist, best) <= errors.min() * (1 + 1e-12)
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+@pytest.mark.parametrize("pow2_step", [False, True])
+def test_mirror_image_zero_points_tie_to_the_smaller(bits, pow2_step):
+    """A constructed tie: under N(0, 1) with unsigned codes, zero points z and qmax - z are mirror
+    images with the same error (checked here by brute force, cell by cell, at the optimum's step).
+    The rule (specification, section 6): the smaller zero point wins."""
+    dist = PiecewiseGaussian.normal(0.0, 1.0)
+    best = optimal_quantizer(dist, bits, pow2_step=pow2_step)
+    qmax = 2**bits - 1
+    mirror = qmax - best.zero_point
+    errors = brute_force_errors(dist, np.array([[best.step]]), np.array([[best.zero_point, mirror]]), 0, qmax)
+    assert errors[0, 0] == pytest.approx(errors[0, 1], rel=1e-12)  # the tie is real
+    if mirror != best.zero_point:  # (an odd number of codes could put the optimum on the axis)
+        assert best.zero_point < mirror
+    if bits == 2 and not pow2_step:
+        assert best.zero_point == 1  # the outside implementation's answer for the golden case
+
+
+def test_the_tie_breaker_on_constructed_candidates():
+    """The rule as documented (specification, section 6), on hand-made candidate lists."""
+    from refquant.quantizers.optimal import TIE_TOLERANCE, _tie_broken
+    candidates = [(0.5, 2.0, 1.0), (0.4, 1.0, 1.0 + 0.5 * TIE_TOLERANCE), (0.3, 1.0, 1.0), (0.1, 0.0, 1.1)]
+    assert _tie_broken(candidates, integer_zero_point=True) == (0.3, 1.0)
+    assert _tie_broken([(0.5, 2.0, 1.0), (0.4, 1.0, 1.0 + 2 * TIE_TOLERANCE)], True) == (0.5, 2.0)
+    # a real zero point: within the tolerance is one minimum, the least error wins ...
+    assert _tie_broken([(0.5, 2.0, 1.0), (0.4, 1.0, 1.0 + 0.5 * TIE_TOLERANCE)], False) == (0.5, 2.0)
+    # ... and exact equality goes to the smaller zero point
+    assert _tie_broken([(0.5, 2.0, 1.0), (0.4, 1.0, 1.0)], False) == (0.4, 1.0)
 
 
 def test_constraints_cost_error_in_the_expected_order():

@@ -509,6 +509,19 @@ def test_histogram_of_fine_bins_approaches_the_sample_fit():
     np.testing.assert_allclose(chosen.breakpoints, [-1.0, 1.0], atol=0.03)
 
 
+def test_a_histogram_candidate_equally_near_two_edges_is_the_lower():
+    """A constructed tie: every candidate level but 0.5 is some edge's cumulative fraction exactly,
+    and two edges sit at fractions 0.5 -+ 1/32 (exact in binary). The rule (specification, 3.6):
+    the lower edge."""
+    from refquant.density.breakpoints import CANDIDATE_LEVELS, _candidate_breakpoints
+    fractions = np.array(sorted([level for level in CANDIDATE_LEVELS if level != 0.5] + [0.46875, 0.53125]))
+    assert 0.5 - 0.46875 == 0.53125 - 0.5  # the tie is exact
+    edges = np.arange(1.0, fractions.size + 1.0)
+    candidates = _candidate_breakpoints(edges, fractions)
+    lower, upper = edges[fractions == 0.46875][0], edges[fractions == 0.53125][0]
+    assert lower in candidates and upper not in candidates
+
+
 def test_one_gaussian_is_chosen_for_gaussian_data():
     """Truth: the data are one normal (numpy); BIC must not buy extra pieces."""
     x = np.random.default_rng(6).normal(3.0, 2.0, 20_000)

@@ -285,10 +285,7 @@ def _search(problem, center):
         candidates = _refine_step(problem, position[g, row, column], ends[0], ends[1], t_min[g, row, column])
     else:
         candidates = _refine_free(problem, t_min[g, row, column], position[g, row, column])
-    for candidate in candidates:
-        if candidate[2] < result[2]:
-            result = candidate
-    return result[0], result[1]
+    return _tie_broken([result] + list(candidates), problem.integer_zero_point)
 
 
 def _num_candidates(problem):
@@ -398,10 +395,36 @@ def _search_pow2(problem, center):
             e_high += 2
     else:
         raise RuntimeError("optimal_quantizer: no interior optimum over power-of-two steps")
-    step, zero_point = steps[best[0]], problem.zero_point(position[best], steps[best[0]])
-    if problem.integer_zero_point:
-        return step, zero_point
+    if problem.integer_zero_point:  # exact enumeration: every tied (exponent, zero point) is here
+        rows, columns = np.nonzero(error <= error[best] * (1.0 + TIE_TOLERANCE))
+        return _tie_broken([(steps[r], problem.zero_point(position[r, c], steps[r]), error[r, c])
+                            for r, c in zip(rows, columns)], integer_zero_point=True)
     # Free zero point: refine it continuously for the best few (exponent, phase, offset) rows.
     rows, columns = np.unravel_index(np.argsort(error, axis=None)[:_CANDIDATES], error.shape)
     candidates = _refine_free(problem, np.log(steps[rows]), position[rows, columns], fixed_step=True)
-    return min([(step, zero_point, error[best])] + candidates, key=lambda candidate: candidate[2])[:2]
+    step, zero_point = steps[best[0]], problem.zero_point(position[best], steps[best[0]])
+    return _tie_broken([(step, zero_point, error[best])] + candidates, integer_zero_point=False)
+
+
+TIE_TOLERANCE = 1e-10
+"""Errors within this relative distance of the least are a tie between integer zero points
+(docs/SPECIFICATION.md, section 6): equal up to the rounding of the error's evaluation and of the
+refinement, as the errors of the mirror-image zero points ``z`` and ``qmax + qmin - z`` of a
+symmetric density are."""
+
+
+def _tie_broken(candidates, integer_zero_point):
+    """``(step, zero_point)`` of the least error among ``(step, zero_point, error)`` candidates.
+
+    Integer zero points: errors within :data:`TIE_TOLERANCE` of the least tie, and the smallest
+    zero point wins, then the smallest step (zero point first: tied zero points of a real step
+    share the step only to the refinement's precision, so an order by step would be decided by
+    rounding). A free (real) zero point: candidates within the tolerance are one minimum reached
+    by several refinements, and the least error wins; only exactly equal errors go to the smallest
+    zero point, then step.
+    """
+    least = min(candidate[2] for candidate in candidates)
+    margin = TIE_TOLERANCE if integer_zero_point else 0.0
+    tied = [c for c in candidates if c[2] <= least * (1.0 + margin)]
+    step, zero_point, _ = min(tied, key=lambda candidate: (candidate[1], candidate[0]))
+    return step, zero_point
