@@ -156,11 +156,19 @@ def test_malformed_xml_names_file_and_line(tmp_path):
 @pytest.mark.parametrize("change, message", [
     (("<name>dog</name>", "<name>wolf</name>"), r":11: class 'wolf' is not in the names file"),
     (("<xmin>48</xmin>", ""), r":15: <bndbox> has no <xmin>"),
-    (("<xmin>48</xmin>", "<xmin>4x8</xmin>"), r":16: <xmin> is '4x8', expected a number"),
+    (("<xmin>48</xmin>", "<xmin>4x8</xmin>"), r":16: <xmin> is '4x8', expected a finite decimal number"),
     (("<xmin>48</xmin>", "<xmin>300</xmin>"), r":15: box .* has xmin > xmax"),
     (("<difficult>0</difficult>", "<difficult>2</difficult>"), r":14: <difficult> is '2', expected 0 or 1"),
     (("<width>353</width>", "<width>0</width>"), r":4: image size 0x500"),
     (("<height>500</height>", ""), r":4: <size> has no <height>"),
+    (("<xmin>48</xmin>", "<xmin>\u0664\u0668</xmin>"), r":16: <xmin> is '\u0664\u0668', expected a finite decimal"),
+    (("<ymax>371</ymax>", "<ymax>nan</ymax>"), r":19: <ymax> is 'nan', expected a finite decimal number"),
+    (("<xmax>195</xmax>", "<xmax>354</xmax>"), r":15: box .* leaves the 353x500 image of <size>"),
+    (("<xmin>48</xmin>", "<xmin>0</xmin>"), r":15: box .* leaves the 353x500 image"),
+    (("<width>353</width>", "<width>353</width><width>35</width>"), r":5: <size> has a second <width> \(first at line 5\)"),
+    (("<name>dog</name>", "<name>dog</name><name>cat</name>"), r":11: <object> has a second <name> \(first at line 11\)"),
+    (("<difficult>0</difficult>", "<difficult>0</difficult><difficult>1</difficult>"),
+     r":14: <object> has a second <difficult>"),
 ])
 def test_structural_errors_name_file_and_line(tmp_path, change, message):
     """Hand-written documents with one fault each; the line numbers are those of the faulty element
@@ -258,3 +266,40 @@ def test_missing_pieces_of_a_tree_are_named(tmp_path):
         load_voc(tmp_path, "test", NAMES)
     with pytest.raises(FileNotFoundError, match=r"train\.txt: no such image set"):
         load_voc(tmp_path, "train", NAMES)
+
+
+def test_text_files_tolerate_a_byte_order_mark_and_refuse_other_encodings(tmp_path):
+    """Hand-written files: a UTF-8 byte-order mark (Windows editors) is not part of the first class
+    name or image id; Latin-1 text is refused naming the file and the byte."""
+    names = write(tmp_path, "bom.names", "\ufeffdog\nperson\n")
+    assert read_names(names) == ["dog", "person"]
+    latin = tmp_path / "latin.names"
+    latin.write_bytes("caf\u00e9\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=r"latin\.names: the names file is not UTF-8 text \(byte 3 is b'\\xe9'\)"):
+        read_names(latin)
+    (tmp_path / "ImageSets" / "Main").mkdir(parents=True)
+    (tmp_path / "ImageSets" / "Main" / "test.txt").write_bytes(b"\xef\xbb\xbf000001\n000002\n")
+    assert read_image_set(tmp_path, "test") == ["000001", "000002"]
+
+
+@pytest.mark.parametrize("image_id", ["../../etc/hostname", "a/b", ".hidden"])
+def test_image_set_ids_stay_inside_the_tree(tmp_path, image_id):
+    (tmp_path / "ImageSets" / "Main").mkdir(parents=True)
+    (tmp_path / "ImageSets" / "Main" / "test.txt").write_text(f"000001\n{image_id}\n")
+    with pytest.raises(ValueError, match=r"test\.txt:2: image id .* is not a plain file stem"):
+        read_image_set(tmp_path, "test")
+
+
+def test_an_image_is_refused_by_its_header_size_before_decoding(tmp_path, monkeypatch):
+    """A 40x30 JPEG whose header is edited by hand to claim 12000x9000 pixels (the SOF0 marker's
+    height and width): refused by the size it states, whatever its few bytes would decode to."""
+    path = jpeg(tmp_path, size=(40, 30))[0]
+    data = bytearray(path.read_bytes())
+    start = data.find(b"\xff\xc0")
+    data[start + 5:start + 9] = (9000).to_bytes(2, "big") + (12000).to_bytes(2, "big")
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=r"x\.jpg: its header states 12000x9000 = 108000000 pixels, above the limit"):
+        load_image(path)
+    monkeypatch.setenv("REFQUANT_MAX_PIXELS", "1199")  # 40x30 = 1200 pixels: one too many
+    with pytest.raises(ValueError, match=r"40x30 = 1200 pixels, above the limit of 1199"):
+        load_image(jpeg(tmp_path, "y.jpg", size=(40, 30))[0])

@@ -24,6 +24,7 @@ must lie inside its image, ``1 <= xmin <= xmax <= width`` and likewise in y (VOC
 1-based and inclusive); an image whose header states more than
 :data:`refquant.validate.MAX_IMAGE_PIXELS` pixels is refused before it is decoded.
 """
+import warnings
 from pathlib import Path
 from xml.etree import ElementTree
 from xml.parsers import expat
@@ -55,11 +56,22 @@ def read_names(path):
 
 
 def read_image_set(root, split):
-    """Image ids of ``root/ImageSets/Main/<split>.txt``: first word of each non-empty line."""
+    """Image ids of ``root/ImageSets/Main/<split>.txt``: first word of each non-empty line, each a
+    plain file stem (ValueError naming file and line for ``../x`` or ``a/b``)."""
     path = Path(root) / "ImageSets" / "Main" / f"{split}.txt"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such image set; expected ImageSets/Main/{split}.txt in the VOC tree {root}")
-    return [line.split()[0] for line in validate.read_text(path, "image set").splitlines() if line.strip()]
+    ids = []
+    for number, line in enumerate(validate.read_text(path, "image set").splitlines(), start=1):
+        if not line.strip():
+            continue
+        image_id = line.split()[0]
+        if "/" in image_id or "\\" in image_id or image_id.startswith("."):
+            # an id names Annotations/<id>.xml and JPEGImages/<id>.jpg: it must stay inside the tree
+            raise ValueError(f"{path}:{number}: image id {image_id!r} is not a plain file stem "
+                             f"(no '/', '\\' or leading '.')")
+        ids.append(image_id)
+    return ids
 
 
 def parse_xml(path):
@@ -132,7 +144,11 @@ def load_image(path, expected_size=None):
     """
     max_pixels = validate.limit("REFQUANT_MAX_PIXELS", validate.MAX_IMAGE_PIXELS)
     try:
-        with Image.open(path) as image:
+        with warnings.catch_warnings():
+            # Pillow warns above its own limit (89 Mi pixels) when it opens; refquant's limit just below rules
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(path)
+        with image:
             width, height = image.size  # from the header: nothing is decoded yet
             if width * height > max_pixels:
                 raise validate.InputError(
@@ -212,13 +228,13 @@ def _child(element, tag, path, lines, required=True):
 
 
 def _number(element, path, lines):
+    """The element's text as a finite number in ASCII decimal (:func:`refquant.validate.parse_decimal`:
+    not ``nan``, ``1e999``, ``1_0`` or non-ASCII digits, which Python's ``float`` would take)."""
     try:
-        value = float((element.text or "").strip())
+        return validate.parse_decimal((element.text or "").strip())
     except ValueError:
-        raise ValueError(f"{path}:{lines[element]}: <{element.tag}> is {element.text!r}, expected a number") from None
-    if not np.isfinite(value):
-        raise ValueError(f"{path}:{lines[element]}: <{element.tag}> is {element.text!r}, expected a finite number")
-    return value
+        raise ValueError(f"{path}:{lines[element]}: <{element.tag}> is {element.text!r}, expected a finite "
+                         f"decimal number") from None
 
 
 def _integer(element, path, lines):
