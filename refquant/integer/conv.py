@@ -216,23 +216,61 @@ def _multiply_accumulate_int32(typingctx, acc, a, b):
 _mac = _multiply_accumulate_int32
 
 
-@numba.njit(cache=True, parallel=True)
+SERIAL_BELOW_NS = 50_000
+"""Work estimated below this many nanoseconds of one core runs in the calling thread: starting a
+Numba parallel loop wakes its worker threads, 15 to 100 microseconds on a shared 2-core virtual
+machine (the workqueue layer sleeps between loops rather than spin), more than small work takes."""
+
+
+def parallel_worth(estimated_ns):
+    """Whether work estimated at ``estimated_ns`` nanoseconds of one core should run on Numba's threads."""
+    return numba.get_num_threads() > 1 and estimated_ns >= SERIAL_BELOW_NS
+
+
 def _padded_byte_planes(x, offset, byte_index, pad):
     """(N, C, H, W) -> (N, C, H + 2pad, W + 2pad) uint8: byte ``byte_index`` of x - offset, zero padded.
 
     The border holds the byte of 0 - offset: the padded zero, offset like the rest.
     """
     n_images, channels, height, width = x.shape
-    shift = 8 * byte_index
     planes = np.empty((n_images, channels, height + 2 * pad, width + 2 * pad), np.uint8)
-    planes[:] = np.uint8(((0 - offset) >> shift) & 255)
-    for task in numba.prange(n_images * channels):
-        n, c = task // channels, task % channels
-        for row in range(height):
-            for col in range(width):
-                value = np.int64(x[n, c, row, col]) - offset
-                planes[n, c, row + pad, col + pad] = np.uint8((value >> shift) & 255)
+    fill = _fill_byte_planes_parallel if parallel_worth(0.5 * planes.size) else _fill_byte_planes_serial
+    fill(x, offset, byte_index, pad, planes)
     return planes
+
+
+@numba.njit(cache=True, inline="always")
+def _fill_byte_plane(x, offset, byte_index, pad, planes, task):
+    """Plane ``task`` = (n, c) of :func:`_padded_byte_planes`, border included (one loop writes it
+    all: every array expression in a parallel function would be a parallel loop of its own)."""
+    channels, height, width = x.shape[1], x.shape[2], x.shape[3]
+    shift = 8 * byte_index
+    border = np.uint8(((0 - offset) >> shift) & 255)
+    n, c = task // channels, task % channels
+    plane = planes[n, c]
+    for row in range(plane.shape[0]):
+        if row < pad or row >= height + pad:
+            for col in range(plane.shape[1]):
+                plane[row, col] = border
+            continue
+        for col in range(pad):
+            plane[row, col] = border
+            plane[row, width + pad + col] = border
+        for col in range(width):
+            value = np.int64(x[n, c, row - pad, col]) - offset
+            plane[row, col + pad] = np.uint8((value >> shift) & 255)
+
+
+@numba.njit(cache=True, parallel=True)
+def _fill_byte_planes_parallel(x, offset, byte_index, pad, planes):
+    for task in numba.prange(x.shape[0] * x.shape[1]):
+        _fill_byte_plane(x, offset, byte_index, pad, planes, task)
+
+
+@numba.njit(cache=True)
+def _fill_byte_planes_serial(x, offset, byte_index, pad, planes):
+    for task in range(x.shape[0] * x.shape[1]):
+        _fill_byte_plane(x, offset, byte_index, pad, planes, task)
 
 
 @numba.njit(cache=True, parallel=True)
@@ -397,6 +435,25 @@ def conv2d(x, w, stride=1, pad=0, bias=None, x_range=None, w_range=None):
     :func:`_gemm_accumulate`; both sum products in wrap-around int32, so both give the exact sums
     whenever the range check passes. Parallel with Numba's threads.
     """
+    shape, chunks = accumulator_chunks(x, w, stride, pad, bias, x_range, w_range)
+    out = np.empty(shape, np.int32)
+    for images, acc in chunks:
+        n_pixels = (images.stop - images.start) * shape[2] * shape[3]
+        out[images] = acc[:shape[1], :n_pixels].reshape(shape[1], -1, *shape[2:]).transpose(1, 0, 2, 3)
+    return out
+
+
+def accumulator_chunks(x, w, stride=1, pad=0, bias=None, x_range=None, w_range=None):
+    """:func:`conv2d`'s accumulators a few images at a time, for a caller that consumes them in place
+    (``refquant.integer.requantize.conv2d_requantized`` requantizes them without an int32 copy).
+
+    Arguments and checks as :func:`conv2d` (all done before this returns). Returns
+    ``(shape, chunks)``: the output shape (N, O, Ho, Wo) and an iterator of ``(images, acc)``, a
+    slice of the batch and its accumulators ``acc`` (O', P') int32, C-contiguous, the GEMM's own
+    output: ``acc[o, (i*Ho + y)*Wo + x]`` is output o at pixel (y, x) of image ``images.start + i``;
+    rows from O and columns from n*Ho*Wo on are padding (garbage). A kernel reading it whole
+    avoids slicing it: Numba's loops over a strided slice run many times slower.
+    """
     if isinstance(w, PackedWeights):
         if w_range is not None:
             raise ValueError("w_range is declared by pack_weights when w is packed; pass it there")
@@ -409,15 +466,17 @@ def conv2d(x, w, stride=1, pad=0, bias=None, x_range=None, w_range=None):
     x_lo, x_hi = _declared_range("x", x, x_range)
     check_accumulator_range((x_lo, x_hi), packed.w_range, packed.codes[0].size, bias_range)
     n_images, n_outputs, out_height, out_width = shape
-    out = np.empty(shape, np.int32)
-    chunk = max(1, _CHUNK_PIXELS // (out_height * out_width))
-    for first in range(0, n_images, chunk):
-        images = x[first:first + chunk]
-        # x's own range when it is the whole batch: one pass over x fewer
-        lo, hi = (x_lo, x_hi) if x_range is None and images.shape[0] == n_images else (images.min(), images.max())
-        acc = _conv2d_images(images, packed, bias, stride, pad, (n_outputs, out_height, out_width), (lo, hi))
-        out[first:first + chunk] = acc
-    return out
+
+    def chunks():
+        chunk = max(1, _CHUNK_PIXELS // (out_height * out_width))
+        for first in range(0, n_images, chunk):
+            images = slice(first, min(first + chunk, n_images))
+            part = x[images]
+            # x's own range when it is the whole batch: one pass over x fewer
+            bounds = (x_lo, x_hi) if x_range is None and part.shape[0] == n_images else (part.min(), part.max())
+            yield images, _accumulators(part, packed, bias, stride, pad, (n_outputs, out_height, out_width), bounds)
+
+    return shape, chunks()
 
 
 _CHUNK_PIXELS = 8192
@@ -426,8 +485,9 @@ shapes detector's integer network about 10 % faster than one image at a time), a
 many pixels' columns and accumulators are live at once."""
 
 
-def _conv2d_images(x, packed, bias, stride, pad, out_shape, x_bounds):
-    """:func:`conv2d`'s work on a few images at once: x (n, C, H, W) -> int32 (n, O, Ho, Wo) (a view).
+def _accumulators(x, packed, bias, stride, pad, out_shape, x_bounds):
+    """:func:`conv2d`'s work on a few images at once: x (n, C, H, W) -> int32 (O', P') with O' >= O,
+    P' >= n*Ho*Wo (see :func:`accumulator_chunks`).
 
     ``x_bounds``: (min, max) of ``x`` (or bounds containing them, for the byte count).
     """
@@ -439,7 +499,6 @@ def _conv2d_images(x, packed, bias, stride, pad, out_shape, x_bounds):
     n_bytes = 1 if max(int(x_bounds[1]), 0) - offset < 256 else 2
     if packed.vnni:
         o_padded = packed.matrix.shape[0] * vnni.OUTPUT_BLOCK
-        n_threads = numba.get_num_threads()
     else:
         o_padded, k_padded = packed.matrix.shape
         p_block, k_block, o_group = _blocking(o_padded, n_pixels, k_padded, numba.get_num_threads())
@@ -449,15 +508,17 @@ def _conv2d_images(x, packed, bias, stride, pad, out_shape, x_bounds):
     acc = None
     for byte_index in range(n_bytes):
         planes = _padded_byte_planes(x, offset, byte_index, pad)
+        first = start if byte_index == 0 else np.zeros_like(start)
         if packed.vnni:
-            columns = vnni.im2col_tiles(planes, *kernel_shape, stride, out_height, out_width, packed.matrix.shape[1])
-            part = np.empty((o_padded, columns.shape[0] * vnni.TILE_PIXELS), np.int32)
-            part[:] = start[:, None] if byte_index == 0 else 0
-            vnni.gemm_accumulate(packed.matrix, columns, part, n_threads)
+            k_steps = packed.matrix.shape[1]
+            columns = vnni.im2col_tiles(planes, *kernel_shape, stride, out_height, out_width, k_steps,
+                                        parallel_worth(0.5 * k_steps * n_pixels))
+            part = vnni.gemm(packed.matrix, columns, first, numba.get_num_threads(), n_pixels,
+                             parallel_worth(o_padded * k_steps * n_pixels / 50))  # about 200 GMAC/s a core
         else:
             columns = _im2col_panels(planes, *kernel_shape, stride, out_height, out_width, k_padded, p_block)
             part = np.empty((columns.shape[0], o_padded, p_block), np.int32)
-            part[:] = start[None, :, None] if byte_index == 0 else 0
+            part[:] = first[None, :, None]
             _gemm_accumulate(packed.matrix, columns, part, k_block, o_group)
             # (panels, Op, p_block) -> (Op, panels * p_block): undo the panel layout
             part = part.transpose(1, 0, 2).reshape(o_padded, -1)
@@ -465,6 +526,4 @@ def _conv2d_images(x, packed, bias, stride, pad, out_shape, x_bounds):
             acc = part
         else:  # NumPy's int32 arithmetic wraps, as intended here
             acc += part << np.int32(8 * byte_index)
-    # (Op, pixels) -> (O, n*Ho*Wo) -> (n, O, Ho, Wo)
-    acc = acc[:n_outputs, :n_pixels]
-    return acc.reshape(n_outputs, n_images, out_height, out_width).transpose(1, 0, 2, 3)
+    return acc

@@ -6,9 +6,9 @@ dequantized codes. It reproduces :class:`refquant.integer.simulation.SimulatedNe
 """
 import numpy as np
 
-from refquant.integer.conv import conv2d
+from refquant.integer.conv import pack_weights
 from refquant.integer.lowering import LoweredNetwork, run_codes
-from refquant.integer.requantize import code_dtype, requantize_leaky, route_codes
+from refquant.integer.requantize import code_dtype, conv2d_requantized, route_codes
 from refquant.integer.simulation import SimulatedNetwork
 
 
@@ -27,18 +27,26 @@ def shifted_codes(codes, zero_point, value_range):
     return (codes.astype(np.int16) - np.int16(zero_point)).astype(dtype)
 
 
-def integer_convolution(conv, codes):
+def integer_convolution(conv, codes, packed_weights=None):
     """One convolution in fixed point: codes (N, C, H, W) integers -> output codes (N, M, OH, OW).
 
     ``conv``: a ``refquant.integer.lowering.FixedPointConvolution``. int32 accumulation with the int32 bias
-    (``conv2d`` checks the accumulator range first), then requantization with the leaky/linear/relu pair.
+    (``conv2d`` checks the accumulator range first), then requantization with the leaky/linear/relu pair,
+    in one call (``conv2d_requantized``: ``requantize_leaky`` of ``conv2d``'s accumulators, bit for bit).
+    ``packed_weights``: ``pack_weights`` of the weight codes if the caller keeps them (default: packed here).
     """
     x = shifted_codes(codes, conv.input_grid.zero_point, conv.input_range)
-    acc = conv2d(x, conv.weight_codes, conv.stride, conv.padding, bias=conv.bias, x_range=conv.input_range,
-                 w_range=(conv.weight_grid.qmin, conv.weight_grid.qmax))
+    if packed_weights is None:
+        packed_weights = weights_of(conv)
     grid = conv.output_grid
-    return requantize_leaky(acc, conv.multiplier, conv.shift, conv.negative_multiplier, conv.negative_shift,
-                            grid.zero_point, grid.qmin, grid.qmax)
+    return conv2d_requantized(x, packed_weights, conv.stride, conv.padding, conv.bias, conv.multiplier, conv.shift,
+                              conv.negative_multiplier, conv.negative_shift, grid.zero_point, grid.qmin, grid.qmax,
+                              x_range=conv.input_range)
+
+
+def weights_of(conv):
+    """``conv``'s weight codes packed for ``conv2d`` (``pack_weights``), with the weight grid's code range."""
+    return pack_weights(conv.weight_codes, (conv.weight_grid.qmin, conv.weight_grid.qmax))
 
 
 def integer_route(route, inputs):
@@ -59,12 +67,21 @@ class IntegerNetwork(LoweredNetwork):
 
     KIND = "integer"
 
+    def __init__(self, folded, plan):
+        super().__init__(folded, plan)
+        self._packed_weights = {}  # layer index -> pack_weights of its codes, made on first use
+
     def run(self, images):
         """images (N, C, H, W) float in [0, 1] -> list of every layer's output (codes; the head's float64)."""
         grid = self.plan.input
         codes = self.input_codes(images).astype(code_dtype(grid.qmin, grid.qmax))
-        return run_codes(self.net, self.fixed, codes, integer_convolution, integer_route, self.grids,
+        return run_codes(self.net, self.fixed, codes, self._convolution, integer_route, self.grids,
                          self.plan.input)
+
+    def _convolution(self, conv, codes):
+        if conv.index not in self._packed_weights:  # packed on first use, as fbgemm packs once
+            self._packed_weights[conv.index] = weights_of(conv)
+        return integer_convolution(conv, codes, self._packed_weights[conv.index])
 
     def dequantized(self, outputs):
         """Every layer's output as real values: ``step * (codes - zero_point)``; heads unchanged."""

@@ -8,7 +8,7 @@ import math
 import numba
 import numpy as np
 
-from refquant.integer.conv import INT32_MAX, INT32_MIN, _check_integer, value_range
+from refquant.integer.conv import INT32_MAX, INT32_MIN, _check_integer, accumulator_chunks, parallel_worth, value_range
 from refquant.rounding import round_half_even, rounding_right_shift
 
 MULTIPLIER_BITS = 22
@@ -155,27 +155,69 @@ def _requantize_flat_reference(acc, multiplier, shift, negative_multiplier, nega
                                              negative_shift, zero_point, qmin, qmax)
 
 
-@numba.njit(cache=True, parallel=True)
-def _requantize_flat(acc, multiplier, shift, negative_multiplier, negative_shift,
-                     zero_point, qmin, qmax, codes):
-    """:func:`_requantize_flat_reference`, equal bit for bit, without a branch: a loop LLVM vectorises
-    (the reference's branches and call keep it to one element at a time, about 5x slower).
+@numba.njit(cache=True, inline="always")
+def _requantize_branch_free(value, multiplier, shift, negative_multiplier, negative_shift, zero_point, qmin, qmax):
+    """:func:`requantize_leaky_code` of ``value`` (int64), equal bit for bit, without a branch: loops
+    over it vectorise (the rule's branches keep a loop to one element at a time, about 5x slower).
 
-    With ``v = acc * multiplier`` and ``s = shift`` of the accumulator's side,
+    With ``v = value * multiplier`` and ``s = shift`` of the accumulator's side,
     ``rounding_right_shift(v, s) = (v + 2**(s-1) - 1 + ((v >> s) & 1)) >> s`` for s >= 1: writing
     ``v = q 2**s + r`` (0 <= r < 2**s, q = v >> s), the sum adds 1 to q exactly when
     ``r + 2**(s-1) - 1 + (q & 1) >= 2**s``, i.e. r above the half, or r at the half and q odd:
     round half to even. ``g = min(s, 1)`` folds s = 0 in: the sum is then v. No overflow:
     |v| < 2**31 * 2**22 and 2**(s-1) <= 2**61, so the sum stays below 2**63.
     """
+    negative = value < 0
+    product = value * (negative_multiplier if negative else multiplier)
+    bits = negative_shift if negative else shift
+    g = min(bits, 1)
+    rounded = (product + ((np.int64(1) << bits) >> 1) - g + ((product >> bits) & g)) >> bits
+    return min(max(rounded + zero_point, qmin), qmax)
+
+
+@numba.njit(cache=True, parallel=True)
+def _requantize_flat(acc, multiplier, shift, negative_multiplier, negative_shift,
+                     zero_point, qmin, qmax, codes):
+    """:func:`_requantize_flat_reference`, equal bit for bit, by :func:`_requantize_branch_free`."""
     for index in numba.prange(acc.size):
-        value = np.int64(acc[index])
-        negative = value < 0
-        product = value * (negative_multiplier if negative else multiplier)
-        bits = negative_shift if negative else shift
-        g = min(bits, 1)
-        rounded = (product + ((np.int64(1) << bits) >> 1) - g + ((product >> bits) & g)) >> bits
-        codes[index] = min(max(rounded + zero_point, qmin), qmax)
+        codes[index] = _requantize_branch_free(np.int64(acc[index]), multiplier, shift, negative_multiplier,
+                                               negative_shift, zero_point, qmin, qmax)
+
+
+@numba.njit(cache=True, inline="always")
+def _requantize_row(acc, multiplier, shift, negative_multiplier, negative_shift, zero_point, qmin, qmax, codes, task):
+    """codes (n, O, P)[i, o, :] from acc (O', P')[o, i*P:(i+1)*P], task = i*O + o, by :func:`_requantize_branch_free`."""
+    n_outputs, n_pixels = codes.shape[1], codes.shape[2]
+    image, output = task // n_outputs, task % n_outputs
+    row, destination = acc[output, image * n_pixels:(image + 1) * n_pixels], codes[image, output]
+    for p in range(np.uint64(n_pixels)):  # unsigned: no wrap-around test, which blocks vectorising
+        destination[p] = _requantize_branch_free(np.int64(row[p]), multiplier, shift, negative_multiplier,
+                                                 negative_shift, zero_point, qmin, qmax)
+
+
+@numba.njit(cache=True, parallel=True)
+def _requantize_pixels_parallel(acc, multiplier, shift, negative_multiplier, negative_shift,
+                                zero_point, qmin, qmax, codes):
+    for task in numba.prange(codes.shape[0] * codes.shape[1]):
+        _requantize_row(acc, multiplier, shift, negative_multiplier, negative_shift, zero_point, qmin, qmax,
+                        codes, task)
+
+
+@numba.njit(cache=True)
+def _requantize_pixels_serial(acc, multiplier, shift, negative_multiplier, negative_shift,
+                              zero_point, qmin, qmax, codes):
+    for task in range(codes.shape[0] * codes.shape[1]):
+        _requantize_row(acc, multiplier, shift, negative_multiplier, negative_shift, zero_point, qmin, qmax,
+                        codes, task)
+
+
+def _requantize_pixels(acc, multiplier, shift, negative_multiplier, negative_shift, zero_point, qmin, qmax, codes):
+    """codes (n, O, P)[i, o, p] = :func:`_requantize_branch_free` of acc (O' >= O, P' >= n*P)[o, i*P + p]: the
+    GEMM's (output, pixel) accumulators to the images' codes in one pass (on Numba's threads when
+    the work is worth their wake-up, ``refquant.integer.conv.parallel_worth``)."""
+    run = _requantize_pixels_parallel if parallel_worth(0.5 * codes.size) else _requantize_pixels_serial
+    run(acc, int(multiplier), int(shift), int(negative_multiplier), int(negative_shift), int(zero_point),
+        int(qmin), int(qmax), codes)
 
 
 def _requantize_array(acc, multiplier, shift, negative_multiplier, negative_shift,
@@ -222,6 +264,28 @@ def requantize_leaky(acc, multiplier, shift, negative_multiplier, negative_shift
               ("negative_shift", negative_shift, MAX_SHIFT)], zero_point, qmin, qmax)
     return _requantize_array(acc, multiplier, shift, negative_multiplier, negative_shift,
                              zero_point, qmin, qmax, dtype)
+
+
+def conv2d_requantized(x, w, stride, pad, bias, multiplier, shift, negative_multiplier, negative_shift,
+                       zero_point, qmin, qmax, x_range=None):
+    """``requantize_leaky(conv2d(x, w, stride, pad, bias, x_range), multiplier, ...)``, bit for bit, with
+    the requantization reading the GEMM's accumulators in place: no int32 (N, O, Ho, Wo) array
+    is written and read again. A convolution layer of the integer network in one call.
+
+    ``w``: (O, C, kh, kw) int8 or its ``refquant.integer.conv.pack_weights``. Returns codes
+    (N, O, Ho, Wo) in :func:`code_dtype` ``(qmin, qmax)``.
+    """
+    limit = 2**MULTIPLIER_BITS - 1
+    _, dtype = _check_requantize_arguments(
+        np.zeros(0, np.int32), [("multiplier", multiplier, limit), ("shift", shift, MAX_SHIFT),
+                                ("negative_multiplier", negative_multiplier, limit),
+                                ("negative_shift", negative_shift, MAX_SHIFT)], zero_point, qmin, qmax)
+    shape, chunks = accumulator_chunks(x, w, stride, pad, bias, x_range)
+    codes = np.empty(shape, dtype)
+    for images, acc in chunks:
+        _requantize_pixels(acc, int(multiplier), int(shift), int(negative_multiplier), int(negative_shift),
+                           int(zero_point), int(qmin), int(qmax), codes[images].reshape(-1, shape[1], shape[2] * shape[3]))
+    return codes
 
 
 def quantize_bias(bias, step_x, step_w):

@@ -138,14 +138,25 @@ def _load_pair(acc, byte_offset):
 
 
 @numba.njit(cache=True, inline="always")
+def _start_pair(acc, byte_offset, start, output, first):
+    """One output's 32 accumulators to update: ``start[output]`` in every lane on the first K
+    block (no pass over ``acc`` to initialise it), else what ``acc`` holds from ``byte_offset``."""
+    if first:
+        value = _broadcast(start, 4 * output)
+        return value, value
+    return _load_pair(acc, byte_offset)
+
+
+@numba.njit(cache=True, inline="always")
 def _store_pair(acc, byte_offset, first, second):
     _store(acc, byte_offset, first)
     _store(acc, byte_offset + 64, second)
 
 
 @numba.njit(cache=True, inline="always")
-def _tile_update(weights, block, columns, tile, k_start, k_stop, acc, pixel_bytes):
-    """acc[8b:8b+8, 32t:32t+32] += weights[b, k_start:k_stop] . columns[t, k_start:k_stop] (K steps).
+def _tile_update(weights, block, columns, tile, k_start, k_stop, acc, pixel_bytes, start):
+    """acc[8b:8b+8, 32t:32t+32] += weights[b, k_start:k_stop] . columns[t, k_start:k_stop] (K steps),
+    the accumulators taken from ``start`` (O_padded,) int32 instead of ``acc`` when k_start == 0.
 
     ``pixel_bytes`` = 4 * acc.shape[1], the byte stride between two outputs' accumulator rows.
     """
@@ -153,14 +164,15 @@ def _tile_update(weights, block, columns, tile, k_start, k_stop, acc, pixel_byte
     w_base = (block * k_steps) * 32            # 8 outputs x 4 bytes per K step
     x_base = (tile * k_steps) * 128            # 32 pixels x 4 bytes per K step
     row = 8 * block * pixel_bytes + tile * 128  # acc[8b, 32t] in bytes
-    a0, b0 = _load_pair(acc, row)
-    a1, b1 = _load_pair(acc, row + pixel_bytes)
-    a2, b2 = _load_pair(acc, row + 2 * pixel_bytes)
-    a3, b3 = _load_pair(acc, row + 3 * pixel_bytes)
-    a4, b4 = _load_pair(acc, row + 4 * pixel_bytes)
-    a5, b5 = _load_pair(acc, row + 5 * pixel_bytes)
-    a6, b6 = _load_pair(acc, row + 6 * pixel_bytes)
-    a7, b7 = _load_pair(acc, row + 7 * pixel_bytes)
+    first, o = k_start == 0, 8 * block
+    a0, b0 = _start_pair(acc, row, start, o, first)
+    a1, b1 = _start_pair(acc, row + pixel_bytes, start, o + 1, first)
+    a2, b2 = _start_pair(acc, row + 2 * pixel_bytes, start, o + 2, first)
+    a3, b3 = _start_pair(acc, row + 3 * pixel_bytes, start, o + 3, first)
+    a4, b4 = _start_pair(acc, row + 4 * pixel_bytes, start, o + 4, first)
+    a5, b5 = _start_pair(acc, row + 5 * pixel_bytes, start, o + 5, first)
+    a6, b6 = _start_pair(acc, row + 6 * pixel_bytes, start, o + 6, first)
+    a7, b7 = _start_pair(acc, row + 7 * pixel_bytes, start, o + 7, first)
     for step in range(k_start, k_stop):
         xa, xb = _load(columns, x_base + 128 * step), _load(columns, x_base + 128 * step + 64)
         w = w_base + 32 * step
@@ -184,40 +196,111 @@ def _tile_update(weights, block, columns, tile, k_start, k_stop, acc, pixel_byte
     _store_pair(acc, row + 7 * pixel_bytes, a7, b7)
 
 
+@numba.njit(cache=True, inline="always")
+def _half_tile_update(weights, block, columns, tile, k_start, k_stop, acc, pixel_bytes, start):
+    """:func:`_tile_update` on the first 16 pixels of the tile alone: the last tile, when the
+    pixels end within its first half (13x13 maps: 169 = 5 x 32 + 9 pixels, 176 computed, not 192)."""
+    k_steps = weights.shape[1]
+    w_base, x_base = (block * k_steps) * 32, (tile * k_steps) * 128
+    row = 8 * block * pixel_bytes + tile * 128
+    first, o = k_start == 0, 8 * block
+    a0 = _start_pair(acc, row, start, o, first)[0]
+    a1 = _start_pair(acc, row + pixel_bytes, start, o + 1, first)[0]
+    a2 = _start_pair(acc, row + 2 * pixel_bytes, start, o + 2, first)[0]
+    a3 = _start_pair(acc, row + 3 * pixel_bytes, start, o + 3, first)[0]
+    a4 = _start_pair(acc, row + 4 * pixel_bytes, start, o + 4, first)[0]
+    a5 = _start_pair(acc, row + 5 * pixel_bytes, start, o + 5, first)[0]
+    a6 = _start_pair(acc, row + 6 * pixel_bytes, start, o + 6, first)[0]
+    a7 = _start_pair(acc, row + 7 * pixel_bytes, start, o + 7, first)[0]
+    for step in range(k_start, k_stop):
+        xa, w = _load(columns, x_base + 128 * step), w_base + 32 * step
+        a0, a1 = _dot_accumulate(a0, xa, _broadcast(weights, w)), _dot_accumulate(a1, xa, _broadcast(weights, w + 4))
+        a2, a3 = _dot_accumulate(a2, xa, _broadcast(weights, w + 8)), _dot_accumulate(a3, xa, _broadcast(weights, w + 12))
+        a4, a5 = _dot_accumulate(a4, xa, _broadcast(weights, w + 16)), _dot_accumulate(a5, xa, _broadcast(weights, w + 20))
+        a6, a7 = _dot_accumulate(a6, xa, _broadcast(weights, w + 24)), _dot_accumulate(a7, xa, _broadcast(weights, w + 28))
+    _store(acc, row, a0)
+    _store(acc, row + pixel_bytes, a1)
+    _store(acc, row + 2 * pixel_bytes, a2)
+    _store(acc, row + 3 * pixel_bytes, a3)
+    _store(acc, row + 4 * pixel_bytes, a4)
+    _store(acc, row + 5 * pixel_bytes, a5)
+    _store(acc, row + 6 * pixel_bytes, a6)
+    _store(acc, row + 7 * pixel_bytes, a7)
+
+
 @numba.njit(cache=True, parallel=True)
-def _gemm_tasks(weights, columns, acc, tiles_per_task, blocks_per_task):
+def _gemm_parallel(weights, columns, start, acc, tiles_per_task, blocks_per_task, half_last_tile, n_tasks):
+    for task in numba.prange(n_tasks):
+        _gemm_task(weights, columns, start, acc, tiles_per_task, blocks_per_task, half_last_tile, task)
+
+
+@numba.njit(cache=True)
+def _gemm_serial(weights, columns, start, acc, tiles_per_task, blocks_per_task, half_last_tile, n_tasks):
+    for task in range(n_tasks):
+        _gemm_task(weights, columns, start, acc, tiles_per_task, blocks_per_task, half_last_tile, task)
+
+
+@numba.njit(cache=True, inline="always")
+def _gemm_task(weights, columns, start, acc, tiles_per_task, blocks_per_task, half_last_tile, task):
+    """Task ``task``: a group of ``tiles_per_task`` tiles by a group of ``blocks_per_task`` output blocks,
+    K block by K block (each tile's K block stays in L1 while the group's outputs sweep it)."""
     n_blocks, k_steps = weights.shape[0], weights.shape[1]
     n_tiles = columns.shape[0]
     pixel_bytes = 4 * acc.shape[1]
-    n_tile_groups = (n_tiles + tiles_per_task - 1) // tiles_per_task
     n_block_groups = (n_blocks + blocks_per_task - 1) // blocks_per_task
-    for task in numba.prange(n_tile_groups * n_block_groups):
-        tile_start = (task // n_block_groups) * tiles_per_task
-        block_start = (task % n_block_groups) * blocks_per_task
-        for k_start in range(0, k_steps, K_STEPS_PER_BLOCK):
-            k_stop = min(k_start + K_STEPS_PER_BLOCK, k_steps)
-            for tile in range(tile_start, min(tile_start + tiles_per_task, n_tiles)):
-                for block in range(block_start, min(block_start + blocks_per_task, n_blocks)):
-                    _tile_update(weights, block, columns, tile, k_start, k_stop, acc, pixel_bytes)
+    tile_start = (task // n_block_groups) * tiles_per_task
+    block_start = (task % n_block_groups) * blocks_per_task
+    for k_start in range(0, k_steps, K_STEPS_PER_BLOCK):
+        k_stop = min(k_start + K_STEPS_PER_BLOCK, k_steps)
+        for tile in range(tile_start, min(tile_start + tiles_per_task, n_tiles)):
+            half = half_last_tile and tile == n_tiles - 1
+            for block in range(block_start, min(block_start + blocks_per_task, n_blocks)):
+                if half:
+                    _half_tile_update(weights, block, columns, tile, k_start, k_stop, acc, pixel_bytes, start)
+                else:
+                    _tile_update(weights, block, columns, tile, k_start, k_stop, acc, pixel_bytes, start)
 
 
-def gemm_accumulate(weights, columns, acc, n_threads):
-    """acc (8B, 32T) int32 += W . X, wrapping modulo 2**32, by VPDPBUSD; in parallel.
+def gemm(weights, columns, start, n_threads, n_pixels=None, parallel=True):
+    """acc (8B, 32T) int32 = start[:, None] + W . X, wrapping modulo 2**32, by VPDPBUSD; in parallel.
 
     ``weights`` (B, k4, 8, 4) int8 from :func:`pack_weights`; ``columns`` (T, k4, 32, 4) uint8 from
     :func:`im2col_tiles`; W[o, k] = weights[o // 8, k // 4, o % 8, k % 4] and X[k, p] =
-    columns[p // 32, k // 4, p % 32, k % 4]. All three C-contiguous. Tasks are a group of tiles
-    by a group of output blocks, about 4 per thread so that uneven tasks even out.
+    columns[p // 32, k // 4, p % 32, k % 4]; ``start`` (8B,) int32, each output's first value.
+
+    ``parallel``: on Numba's threads (else in the calling thread: small work).
+    ``n_pixels``: the pixels that matter (default all); when they end in the first half of the
+    last tile, its second half is not computed (left as garbage: the caller reads ``acc[:, :n_pixels]``).
+
+    Work is cut into tasks of a few tiles by a group of output blocks, as many per thread:
+    Numba hands each thread an equal share of the task range, so a count that is a multiple
+    of the threads keeps them all busy to the end.
     """
     n_blocks, n_tiles = weights.shape[0], columns.shape[0]
     assert weights.shape[1:] == (columns.shape[1], OUTPUT_BLOCK, K_STEP) and columns.shape[2:] == (TILE_PIXELS, K_STEP)
-    assert acc.shape == (OUTPUT_BLOCK * n_blocks, TILE_PIXELS * n_tiles) and acc.dtype == np.int32
-    assert weights.flags.c_contiguous and columns.flags.c_contiguous and acc.flags.c_contiguous
-    tiles_per_task = min(n_tiles, 8)  # 256 pixels: a task's columns of one K block stay in L2
-    tasks_wanted = 4 * n_threads
-    tile_groups = -(-n_tiles // tiles_per_task)
-    block_groups = max(1, min(n_blocks, -(-tasks_wanted // tile_groups)))
-    _gemm_tasks(weights, columns, acc, tiles_per_task, -(-n_blocks // block_groups))
+    assert start.shape == (OUTPUT_BLOCK * n_blocks,) and start.dtype == np.int32
+    assert weights.flags.c_contiguous and columns.flags.c_contiguous
+    tile_groups, block_groups = _task_grid(n_tiles, n_blocks, n_threads)
+    acc = np.empty((OUTPUT_BLOCK * n_blocks, TILE_PIXELS * n_tiles), np.int32)
+    half_last_tile = n_pixels is not None and n_pixels <= TILE_PIXELS * (n_tiles - 1) + TILE_PIXELS // 2
+    tiles_per_task, blocks_per_task = -(-n_tiles // tile_groups), -(-n_blocks // block_groups)
+    n_tasks = -(-n_tiles // tiles_per_task) * -(-n_blocks // blocks_per_task)
+    run = _gemm_parallel if parallel else _gemm_serial
+    run(weights, columns, start, acc, tiles_per_task, blocks_per_task, half_last_tile, n_tasks)
+    return acc
+
+
+def _task_grid(n_tiles, n_blocks, n_threads):
+    """(tile groups, block groups): tiles in groups of at most 8 (256 pixels, whose K block stays
+    in L2), output blocks split until there are at least 2 tasks per thread, the total a
+    multiple of the threads where the sizes allow."""
+    tile_groups = -(-n_tiles // 8)
+    block_groups = 1
+    while tile_groups * block_groups < 2 * n_threads and block_groups < n_blocks:
+        block_groups += 1
+    while (tile_groups * block_groups) % n_threads and block_groups < n_blocks:
+        block_groups += 1
+    return tile_groups, block_groups
 
 
 def pack_weights(w_matrix):
@@ -237,8 +320,7 @@ def _pack_weights_into(w_matrix, packed):
             packed[block, k // K_STEP, row, k % K_STEP] = w_matrix[o, k]
 
 
-@numba.njit(cache=True, parallel=True)
-def im2col_tiles(planes, kh, kw, stride, out_height, out_width, k_steps):
+def im2col_tiles(planes, kh, kw, stride, out_height, out_width, k_steps, parallel=True):
     """Padded (N, C, Hp, Wp) uint8 -> columns (n_tiles, k_steps, 32, 4) uint8 for :func:`gemm_accumulate`.
 
     Pixel p = (n*Ho + y)*Wo + x (the images' output pixels one after another) goes to tile p // 32,
@@ -249,48 +331,69 @@ def im2col_tiles(planes, kh, kw, stride, out_height, out_width, k_steps):
     built from four input rows read in step and stored as words: a loop LLVM vectorises, where
     byte stores four apart are not. One task per K step, so no two threads write the same block.
     """
-    n_images, channels, padded_height, padded_width = planes.shape
-    n_pixels = n_images * out_height * out_width
-    n_tiles = (n_pixels + TILE_PIXELS - 1) // TILE_PIXELS
+    n_pixels = planes.shape[0] * out_height * out_width
+    n_tiles = -(-n_pixels // TILE_PIXELS)
     words = np.empty((n_tiles, k_steps, TILE_PIXELS), np.uint32)
     words[n_tiles - 1, :, n_pixels - (n_tiles - 1) * TILE_PIXELS:] = 0  # pixels past N*Ho*Wo
+    fill = _fill_tiles_parallel if parallel else _fill_tiles_serial
+    fill(planes, kh, kw, stride, out_height, out_width, words)
+    return words.view(np.uint8).reshape(n_tiles, k_steps, TILE_PIXELS, K_STEP)
+
+
+@numba.njit(cache=True, parallel=True)
+def _fill_tiles_parallel(planes, kh, kw, stride, out_height, out_width, words):
+    for step in numba.prange(words.shape[1]):
+        _fill_step(planes, kh, kw, stride, out_height, out_width, words, step)
+
+
+@numba.njit(cache=True)
+def _fill_tiles_serial(planes, kh, kw, stride, out_height, out_width, words):
+    for step in range(words.shape[1]):
+        _fill_step(planes, kh, kw, stride, out_height, out_width, words, step)
+
+
+@numba.njit(cache=True, inline="always")
+def _fill_step(planes, kh, kw, stride, out_height, out_width, words, step):
+    """K step ``step`` of :func:`im2col_tiles`: its 4 rows of every tile (no array expression here:
+    in a parallel function each would be a parallel loop of its own)."""
+    n_images, channels, padded_height, padded_width = planes.shape
+    k_steps = words.shape[1]
     # flat views with unsigned offsets: Numba then skips its negative-index test in the inner loop
     source, destination = planes.reshape(-1), words.reshape(-1)
     image_size, plane_size = np.uint64(channels * padded_height * padded_width), np.uint64(padded_height * padded_width)
     row_step, k_total = np.uint64(stride * padded_width), channels * kh * kw
-    for step in numba.prange(k_steps):
-        # offset of the input that row k reads for output (n, y, x) = offset_k + n*image + y*row_step + x*stride
-        offsets = np.zeros(K_STEP, np.uint64)
-        valid = 0
-        for byte in range(K_STEP):
-            k = K_STEP * step + byte
-            if k < k_total:
-                c, i, j = k // (kh * kw), (k // kw) % kh, k % kw
-                offsets[byte] = c * plane_size + np.uint64(i * padded_width + j)
-                valid += 1
-        tile, lane = 0, 0  # where pixel p goes, counted rather than divided
-        for n in range(n_images):
-            for y in range(out_height):
-                row = np.uint64(n) * image_size + np.uint64(y) * row_step
-                x = 0
-                while x < out_width:  # the run of row y that falls in the current tile
-                    run = min(out_width - x, TILE_PIXELS - lane)
-                    start = np.uint64((tile * k_steps + step) * TILE_PIXELS + lane)
-                    first = row + np.uint64(x * stride)
-                    if valid == K_STEP:
-                        _interleave(destination, start, np.uint64(run), source, first + offsets[0],
-                                    first + offsets[1], first + offsets[2], first + offsets[3], stride)
-                    else:  # the last step, partly past K: the missing bytes are 0
-                        for q in range(run):
-                            word = np.uint32(0)
-                            for byte in range(valid):
-                                word |= np.uint32(source[first + offsets[byte] + np.uint64(q * stride)]) << (8 * byte)
-                            destination[start + np.uint64(q)] = word
-                    x += run
-                    lane += run
-                    if lane == TILE_PIXELS:
-                        tile, lane = tile + 1, 0
-    return words.view(np.uint8).reshape(n_tiles, k_steps, TILE_PIXELS, K_STEP)
+    # offset of the input that row k reads for output (n, y, x) = offset_k + n*image + y*row_step + x*stride
+    offsets = np.empty(K_STEP, np.uint64)
+    valid = 0
+    for byte in range(K_STEP):
+        k = K_STEP * step + byte
+        offsets[byte] = 0
+        if k < k_total:
+            c, i, j = k // (kh * kw), (k // kw) % kh, k % kw
+            offsets[byte] = c * plane_size + np.uint64(i * padded_width + j)
+            valid += 1
+    tile, lane = 0, 0  # where pixel p goes, counted rather than divided
+    for n in range(n_images):
+        for y in range(out_height):
+            row = np.uint64(n) * image_size + np.uint64(y) * row_step
+            x = 0
+            while x < out_width:  # the run of row y that falls in the current tile
+                run = min(out_width - x, TILE_PIXELS - lane)
+                start = np.uint64((tile * k_steps + step) * TILE_PIXELS + lane)
+                first = row + np.uint64(x * stride)
+                if valid == K_STEP:
+                    _interleave(destination, start, np.uint64(run), source, first + offsets[0],
+                                first + offsets[1], first + offsets[2], first + offsets[3], stride)
+                else:  # the last step, partly past K: the missing bytes are 0
+                    for q in range(run):
+                        word = np.uint32(0)
+                        for byte in range(valid):
+                            word |= np.uint32(source[first + offsets[byte] + np.uint64(q * stride)]) << (8 * byte)
+                        destination[start + np.uint64(q)] = word
+                x += run
+                lane += run
+                if lane == TILE_PIXELS:
+                    tile, lane = tile + 1, 0
 
 
 @numba.njit(cache=True, inline="always")
