@@ -3,8 +3,8 @@
 Run:  python benchmarks/bench_integer_network.py [--size 416] [--repeats 5] [--threads N]
 
 yolov2-tiny-voc with random weights (random batch-norm statistics), an 8-bit min-max plan
-calibrated on two random images, batch 1 at ``--size`` (416 by default). Timed, alternating,
-minimum over the repeats (wall and process CPU time):
+calibrated on two random images, batch 1 at ``--size`` (416 by default). Timed, minimum over
+the runs (wall and process CPU time):
 
 * refquant integer: ``IntegerNetwork.run`` (uint8 input codes, Numba int32 convolutions,
   requantization with leaky ReLU fused, maxpool on codes, region head in float64);
@@ -14,20 +14,22 @@ minimum over the repeats (wall and process CPU time):
   (Darknet's stride-1 pool as padding=1 and a crop), dequantization, then refquant's region head;
 * for context, refquant's float32 engine (``Network.forward``) and the float32 torch equivalent.
 
-torch's thread count is set to Numba's. The ratio is refquant integer / torch fbgemm (lower is
-better). fbgemm's conv needs its own pre-activation grid before the quantized LeakyReLU (one more
-rounding than refquant's fused requantization), and its AVX2 kernel can saturate 16-bit pair sums
-with 8-bit codes, so its codes differ from refquant's; the SQNR line shows how closely the two
-networks agree on the head's input.
+torch's thread count is set to Numba's; turns of runs alternate (``_timing.best_times``). The
+ratios are refquant integer over each peer (lower is better); the target is at most 1.0 against
+refquant's own float32 engine, on the same input. fbgemm's conv needs its own pre-activation grid
+before the quantized LeakyReLU (one more rounding than refquant's fused requantization), and its
+AVX2 kernel can saturate 16-bit pair sums with 8-bit codes, so its codes differ from refquant's;
+the SQNR line shows how closely the two networks agree on the head's input.
 """
 import argparse
 import os
-import time
 import warnings
 
 import numba
 import numpy as np
 import torch
+from _machine import machine_line
+from _timing import best_times
 
 import refquant
 from refquant import darknet, folding, ptq
@@ -119,20 +121,6 @@ def torch_float_model(net):
     return run
 
 
-def best_times(functions, repeats):
-    """Minimum wall and process CPU time of each function over ``repeats`` alternating rounds."""
-    for function in functions:
-        function()  # warm-up (Numba compilation, fbgemm packing)
-    wall, cpu = np.full(len(functions), np.inf), np.full(len(functions), np.inf)
-    for _ in range(repeats):
-        for index, function in enumerate(functions):
-            wall_start, cpu_start = time.perf_counter(), time.process_time()
-            function()
-            wall[index] = min(wall[index], time.perf_counter() - wall_start)
-            cpu[index] = min(cpu[index], time.process_time() - cpu_start)
-    return wall, cpu
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=416)
@@ -166,11 +154,15 @@ def main():
         "torch float32": torch_float32,
     }
     wall, cpu = best_times(list(functions.values()), args.repeats)
+    print(machine_line())
     print(f"{CFG} at {args.size}x{args.size}, batch 1, 8-bit weights and activations; threads: numba "
-          f"{numba.get_num_threads()}, torch {torch.get_num_threads()}; min of {args.repeats} alternating runs")
+          f"{numba.get_num_threads()}, torch {torch.get_num_threads()}; min of {args.repeats} alternating turns "
+          f"of 3 runs")
     print(f"{'':>40} {'wall ms':>9} {'cpu ms':>9}")
     for (name, _), w, c in zip(functions.items(), wall, cpu):
         print(f"{name:>40} {1e3 * w:9.1f} {1e3 * c:9.1f}")
+    print(f"ratio refquant integer / refquant float32 engine: wall {wall[0] / wall[2]:.2f}, cpu {cpu[0] / cpu[2]:.2f} "
+          f"(target <= 1.0)")
     print(f"ratio refquant integer / torch fbgemm: wall {wall[0] / wall[1]:.2f}, cpu {cpu[0] / cpu[1]:.2f} "
           f"(lower is better)")
     print(f"ratio refquant integer / torch float32: wall {wall[0] / wall[3]:.2f}, cpu {cpu[0] / cpu[3]:.2f}")
