@@ -51,8 +51,17 @@ def density(name):
 
 
 def _density_arrays(prefix, model):
-    return {f"{prefix}/breakpoints": np.array(model.breakpoints), f"{prefix}/weights": np.array(model.weights),
-            f"{prefix}/means": np.array(model.means), f"{prefix}/stds": np.array(model.stds)}
+    """A density's parameters; for a fitted one also ``bounded``, the pieces fitted on the std's
+    bound (specification, section 3.3). A fit that stopped short of its maximum has no
+    well-defined answer, so it is refused here rather than stored with a tolerance."""
+    arrays = {f"{prefix}/breakpoints": np.array(model.breakpoints), f"{prefix}/weights": np.array(model.weights),
+              f"{prefix}/means": np.array(model.means), f"{prefix}/stds": np.array(model.stds)}
+    if model.fit_info is not None:
+        if not model.fit_info.converged:
+            raise AssertionError(f"golden {prefix}: the PGM fit did not reach its maximum; a golden output must be "
+                                 f"well defined ({model.fit_info})")
+        arrays[f"{prefix}/bounded"] = np.array(model.fit_info.bounded, dtype=np.int64)
+    return arrays
 
 
 def _density_from(prefix, arrays):
@@ -118,9 +127,10 @@ def _pgm_outputs(inputs):
     return out
 
 
-_FIT = ("a maximum-likelihood estimate: refquant stops at a moment residual of 1e-9, and plain EM run to 1e-11 "
-        "or SQUAREM to 1e-13 agree with it to 1e-9 (means in units of the piece's std); 1e-6 leaves room for "
-        "another stopping rule")
+_FIT = ("the maximum of the likelihood with every std at most 10 times the data's (specification, section 3.3), "
+        "unique: refquant stops at a moment residual of 1e-9 (or finishes by the profile over the std), and plain EM "
+        "run to 1e-11 or SQUAREM to 1e-13 agree with it to 1e-9 (means in units of the piece's std); 1e-6 leaves "
+        "room for another stopping rule")
 
 
 PGM_TOLERANCES = {
