@@ -6,6 +6,7 @@ dequantized codes. It reproduces :class:`refquant.integer.simulation.SimulatedNe
 """
 import numpy as np
 
+from refquant import threads
 from refquant.integer.conv import pack_weights
 from refquant.integer.lowering import LoweredNetwork, run_codes
 from refquant.integer.requantize import code_dtype, conv2d_requantized, route_codes
@@ -73,6 +74,7 @@ class IntegerNetwork(LoweredNetwork):
 
     def run(self, images):
         """images (N, C, H, W) float in [0, 1] -> list of every layer's output (codes; the head's float64)."""
+        threads.fit()  # the thread pools sized to the cores free now (refquant.threads)
         grid = self.plan.input
         codes = self.input_codes(images).astype(code_dtype(grid.qmin, grid.qmax))
         return run_codes(self.net, self.fixed, codes, self._convolution, integer_route, self.grids,

@@ -6,6 +6,7 @@ integer below 2**24), then the requantization rule. ``simulated_convolution`` (o
 import numba
 import numpy as np
 
+from refquant import threads
 from refquant.integer.lowering import (
     FLOAT32_EXACT_INTEGERS,
     LoweredNetwork,
@@ -142,6 +143,7 @@ class SimulatedNetwork(LoweredNetwork):
 
     def run(self, images):
         """images (N, C, H, W) float -> list of every layer's output: float64 codes; the head's float output."""
+        threads.fit()  # the thread pools sized to the cores free now (refquant.threads)
         codes = self.input_codes(images).astype(np.float64)
         return run_codes(self.net, self.fixed, codes, self._convolution, simulated_route, self.grids,
                          self.plan.input)

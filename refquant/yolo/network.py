@@ -13,6 +13,8 @@ import math
 
 import numpy as np
 
+from refquant import threads
+
 NETWORK_INPUT = -1
 """The index standing for the network's input in a layer's ``inputs``."""
 
@@ -139,6 +141,7 @@ class Network:
         checked before anything is computed (NetworkShapeError naming the layer).
         """
         x = self._check_input(x)
+        threads.fit()  # the thread pools sized to the cores free now (refquant.threads)
         self.training = bool(training)
         self._has_forward = False
         outputs = []

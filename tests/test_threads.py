@@ -1,0 +1,103 @@
+"""refquant.threads: the thread pools sized to the free cores or to REFQUANT_THREADS.
+
+Truths: the values set by hand in the environment and in monkeypatched counts of the machine;
+Numba's and threadpoolctl's own reports of the pools' sizes; the kernel's /proc for this
+process's own threads. No timing: benchmarks/bench_sharing.py measures the speed.
+"""
+import os
+import threading
+import time
+
+import numba
+import pytest
+from threadpoolctl import threadpool_info
+
+from refquant import threads
+
+
+@pytest.fixture
+def restore_threads():
+    """Numba's and the BLAS's counts as they were, and a fresh look at the machine after the test."""
+    numba_threads = numba.get_num_threads()
+    yield
+    numba.set_num_threads(numba_threads)
+    threads._set_blas_threads(numba_threads)
+    threads._fitted.update(at=-float("inf"), threads=None)
+
+
+def blas_threads():
+    return [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]
+
+
+def test_environment_variable_sets_both_pools(monkeypatch, restore_threads):
+    """Truth: Numba's get_num_threads and threadpoolctl's report, after REFQUANT_THREADS=1."""
+    monkeypatch.setenv(threads.ENVIRONMENT_VARIABLE, "1")
+    assert threads.fit(force=True) == 1
+    assert numba.get_num_threads() == 1
+    assert set(blas_threads()) <= {1}
+
+
+def test_free_cores_are_the_usable_ones_less_the_others_running(monkeypatch, restore_threads):
+    """Truth: hand-set counts: 2 usable cores with 1 other task running leave 1; 3 others leave 1
+    (never 0); none leave both; a request above Numba's pool is capped at the pool."""
+    monkeypatch.delenv(threads.ENVIRONMENT_VARIABLE, raising=False)
+    monkeypatch.setattr(threads, "usable_cores", lambda: 2)
+    for others, expected in [(1, 1), (3, 1), (0, 2)]:
+        monkeypatch.setattr(threads, "others_running", lambda others=others: others)
+        assert threads.free_cores() == expected
+        assert threads.fit(force=True) == min(expected, numba.config.NUMBA_NUM_THREADS)
+        assert numba.get_num_threads() == min(expected, numba.config.NUMBA_NUM_THREADS)
+    monkeypatch.setenv(threads.ENVIRONMENT_VARIABLE, str(numba.config.NUMBA_NUM_THREADS + 5))
+    assert threads.fit(force=True) == numba.config.NUMBA_NUM_THREADS
+
+
+def test_a_look_at_the_machine_at_most_once_a_second(monkeypatch, restore_threads):
+    """Truth: a counter of the looks: two fits in a row look once; a forced one looks again."""
+    monkeypatch.delenv(threads.ENVIRONMENT_VARIABLE, raising=False)
+    looks = []
+    monkeypatch.setattr(threads, "free_cores", lambda: looks.append(1) or 1)
+    threads.fit(force=True)
+    threads.fit()
+    assert len(looks) == 1
+    threads.fit(force=True)
+    assert len(looks) == 2
+
+
+@pytest.mark.parametrize("text", ["0", "-2", "two", "1.5"])
+def test_bad_environment_value_names_the_variable(monkeypatch, text):
+    """Truth: the value written by hand, which is not a positive integer."""
+    monkeypatch.setenv(threads.ENVIRONMENT_VARIABLE, text)
+    with pytest.raises(ValueError, match=threads.ENVIRONMENT_VARIABLE):
+        threads.requested_threads()
+
+
+@numba.njit(nogil=True)
+def spin(iterations):
+    """Busy work without the GIL (a few tenths of a second for 10**8 iterations)."""
+    value = 0.0
+    for index in range(iterations):
+        value = value * 0.999999 + index
+    return value
+
+
+def test_own_running_threads_counts_a_busy_thread_of_this_process():
+    """Truth: a thread of this process busy on the CPU without the GIL (state R in /proc/self/task)
+    is counted beside the caller, so that it is not taken for another process's work."""
+    if not os.path.exists("/proc/self/task"):
+        assert threads._own_running_threads() == 1 and threads.others_running() == 0
+        return
+    spin(10)  # compiled before the thread starts
+    spinner = threading.Thread(target=spin, args=(3 * 10**8,))
+    spinner.start()
+    try:
+        seen = 0
+        for _ in range(500):
+            seen = max(seen, threads._own_running_threads())
+            if seen >= 2:
+                break
+            time.sleep(0.001)
+        assert seen >= 2
+    finally:
+        spinner.join()
+    assert threads._own_running_threads() >= 1
+    assert threads.others_running() >= 0
