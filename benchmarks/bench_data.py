@@ -23,6 +23,7 @@ import time
 import cv2
 import numpy as np
 import torch
+from _machine import machine_line
 from scipy.special import expit, softmax
 
 from refquant.data.augment import augment_region
@@ -83,6 +84,7 @@ def main():
     repeats = parser.parse_args().repeats
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
+    print(machine_line())
     print(f"one thread each; minimum of {repeats} alternating runs; ratio = refquant / peer")
     rng = np.random.default_rng(0)
     for (h, w), (th, tw) in [((375, 500), (416, 416)), ((160, 160), (128, 128))]:

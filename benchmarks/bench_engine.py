@@ -23,6 +23,8 @@ import os
 import subprocess
 import sys
 
+from _machine import machine_line
+
 CFG = os.path.join(os.path.dirname(__file__), "..", "refquant", "cfg", "yolov2-tiny-voc.cfg")
 
 
@@ -229,8 +231,10 @@ def main(argv=None):
     weights = os.path.join(tempfile.mkdtemp(), "yolov2-tiny-voc.weights")
     darknet.save_weights(net, weights)
 
+    # REFQUANT_THREADS: refquant's pools stay at N (refquant.threads would size them to the free cores)
     env = dict(os.environ, OPENBLAS_NUM_THREADS=str(args.threads), NUMBA_NUM_THREADS=str(args.threads),
-               OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
+               OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads),
+               REFQUANT_THREADS=str(args.threads))
     results = {}
     for name in ("refquant", "torch", "opencv"):
         command = [sys.executable, __file__, "--only", name, "--weights", weights, "--threads", str(args.threads),
@@ -241,6 +245,7 @@ def main(argv=None):
     ours, theirs = np.array(results["refquant"]["output"]), np.array(results["torch"]["output"])
     agreement = np.max(np.abs(ours - theirs)) / np.max(np.abs(theirs))
     r, t, o = results["refquant"], results["torch"], results["opencv"]
+    print(machine_line())
     print(f"yolov2-tiny-voc, input {args.batch} x 3 x {args.size} x {args.size}, {args.threads} threads "
           f"(Numba threading layer {r['threading_layer']}; refquant vs torch outputs agree to "
           f"{agreement:.1e} relative)")

@@ -128,6 +128,7 @@ def main():
     parser.add_argument("--threads", type=int, default=numba.get_num_threads())
     args = parser.parse_args()
     warnings.simplefilter("ignore")  # torch deprecates the quantized dtypes, not the kernels
+    os.environ["REFQUANT_THREADS"] = str(args.threads)  # IntegerNetwork.run and Network.forward keep it
     numba.set_num_threads(args.threads)
     torch.set_num_threads(args.threads)
     net = random_network()

@@ -16,6 +16,7 @@ import argparse
 import time
 
 import numpy as np
+from _machine import machine_line
 
 from refquant.density.pgm import PiecewiseGaussian
 from refquant.quantizers.baselines import mse_search_quantizer
@@ -31,6 +32,7 @@ def main():
     parser.add_argument("--candidates", type=int, default=24, help="brute force grid: C (default 24)")
     parser.add_argument("--repeats", type=int, default=30, help="timed runs of the optimiser")
     args = parser.parse_args()
+    print(machine_line())
 
     optimal_quantizer(MODEL, 8)  # warm-up (imports, caches)
     times = []

@@ -105,6 +105,8 @@ def main(argv=None):
     results = [run_tree(seed, work) for seed in seeds]
     table = summary(results)
     text = lines(table, seeds, results)
+    from _machine import machine_line  # here, not at the top: tests import this file without benchmarks/ on the path
+    print(machine_line())
     print("\n".join(text))
     if args.out:
         Path(args.out).write_text(json.dumps({"seeds": seeds, "summary": table, "lines": text,

@@ -23,6 +23,7 @@ import time
 import warnings
 
 import numpy as np
+from _machine import machine_line
 from scipy import stats
 
 from refquant.density.mixture import GaussianMixture
@@ -59,6 +60,7 @@ def main():
     parser.add_argument("--repeats", type=int, default=5, help="timed runs of each fit (median)")
     parser.add_argument("--data", choices=["leaky", "weights"], default="leaky")
     args = parser.parse_args()
+    print(machine_line())
     from sklearn.mixture import GaussianMixture as SklearnMixture  # benchmark-only peer
 
     rng = np.random.default_rng(0)

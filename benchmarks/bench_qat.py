@@ -28,6 +28,7 @@ import os
 import subprocess
 import sys
 
+from _machine import machine_line
 from bench_engine import _Region, best_time
 
 FAKE_STEP, FAKE_ZERO_POINT, FAKE_BITS = 2.0 ** -4, 3, 4
@@ -192,8 +193,10 @@ def main(argv=None):
     plan_path = os.path.join(tempfile.mkdtemp(), "plan.json")
     plan.save(plan_path)
 
+    # REFQUANT_THREADS: refquant's pools stay at N (refquant.threads would size them to the free cores)
     env = dict(os.environ, OPENBLAS_NUM_THREADS=str(args.threads), NUMBA_NUM_THREADS=str(args.threads),
-               OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
+               OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads),
+               REFQUANT_THREADS=str(args.threads))
     results = {}
     for name in ("refquant", "torch"):
         command = [sys.executable, __file__, "--only", name, "--plan", plan_path, "--threads", str(args.threads),
@@ -205,6 +208,7 @@ def main(argv=None):
         raise SystemExit("fake quantization: refquant and torch differ on a power-of-two step")
     ours, theirs = np.array(r["head_output"]), np.array(t["head_output"])
     close = np.mean(np.abs(ours - theirs) <= 1e-4 + 1e-3 * np.abs(theirs))
+    print(machine_line())
     print(f"{args.threads} threads (Numba threading layer {r['threading_layer']}); batch {args.batch}; "
           f"QAT head outputs of refquant and torch equal within 1e-3 relative for {100 * close:.1f} % of values")
     print(f"{'':52s}{'refquant':>10s}{'torch':>10s}{'refquant/torch':>16s}")
