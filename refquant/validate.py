@@ -225,15 +225,15 @@ def json_string(value, where):
     return value
 
 
-def json_object(value, where, required=(), optional=()):
-    """``value`` if a JSON object with every key of ``required`` and no key outside
-    ``required`` + ``optional`` (when either is given)."""
+def json_object(value, where, required=(), optional=(), closed=True):
+    """``value`` if a JSON object with every key of ``required`` and, when ``closed`` and keys are
+    given, no key outside ``required`` + ``optional``."""
     if not isinstance(value, dict):
         raise InputError(f"{where}: expected an object, got {_shown(value)}")
     missing = [key for key in required if key not in value]
     if missing:
         raise InputError(f"{where}: missing {', '.join(repr(k) for k in missing)}")
-    if required or optional:
+    if closed and (required or optional):
         extra = sorted(set(value) - set(required) - set(optional))
         if extra:
             raise InputError(f"{where}: unknown key {extra[0]!r}; expected {', '.join(list(required) + list(optional))}")

@@ -130,7 +130,8 @@ def user_errors(command, run, args):
     try:
         return run(args)
     except USER_ERRORS as error:
-        print(f"refquant {command}: error: {error}", file=sys.stderr)
+        message = " ".join(str(error).split("\n"))  # one line, whatever the message holds
+        print(f"refquant {command}: error: {message}", file=sys.stderr)
         return 2
 
 

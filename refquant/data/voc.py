@@ -39,13 +39,15 @@ def read_names(path):
     """Class names, one per non-empty line of ``path`` (Darknet's ``.names`` format).
 
     Returns a list of str; raises ValueError naming the file and line on a
-    duplicate name, or when the file holds no name.
+    duplicate name or one with a control character, or when the file holds no name.
     """
     names, seen = [], {}
     for number, line in enumerate(validate.read_text(path, "names file").splitlines(), start=1):
         name = line.strip()
         if not name:
             continue
+        if not name.isprintable():
+            raise ValueError(f"{path}:{number}: class name {name!r} has a control character")
         if name in seen:
             raise ValueError(f"{path}:{number}: class name {name!r} repeats line {seen[name]}")
         seen[name] = number
@@ -66,10 +68,10 @@ def read_image_set(root, split):
         if not line.strip():
             continue
         image_id = line.split()[0]
-        if "/" in image_id or "\\" in image_id or image_id.startswith("."):
+        if "/" in image_id or "\\" in image_id or image_id.startswith(".") or not image_id.isprintable():
             # an id names Annotations/<id>.xml and JPEGImages/<id>.jpg: it must stay inside the tree
             raise ValueError(f"{path}:{number}: image id {image_id!r} is not a plain file stem "
-                             f"(no '/', '\\' or leading '.')")
+                             f"(no '/', '\\', leading '.' or control character)")
         ids.append(image_id)
     return ids
 

@@ -64,6 +64,7 @@ def classify(boundary, case, call, names, accept=None, seconds=20.0, type_errors
     ``type_errors``: a TypeError naming the argument is a clean refusal (numeric APIs).
     """
     clean_types = (ValueError, OSError, TypeError) if type_errors else (ValueError, OSError)
+    seconds = min(seconds, _TIME_CAP[0]) if _TIME_CAP else seconds
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # convergence and overflow warnings are not outcomes
@@ -109,16 +110,21 @@ def fuzz_limits():
                 os.environ[key] = value
 
 
-def run(budgets, seed, workdir, progress=None):
+_TIME_CAP = []  # the time limit :func:`run` imposes on every case, if any
+
+
+def run(budgets, seed, workdir, progress=None, time_limit=None):
     """Fuzz each boundary of ``budgets`` ({boundary: number of cases}) in ``workdir`` (an empty
     folder); returns the list of :class:`Outcome`. ``progress(boundary, done, total)`` is called
-    after each case."""
+    after each case; ``time_limit``: seconds after which any case counts as a hang (default: each
+    boundary's own, 20 s for files, 30 s for numeric calls)."""
     from refquant.fuzz import boundaries, calls
     generators = {**boundaries.BOUNDARIES, **calls.BOUNDARIES}
     unknown = sorted(set(budgets) - set(generators))
     if unknown:
         raise ValueError(f"unknown boundaries {unknown}; known: {', '.join(generators)}")
     outcomes = []
+    _TIME_CAP[:] = [] if time_limit is None else [time_limit]
     with fuzz_limits():
         for position, (name, make) in enumerate(generators.items()):
             if not budgets.get(name):
@@ -129,6 +135,7 @@ def run(budgets, seed, workdir, progress=None):
                 outcomes.append(outcome)
                 if progress is not None:
                     progress(name, done, budgets[name])
+    _TIME_CAP[:] = []
     return outcomes
 
 
@@ -152,3 +159,18 @@ def table(outcomes):
             totals[kind] += row[kind]
     lines.append(f"| **total** | {sum(totals.values())} | " + " | ".join(str(totals[k]) for k in KINDS) + " |")
     return "\n".join(lines)
+
+
+def failure_kinds(outcomes):
+    """The failures grouped by kind: {(boundary, call, what went wrong): [outcomes]}, where ``call``
+    is the function or file of the case and ``what went wrong`` the exception type or the problem,
+    without the numbers (``ValueError not naming 'fit'``, ``returned nan``)."""
+    kinds = {}
+    for outcome in outcomes:
+        if outcome.kind not in FAILURES:
+            continue
+        call = outcome.case.split("(")[0].split(":")[0]
+        what = outcome.detail.split(":")[0] if outcome.kind == "unclear" else outcome.detail.split(" ")[0:2]
+        what = what if isinstance(what, str) else " ".join(what)
+        kinds.setdefault((outcome.boundary, call, f"{outcome.kind}: {what}"), []).append(outcome)
+    return kinds

@@ -238,8 +238,10 @@ OPTIONS = (
 """(command, the other arguments it needs, option, what a value of the option means)."""
 
 RUN_PATHS = (("golden check", ["--no-progress", "--vector", "rounding"], "DIR"),
-             ("eval", ["--no-progress"], "--cfg"), ("eval", ["--no-progress", "--cfg", "/nonexistent.cfg"], "--weights"))
-"""Path arguments that reach the command itself (they fail before any model or data is loaded)."""
+             ("eval", ["--no-progress"], "--cfg"), ("eval", ["--no-progress", "--cfg", "SHIPPED"], "--weights"),
+             ("detect", ["--out", "OUT"], "image"))
+"""Path arguments that reach the command itself: none of :data:`refquant.fuzz.mutators.PATHS` is
+a usable file, so each command fails at that argument, after loading at most the shipped model."""
 
 
 class ArgumentRefusal(ValueError):
@@ -287,10 +289,15 @@ def cli_cases(budget, seed, folder):
     rng = np.random.default_rng(seed)
     for _ in range(budget):
         if rng.random() < 0.15:
+            from refquant.detection.evaluate import shipped_model
             command, others, option = RUN_PATHS[int(rng.integers(len(RUN_PATHS)))]
             value = mutators.choose(rng, mutators.PATHS)
-            argv = command.split() + ([value] if option == "DIR" else [option, value]) + others
-            yield classify(CLI, f"refquant {' '.join(argv)!r}", lambda: _ran(argv), [option, value])
+            others = [str(shipped_model(".cfg")) if a == "SHIPPED" else f"{folder}/x.png" if a == "OUT" else a
+                      for a in others]
+            argv = command.split() + ([value] if option in ("DIR", "image") else [option, value]) + others
+            # the message names the argument, or the path as given (or as Python shows it: 'a\\x00b')
+            names = [option, value, repr(value)[1:-1]]
+            yield classify(CLI, f"refquant {' '.join(argv)!r}", lambda: _ran(argv), names)
             continue
         command, others, option, meaning = OPTIONS[int(rng.integers(len(OPTIONS)))]
         value = _value(rng, meaning)

@@ -108,7 +108,7 @@ def _check_manifest(manifest, path, directory):
     for name, entry in files.items():
         where = f"{path}: files[{name!r}]"
         confined(directory, name, where)
-        validate.json_object(entry, where, required=("sha256",), optional=("bytes",))
+        validate.json_object(entry, where, required=("sha256",), optional=("bytes",), closed=False)
         digest = validate.json_string(entry["sha256"], f"{where}.sha256")
         if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
             raise ManifestError(f"{where}.sha256: expected 64 lower-case hexadecimal digits, got {digest[:80]!r}")
@@ -126,7 +126,8 @@ def _check_manifest(manifest, path, directory):
 
 
 def _check_array_entry(spec, where):
-    validate.json_object(spec, where, required=("role", "shape", "dtype", "tolerance"))
+    # closed=False: an array entry may carry descriptive keys (what the array means) beside these
+    validate.json_object(spec, where, required=("role", "shape", "dtype", "tolerance"), closed=False)
     if spec["role"] not in ARRAY_ROLES:
         raise ManifestError(f"{where}.role: expected one of {', '.join(ARRAY_ROLES)}, got {spec['role']!r}")
     for k, size in enumerate(validate.json_list(spec["shape"], f"{where}.shape")):
