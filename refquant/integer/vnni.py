@@ -19,7 +19,7 @@ Layouts (K = C*kh*kw padded to ``4 * k4``; a *tile* is ``TILE_PIXELS`` = 32 outp
 * accumulators ``(O_padded, n_tiles * 32)`` int32, output channel by pixel.
 
 The micro-kernel keeps an 8 x 32 block of accumulators in 16 vector registers (two per output) over
-a run of K, streaming one 128-byte column step and one 32-byte weight step per 16 ``VPDPBUSD``.
+all of K, streaming one 128-byte column step and one 32-byte weight step per 16 ``VPDPBUSD``.
 The vectors are LLVM's ``<16 x i32>``, given to Numba as a type of its own with five intrinsics
 (zero-cost wrappers of one LLVM instruction each). LLVM refuses an intrinsic the CPU lacks, so
 nothing here is compiled unless :func:`vnni_available` says the CPU has AVX-512 VNNI.
@@ -42,10 +42,6 @@ OUTPUT_BLOCK = 8
 
 K_STEP = 4
 """Products summed per lane by one VPDPBUSD: K is padded to a multiple of it."""
-
-K_STEPS_PER_BLOCK = 128
-"""K steps (512 K values) of a tile swept by all outputs of a task before the next: 16 KiB of
-columns, held in L1 while the weights stream from L2."""
 
 _REQUIRED_FEATURES = ("avx512f", "avx512bw", "avx512vnni")
 
@@ -132,48 +128,33 @@ def _dot_accumulate(typingctx, acc, x, w):
 
 
 @numba.njit(cache=True, inline="always")
-def _load_pair(acc, byte_offset):
-    """The 32 int32 of ``acc`` from ``byte_offset``: one output's accumulators over a tile."""
-    return _load(acc, byte_offset), _load(acc, byte_offset + 64)
-
-
-@numba.njit(cache=True, inline="always")
-def _start_pair(acc, byte_offset, start, output, first):
-    """One output's 32 accumulators to update: ``start[output]`` in every lane on the first K
-    block (no pass over ``acc`` to initialise it), else what ``acc`` holds from ``byte_offset``."""
-    if first:
-        value = _broadcast(start, 4 * output)
-        return value, value
-    return _load_pair(acc, byte_offset)
-
-
-@numba.njit(cache=True, inline="always")
 def _store_pair(acc, byte_offset, first, second):
     _store(acc, byte_offset, first)
     _store(acc, byte_offset + 64, second)
 
 
 @numba.njit(cache=True, inline="always")
-def _tile_update(weights, block, columns, tile, k_start, k_stop, acc, pixel_bytes, start):
-    """acc[8b:8b+8, 32t:32t+32] += weights[b, k_start:k_stop] . columns[t, k_start:k_stop] (K steps),
-    the accumulators taken from ``start`` (O_padded,) int32 instead of ``acc`` when k_start == 0.
+def _tile_update(weights, block, columns, tile, acc, pixel_bytes, start):
+    """acc[8b:8b+8, 32t:32t+32] = start[8b:8b+8, None] + weights[b] . columns[t], over all of K.
 
     ``pixel_bytes`` = 4 * acc.shape[1], the byte stride between two outputs' accumulator rows.
+    The whole reduction stays in the 16 registers: no accumulator goes to memory before the end
+    (blocking K, with the accumulators stored and reloaded between blocks, measured slower here:
+    the column tile streams from L2 well enough).
     """
     k_steps = weights.shape[1]
     w_base = (block * k_steps) * 32            # 8 outputs x 4 bytes per K step
     x_base = (tile * k_steps) * 128            # 32 pixels x 4 bytes per K step
-    row = 8 * block * pixel_bytes + tile * 128  # acc[8b, 32t] in bytes
-    first, o = k_start == 0, 8 * block
-    a0, b0 = _start_pair(acc, row, start, o, first)
-    a1, b1 = _start_pair(acc, row + pixel_bytes, start, o + 1, first)
-    a2, b2 = _start_pair(acc, row + 2 * pixel_bytes, start, o + 2, first)
-    a3, b3 = _start_pair(acc, row + 3 * pixel_bytes, start, o + 3, first)
-    a4, b4 = _start_pair(acc, row + 4 * pixel_bytes, start, o + 4, first)
-    a5, b5 = _start_pair(acc, row + 5 * pixel_bytes, start, o + 5, first)
-    a6, b6 = _start_pair(acc, row + 6 * pixel_bytes, start, o + 6, first)
-    a7, b7 = _start_pair(acc, row + 7 * pixel_bytes, start, o + 7, first)
-    for step in range(k_start, k_stop):
+    o = 8 * block
+    a0 = b0 = _broadcast(start, 4 * o)
+    a1 = b1 = _broadcast(start, 4 * (o + 1))
+    a2 = b2 = _broadcast(start, 4 * (o + 2))
+    a3 = b3 = _broadcast(start, 4 * (o + 3))
+    a4 = b4 = _broadcast(start, 4 * (o + 4))
+    a5 = b5 = _broadcast(start, 4 * (o + 5))
+    a6 = b6 = _broadcast(start, 4 * (o + 6))
+    a7 = b7 = _broadcast(start, 4 * (o + 7))
+    for step in range(k_steps):
         xa, xb = _load(columns, x_base + 128 * step), _load(columns, x_base + 128 * step + 64)
         w = w_base + 32 * step
         w0, w1, w2, w3 = _broadcast(weights, w), _broadcast(weights, w + 4), _broadcast(weights, w + 8), _broadcast(weights, w + 12)
@@ -186,6 +167,7 @@ def _tile_update(weights, block, columns, tile, k_start, k_stop, acc, pixel_byte
         a5, b5 = _dot_accumulate(a5, xa, w5), _dot_accumulate(b5, xb, w5)
         a6, b6 = _dot_accumulate(a6, xa, w6), _dot_accumulate(b6, xb, w6)
         a7, b7 = _dot_accumulate(a7, xa, w7), _dot_accumulate(b7, xb, w7)
+    row = o * pixel_bytes + tile * 128  # acc[8b, 32t] in bytes
     _store_pair(acc, row, a0, b0)
     _store_pair(acc, row + pixel_bytes, a1, b1)
     _store_pair(acc, row + 2 * pixel_bytes, a2, b2)
@@ -197,27 +179,23 @@ def _tile_update(weights, block, columns, tile, k_start, k_stop, acc, pixel_byte
 
 
 @numba.njit(cache=True, inline="always")
-def _half_tile_update(weights, block, columns, tile, k_start, k_stop, acc, pixel_bytes, start):
+def _half_tile_update(weights, block, columns, tile, acc, pixel_bytes, start):
     """:func:`_tile_update` on the first 16 pixels of the tile alone: the last tile, when the
     pixels end within its first half (13x13 maps: 169 = 5 x 32 + 9 pixels, 176 computed, not 192)."""
     k_steps = weights.shape[1]
     w_base, x_base = (block * k_steps) * 32, (tile * k_steps) * 128
-    row = 8 * block * pixel_bytes + tile * 128
-    first, o = k_start == 0, 8 * block
-    a0 = _start_pair(acc, row, start, o, first)[0]
-    a1 = _start_pair(acc, row + pixel_bytes, start, o + 1, first)[0]
-    a2 = _start_pair(acc, row + 2 * pixel_bytes, start, o + 2, first)[0]
-    a3 = _start_pair(acc, row + 3 * pixel_bytes, start, o + 3, first)[0]
-    a4 = _start_pair(acc, row + 4 * pixel_bytes, start, o + 4, first)[0]
-    a5 = _start_pair(acc, row + 5 * pixel_bytes, start, o + 5, first)[0]
-    a6 = _start_pair(acc, row + 6 * pixel_bytes, start, o + 6, first)[0]
-    a7 = _start_pair(acc, row + 7 * pixel_bytes, start, o + 7, first)[0]
-    for step in range(k_start, k_stop):
+    o = 8 * block
+    a0, a1 = _broadcast(start, 4 * o), _broadcast(start, 4 * (o + 1))
+    a2, a3 = _broadcast(start, 4 * (o + 2)), _broadcast(start, 4 * (o + 3))
+    a4, a5 = _broadcast(start, 4 * (o + 4)), _broadcast(start, 4 * (o + 5))
+    a6, a7 = _broadcast(start, 4 * (o + 6)), _broadcast(start, 4 * (o + 7))
+    for step in range(k_steps):
         xa, w = _load(columns, x_base + 128 * step), w_base + 32 * step
         a0, a1 = _dot_accumulate(a0, xa, _broadcast(weights, w)), _dot_accumulate(a1, xa, _broadcast(weights, w + 4))
         a2, a3 = _dot_accumulate(a2, xa, _broadcast(weights, w + 8)), _dot_accumulate(a3, xa, _broadcast(weights, w + 12))
         a4, a5 = _dot_accumulate(a4, xa, _broadcast(weights, w + 16)), _dot_accumulate(a5, xa, _broadcast(weights, w + 20))
         a6, a7 = _dot_accumulate(a6, xa, _broadcast(weights, w + 24)), _dot_accumulate(a7, xa, _broadcast(weights, w + 28))
+    row = o * pixel_bytes + tile * 128
     _store(acc, row, a0)
     _store(acc, row + pixel_bytes, a1)
     _store(acc, row + 2 * pixel_bytes, a2)
@@ -242,23 +220,20 @@ def _gemm_serial(weights, columns, start, acc, tiles_per_task, blocks_per_task, 
 
 @numba.njit(cache=True, inline="always")
 def _gemm_task(weights, columns, start, acc, tiles_per_task, blocks_per_task, half_last_tile, task):
-    """Task ``task``: a group of ``tiles_per_task`` tiles by a group of ``blocks_per_task`` output blocks,
-    K block by K block (each tile's K block stays in L1 while the group's outputs sweep it)."""
-    n_blocks, k_steps = weights.shape[0], weights.shape[1]
-    n_tiles = columns.shape[0]
+    """Task ``task``: a group of ``tiles_per_task`` tiles by a group of ``blocks_per_task`` output
+    blocks, tile by tile (a tile's columns, read by every block of the group, stay in L2)."""
+    n_blocks, n_tiles = weights.shape[0], columns.shape[0]
     pixel_bytes = 4 * acc.shape[1]
     n_block_groups = (n_blocks + blocks_per_task - 1) // blocks_per_task
     tile_start = (task // n_block_groups) * tiles_per_task
     block_start = (task % n_block_groups) * blocks_per_task
-    for k_start in range(0, k_steps, K_STEPS_PER_BLOCK):
-        k_stop = min(k_start + K_STEPS_PER_BLOCK, k_steps)
-        for tile in range(tile_start, min(tile_start + tiles_per_task, n_tiles)):
-            half = half_last_tile and tile == n_tiles - 1
-            for block in range(block_start, min(block_start + blocks_per_task, n_blocks)):
-                if half:
-                    _half_tile_update(weights, block, columns, tile, k_start, k_stop, acc, pixel_bytes, start)
-                else:
-                    _tile_update(weights, block, columns, tile, k_start, k_stop, acc, pixel_bytes, start)
+    for tile in range(tile_start, min(tile_start + tiles_per_task, n_tiles)):
+        half = half_last_tile and tile == n_tiles - 1
+        for block in range(block_start, min(block_start + blocks_per_task, n_blocks)):
+            if half:
+                _half_tile_update(weights, block, columns, tile, acc, pixel_bytes, start)
+            else:
+                _tile_update(weights, block, columns, tile, acc, pixel_bytes, start)
 
 
 def gemm(weights, columns, start, n_threads, n_pixels=None, parallel=True):
@@ -291,9 +266,9 @@ def gemm(weights, columns, start, n_threads, n_pixels=None, parallel=True):
 
 
 def _task_grid(n_tiles, n_blocks, n_threads):
-    """(tile groups, block groups): tiles in groups of at most 8 (256 pixels, whose K block stays
-    in L2), output blocks split until there are at least 2 tasks per thread, the total a
-    multiple of the threads where the sizes allow."""
+    """(tile groups, block groups): tiles in groups of at most 8 (256 pixels), output blocks split
+    until there are at least 2 tasks per thread, the total a multiple of the threads where the
+    sizes allow."""
     tile_groups = -(-n_tiles // 8)
     block_groups = 1
     while tile_groups * block_groups < 2 * n_threads and block_groups < n_blocks:
