@@ -3,6 +3,7 @@ determinism, and spot checks of the vectors against independent truths (each doc
 
 One export (module fixture) serves every test; tampering happens on copies.
 """
+import dataclasses
 import fractions
 import hashlib
 import importlib
@@ -14,12 +15,8 @@ import numpy as np
 import pytest
 from scipy import integrate, stats
 
-from refquant import cli
-from refquant.golden import check
-from refquant.golden import export
-from refquant.golden import format
-from refquant.golden import numeric_vectors
-from refquant.golden import vectors
+from refquant import cli, ptq
+from refquant.golden import check, export, format, network_vectors, numeric_vectors, vectors
 from refquant.testing import numpy_correlation
 
 
@@ -177,6 +174,59 @@ def test_manifest_schema(exported):
                 if value.dtype.kind in "bU" or (value.dtype.kind in "iu" and not array_name.endswith("/counts")):
                     assert tolerance["rtol"] == tolerance["atol"] == 0, (name, array_name)
         assert roles == {"input", "output"}, name
+
+
+def test_every_array_has_a_one_line_meaning(exported):
+    """Truth: the manifest format (version 3). Every array of every vector carries a ``meaning``: a
+    non-empty string of one line, the one meaning_of states for it; so an array added without one
+    fails the export."""
+    manifest = json.loads((exported / format.MANIFEST).read_text())
+    for name, vector in manifest["vectors"].items():
+        for array_name, entry in vector["arrays"].items():
+            meaning = entry.get("meaning")
+            assert isinstance(meaning, str) and meaning.strip(), (name, array_name)
+            assert "\n" not in meaning and "\r" not in meaning, (name, array_name)
+            assert meaning == format.meaning_of(vectors.VECTORS[name], array_name)
+
+
+def test_meaning_of_refuses_an_array_without_one():
+    """Truth: the rule of format.stated_for, worked by hand: the full name first, then the longest
+    trailing part, then the first component. An array with no meaning is a KeyError; an empty or
+    multi-line meaning a ValueError."""
+    table = {"leaky/means": "a", "means": "b", "float": "c"}
+    assert format.stated_for(table, "leaky/means") == "a"
+    assert format.stated_for(table, "x/y/means") == "b"
+    assert format.stated_for(table, "float/3") == "c"
+    assert format.stated_for(table, "stds") is None
+    rounding = vectors.VECTORS["rounding"]
+    with pytest.raises(KeyError, match="no meaning stated for array 'new/array'"):
+        format.meaning_of(rounding, "new/array")
+    for bad in ("", "two\nlines"):
+        with pytest.raises(ValueError, match="one non-empty line"):
+            format.meaning_of(dataclasses.replace(rounding, meanings={"new": bad}), "new/array")
+
+
+def test_integer_arrays_with_a_tolerance_are_the_histogram_counts(exported):
+    """Truth: the comparison rule as docs/golden-vectors.md and the specification (section 16) state
+    it: integers are exact but for the calibration histograms' counts (atol 4). Read from the manifest."""
+    manifest = json.loads((exported / format.MANIFEST).read_text())
+    tolerant = {(name, array_name) for name, vector in manifest["vectors"].items()
+                for array_name, entry in vector["arrays"].items()
+                if np.dtype(entry["dtype"]).kind in "iu" and (entry["tolerance"]["rtol"] or entry["tolerance"]["atol"])}
+    counts = {("network", f"histograms/{i}/counts") for i in vectors.GRID_LAYERS}
+    assert tolerant == counts
+    assert {manifest["vectors"][v]["arrays"][a]["tolerance"]["atol"] for v, a in counts} == {4.0}
+
+
+def test_network_layers_described_as_they_are():
+    """Truth: the network's cfg, read by the cfg parser. The meanings' layer descriptions
+    (vectors.NETWORK_LAYERS) name each layer's type, and the convolutions calibrated through their
+    maxpool (vectors.POOLED) are those refquant.ptq.pooled_readers finds."""
+    net = network_vectors.network_from(network_vectors._network_inputs())
+    kinds = {"convolution": "convolutional", "maxpool": "maxpool", "route": "route", "reorg": "reorg",
+             "region": "region"}
+    assert [kinds[text.split()[0]] for text in vectors.NETWORK_LAYERS] == [layer.type for layer in net.layers]
+    assert ptq.pooled_readers(net) == vectors.POOLED
 
 
 def test_load_gives_inputs_outputs_tolerances(exported):

@@ -14,6 +14,7 @@ from refquant.golden.format import (
     FORMAT_VERSION,
     MANIFEST,
     _memoised_outputs,
+    meaning_of,
     sha256,
     tolerance_of,
     write_npz,
@@ -24,7 +25,7 @@ from refquant.golden.vectors import VECTORS
 
 def _array_entry(vector, name, value, role):
     return {"role": role, "shape": list(value.shape), "dtype": value.dtype.str,
-            "tolerance": tolerance_of(vector, name, value).to_dict()}
+            "tolerance": tolerance_of(vector, name, value).to_dict(), "meaning": meaning_of(vector, name)}
 
 
 def _json_ready(value):

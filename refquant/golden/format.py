@@ -4,14 +4,16 @@
   ``comparison``, ``files`` (every other file with its sha256 and size) and ``vectors``: per vector
   its ``file``, ``description``, ``definitions``, ``seeds``, ``parameters`` and ``arrays``; per array
   its ``role`` (``"input"``: what an implementation is given; ``"output"``: what it must produce),
-  ``shape``, ``dtype`` and ``tolerance`` (``rtol``, ``atol`` and ``why``).
+  ``shape``, ``dtype``, ``tolerance`` (``rtol``, ``atol`` and ``why``) and ``meaning`` (one line:
+  what the array is, with its units, order and conventions; :func:`meaning_of`).
 - ``<vector>.npz``: the arrays, named ``case/name``, readable by ``numpy.load(path,
   allow_pickle=False)``, written with a fixed timestamp (byte-identical exports).
 - ``network.cfg``, ``network.weights``, ``plan_<name>.json``: the small network and its plans.
 
 Comparison (:func:`compare`): shapes and dtypes equal; ``|got - expected| <= atol + rtol |expected|``
-element by element, NaN only where NaN is expected, infinities equal; booleans, text and integers
-exactly. :func:`load` splits a stored vector into its inputs and outputs.
+element by element, NaN only where NaN is expected, infinities equal; booleans and text exactly, and
+integers exactly unless their tolerance is non-zero (only the ``network`` vector's
+``histograms/<layer>/counts``, atol 4). :func:`load` splits a stored vector into its inputs and outputs.
 """
 import dataclasses
 import hashlib
@@ -24,8 +26,14 @@ import numpy as np
 FORMAT = "refquant-golden-vectors"
 
 
-FORMAT_VERSION = 2
-"""2: the defining functions are named by their modules of the one-concept-per-module layout
+FORMAT_VERSION = 3
+"""3: every array's manifest entry also carries ``meaning``, one line saying what the array is (units,
+order, conventions), from the vector's ``meanings`` (:func:`meaning_of`); every fitted density also
+has a ``bounded`` array (the pieces fitted on the std's bound, specification section 3.3); values
+changed where version 2 was wrong: ``expected_error``'s partial moments on narrow intervals (now to
+a few ulps), ``optimal_quantizers``' tied zero points (the smallest wins), and the fits that stopped
+at ``max_iter`` (now the bounded maximum of the likelihood).
+2: the defining functions are named by their modules of the one-concept-per-module layout
 (``refquant.density.pgm.PiecewiseGaussian.fit`` where version 1 had ``refquant.pgm.PiecewiseGaussian.fit``);
 every array is as in version 1."""
 
@@ -57,8 +65,8 @@ DRAWN = Tolerance(0.0, 0.0, "exact: drawn from numpy.random.default_rng(seed) or
 class Vector:
     """One golden vector: ``inputs() -> {name: array}`` regenerates the inputs from the seeds;
     ``outputs(inputs) -> {name: array}`` computes refquant's outputs from (stored) inputs.
-    ``tolerances``: {key: Tolerance} for every float array, the key being the array's name, a
-    trailing part of it (``"means"`` for ``"leaky/means"``) or its first component (``"float"``)."""
+    ``tolerances``: {key: Tolerance} for every float array; ``meanings``: {key: one line saying
+    what the array is} for every array. A key names arrays as :func:`stated_for` resolves it."""
     name: str
     description: str
     definitions: tuple
@@ -67,6 +75,18 @@ class Vector:
     inputs: object
     outputs: object
     tolerances: dict
+    meanings: dict
+
+
+def stated_for(table, name):
+    """What ``table`` states for array ``name``, or None: the entry of the array's full name, else
+    of its longest trailing part that has one (``"means"`` for ``"leaky/means"``), else of its first
+    component (``"float"`` for ``"float/3"``). The one rule by which tolerances and meanings are found."""
+    parts = name.split("/")
+    for key in ["/".join(parts[k:]) for k in range(len(parts))] + [parts[0]]:
+        if key in table:
+            return table[key]
+    return None
 
 
 def tolerance_of(vector, name, array):
@@ -74,13 +94,24 @@ def tolerance_of(vector, name, array):
     booleans and text are exact; a float array must have one."""
     if array.dtype.kind in "bUS":
         return EXACT
-    parts = name.split("/")
-    for key in ["/".join(parts[k:]) for k in range(len(parts))] + [parts[0]]:
-        if key in vector.tolerances:
-            return vector.tolerances[key]
+    stated = stated_for(vector.tolerances, name)
+    if stated is not None:
+        return stated
     if array.dtype.kind in "iu":
         return EXACT
     raise KeyError(f"golden vector {vector.name}: no tolerance stated for float array {name!r}")
+
+
+def meaning_of(vector, name):
+    """The meaning of array ``name`` of ``vector``: the one line stated for it (:func:`stated_for`).
+    Every array must have one: KeyError if none is stated, ValueError if it is empty or not one line."""
+    meaning = stated_for(vector.meanings, name)
+    if meaning is None:
+        raise KeyError(f"golden vector {vector.name}: no meaning stated for array {name!r}")
+    if not isinstance(meaning, str) or not meaning.strip() or "\n" in meaning or "\r" in meaning:
+        raise ValueError(f"golden vector {vector.name}: the meaning of array {name!r} must be one non-empty line, "
+                         f"got {meaning!r}")
+    return meaning
 
 
 def write_npz(path, arrays):
