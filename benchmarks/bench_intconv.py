@@ -9,7 +9,8 @@ For every 3x3 convolution of yolov2-tiny-voc at 416x416, batch 1 (plus the
   qint8 weights, float bias, quint8 output (its time includes requantization);
 * refquant: ``conv2d_requantized`` (the int32 accumulators with their int32 bias, requantized to
   uint8 codes in place: the same work, and the integer network's call), and ``conv2d`` alone
-  (int32 out); both with the weights packed once (``pack_weights``), as fbgemm packs its own,
+  (int32 out); both take the uint8 codes and their zero point, as fbgemm does, and the weights
+  packed once (``pack_weights``), as fbgemm packs its own,
 
 with torch's thread count set to Numba's. Turns alternate between them (``_timing.best_times``)
 and each figure is the minimum over the runs, of the wall time and of the process CPU time
@@ -66,14 +67,14 @@ def refquant_layer(x_codes, w_codes, bias, step_x, zero_point_x, step_w, step_y,
     packed = pack_weights(w_codes)  # once, as fbgemm packs its weights once (set_weight_bias)
 
     def conv_only(bias=None):
-        # Removing the zero point is part of the layer: fbgemm does it too.
-        return conv2d(x_codes.astype(np.int16) - np.int16(zero_point_x), packed, 1, kernel // 2,
-                      bias=bias, x_range=(-zero_point_x, 255 - zero_point_x))
+        # The codes as they are and their zero point, as fbgemm takes them (quint8, zero_point).
+        return conv2d(x_codes, packed, 1, kernel // 2, bias=bias, x_range=(-zero_point_x, 255 - zero_point_x),
+                      x_zero_point=zero_point_x)
 
     def layer():  # the int32 accumulators requantized in place (the integer network's call)
-        return conv2d_requantized(x_codes.astype(np.int16) - np.int16(zero_point_x), packed, 1, kernel // 2,
-                                  bias_codes, multiplier, shift, multiplier, shift, zero_point_y, 0, 255,
-                                  x_range=(-zero_point_x, 255 - zero_point_x))
+        return conv2d_requantized(x_codes, packed, 1, kernel // 2, bias_codes, multiplier, shift, multiplier, shift,
+                                  zero_point_y, 0, 255, x_range=(-zero_point_x, 255 - zero_point_x),
+                                  x_zero_point=zero_point_x)
 
     return layer, conv_only
 

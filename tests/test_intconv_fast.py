@@ -193,3 +193,31 @@ def test_fused_convolution_and_requantization_is_the_two_definitions(gemm, pairs
 def test_value_ranges_of_the_bounds():
     """Truth: NumPy's iinfo, for the ranges the bound tests above start from."""
     assert value_range(np.uint8) == (0, 255) and value_range(np.int8) == (-128, 127)
+
+
+@pytest.mark.parametrize("dtype, lo, hi, zero_point", [(np.uint8, 0, 255, 37), (np.uint8, 0, 255, 0),
+                                                       (np.uint8, 3, 250, 300), (np.int8, -128, 127, -5),
+                                                       (np.int16, -300, 4000, 1000)])
+def test_codes_with_their_zero_point_are_the_shifted_values(gemm, dtype, lo, hi, zero_point):
+    """Truth: NumPy int64 correlation of ``codes - zero_point`` (and the reference kernel on them):
+    codes passed as they are with ``x_zero_point``, padding being the zero point in code space;
+    with and without a declared range, plain and requantized."""
+    rng = np.random.default_rng(26)
+    for n, c, h, w_, o, k, stride, pad in FAST_CASES[:5]:
+        codes = random_codes(rng, (n, c, h, w_), lo, hi, dtype)
+        values = (codes.astype(np.int64) - zero_point).astype(np.int16)
+        w = random_codes(rng, (o, c, k, k), -128, 127, np.int8)
+        check_path(w, gemm)
+        bias = rng.integers(-10**4, 10**4, o).astype(np.int32)
+        x_range = (lo - zero_point, hi - zero_point)
+        expected = numpy_correlation(values, w, stride, pad) + bias[None, :, None, None]
+        for declared in (None, x_range) if dtype != np.int16 else (x_range,):  # int16's full range: K too long
+            got = conv2d(codes, pack_weights(w), stride, pad, bias=bias, x_range=declared, x_zero_point=zero_point)
+            np.testing.assert_array_equal(got, expected)
+        np.testing.assert_array_equal(conv2d_reference(values, w, stride, pad, bias=bias, x_range=x_range), expected)
+        pairs = requantization_cases()[3]
+        np.testing.assert_array_equal(
+            conv2d_requantized(codes, w, stride, pad, bias, *pairs, 3, 0, 255, x_range=x_range, x_zero_point=zero_point),
+            requantize_leaky(expected, *pairs, 3, 0, 255))
+    with pytest.raises(ValueError, match="x_range"):
+        conv2d(codes, w, 1, 1, x_range=(x_range[0] + 1, x_range[1]), x_zero_point=zero_point)

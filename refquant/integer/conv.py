@@ -123,6 +123,22 @@ def _declared_range(name, array, declared):
     return lo, hi
 
 
+def _declared_value_range(x, declared, zero_point):
+    """The range of ``x - zero_point`` the caller declares (default: x's dtype's, shifted), checked
+    against the data unless every value of x's dtype lies in it (then no pass over x is needed)."""
+    dtype_lo, dtype_hi = value_range(x.dtype)
+    if declared is None:
+        return dtype_lo - zero_point, dtype_hi - zero_point
+    lo, hi = (_check_integer("x_range", v) for v in declared)
+    if lo <= dtype_lo - zero_point and dtype_hi - zero_point <= hi:
+        return lo, hi
+    if x.size and (int(x.min()) - zero_point < lo or int(x.max()) - zero_point > hi):
+        shifted = f" - x_zero_point ({zero_point})" if zero_point else ""
+        raise ValueError(f"x{shifted} has values in [{int(x.min()) - zero_point}, {int(x.max()) - zero_point}], "
+                         f"outside the declared x_range=({lo}, {hi})")
+    return lo, hi
+
+
 def _check_bias(bias, n_outputs):
     """The int32 bias as an (O,) int64 array of zeros when None; its range for the overflow check."""
     if bias is None:
@@ -227,25 +243,28 @@ def parallel_worth(estimated_ns):
     return numba.get_num_threads() > 1 and estimated_ns >= SERIAL_BELOW_NS
 
 
-def _padded_byte_planes(x, offset, byte_index, pad):
-    """(N, C, H, W) -> (N, C, H + 2pad, W + 2pad) uint8: byte ``byte_index`` of x - offset, zero padded.
+def _padded_byte_planes(x, offset, byte_index, pad, zero_point=0):
+    """(N, C, H, W) -> (N, C, H + 2pad, W + 2pad) uint8: byte ``byte_index`` of the values
+    ``x - zero_point - offset``, zero padded.
 
-    The border holds the byte of 0 - offset: the padded zero, offset like the rest.
+    The border holds the byte of 0 - offset: the padded zero, offset like the rest. (With uint8
+    codes x, their zero point and offset = -zero_point, the planes are the codes themselves,
+    padded with the zero point.)
     """
     n_images, channels, height, width = x.shape
     planes = np.empty((n_images, channels, height + 2 * pad, width + 2 * pad), np.uint8)
     fill = _fill_byte_planes_parallel if parallel_worth(0.5 * planes.size) else _fill_byte_planes_serial
-    fill(x, offset, byte_index, pad, planes)
+    fill(x, zero_point + offset, offset, byte_index, pad, planes)
     return planes
 
 
 @numba.njit(cache=True, inline="always")
-def _fill_byte_plane(x, offset, byte_index, pad, planes, task):
+def _fill_byte_plane(x, shift_in, offset, byte_index, pad, planes, task):
     """Plane ``task`` = (n, c) of :func:`_padded_byte_planes`, border included (one loop writes it
     all: every array expression in a parallel function would be a parallel loop of its own)."""
     channels, height, width = x.shape[1], x.shape[2], x.shape[3]
     shift = 8 * byte_index
-    border = np.uint8(((0 - offset) >> shift) & 255)
+    border = np.uint8(((0 - offset) >> shift) & 255)  # the value 0, offset
     n, c = task // channels, task % channels
     plane = planes[n, c]
     for row in range(plane.shape[0]):
@@ -257,20 +276,20 @@ def _fill_byte_plane(x, offset, byte_index, pad, planes, task):
             plane[row, col] = border
             plane[row, width + pad + col] = border
         for col in range(width):
-            value = np.int64(x[n, c, row - pad, col]) - offset
+            value = np.int64(x[n, c, row - pad, col]) - shift_in  # x - zero_point - offset
             plane[row, col + pad] = np.uint8((value >> shift) & 255)
 
 
 @numba.njit(cache=True, parallel=True)
-def _fill_byte_planes_parallel(x, offset, byte_index, pad, planes):
+def _fill_byte_planes_parallel(x, shift_in, offset, byte_index, pad, planes):
     for task in numba.prange(x.shape[0] * x.shape[1]):
-        _fill_byte_plane(x, offset, byte_index, pad, planes, task)
+        _fill_byte_plane(x, shift_in, offset, byte_index, pad, planes, task)
 
 
 @numba.njit(cache=True)
-def _fill_byte_planes_serial(x, offset, byte_index, pad, planes):
+def _fill_byte_planes_serial(x, shift_in, offset, byte_index, pad, planes):
     for task in range(x.shape[0] * x.shape[1]):
-        _fill_byte_plane(x, offset, byte_index, pad, planes, task)
+        _fill_byte_plane(x, shift_in, offset, byte_index, pad, planes, task)
 
 
 @numba.njit(cache=True, parallel=True)
@@ -416,7 +435,7 @@ def pack_weights(w, w_range=None):
     return PackedWeights(w, w_range, flat.sum(1, dtype=np.int64), matrix, use_vnni)
 
 
-def conv2d(x, w, stride=1, pad=0, bias=None, x_range=None, w_range=None):
+def conv2d(x, w, stride=1, pad=0, bias=None, x_range=None, w_range=None, x_zero_point=0):
     """Exact integer correlation, fast: bit-identical to :func:`conv2d_reference`.
 
     x: (N, C, H, W) uint8, int8 or int16 values (zero points already removed);
@@ -434,8 +453,12 @@ def conv2d(x, w, stride=1, pad=0, bias=None, x_range=None, w_range=None):
     :mod:`refquant.integer.vnni`'s (VPDPBUSD) where the CPU has AVX-512 VNNI, else
     :func:`_gemm_accumulate`; both sum products in wrap-around int32, so both give the exact sums
     whenever the range check passes. Parallel with Numba's threads.
+
+    ``x_zero_point``: the correlation is of ``x - x_zero_point`` (``x_range`` then bounds those
+    values): pass uint8 codes and their zero point as they are, as fbgemm takes them, and
+    ``conv2d(codes, w, x_zero_point=z)`` equals ``conv2d_reference(codes.astype(np.int16) - z, w)``.
     """
-    shape, chunks = accumulator_chunks(x, w, stride, pad, bias, x_range, w_range)
+    shape, chunks = accumulator_chunks(x, w, stride, pad, bias, x_range, w_range, x_zero_point)
     out = np.empty(shape, np.int32)
     for images, acc in chunks:
         n_pixels = (images.stop - images.start) * shape[2] * shape[3]
@@ -443,7 +466,7 @@ def conv2d(x, w, stride=1, pad=0, bias=None, x_range=None, w_range=None):
     return out
 
 
-def accumulator_chunks(x, w, stride=1, pad=0, bias=None, x_range=None, w_range=None):
+def accumulator_chunks(x, w, stride=1, pad=0, bias=None, x_range=None, w_range=None, x_zero_point=0):
     """:func:`conv2d`'s accumulators a few images at a time, for a caller that consumes them in place
     (``refquant.integer.requantize.conv2d_requantized`` requantizes them without an int32 copy).
 
@@ -463,7 +486,8 @@ def accumulator_chunks(x, w, stride=1, pad=0, bias=None, x_range=None, w_range=N
         packed = pack_weights(w, w_range)
     shape, stride, pad = _check_conv_arguments(x, packed.codes, stride, pad)
     bias, bias_range = _check_bias(bias, shape[1])
-    x_lo, x_hi = _declared_range("x", x, x_range)
+    zero_point = _check_integer("x_zero_point", x_zero_point)
+    x_lo, x_hi = _declared_value_range(x, x_range, zero_point)
     check_accumulator_range((x_lo, x_hi), packed.w_range, packed.codes[0].size, bias_range)
     n_images, n_outputs, out_height, out_width = shape
 
@@ -472,9 +496,12 @@ def accumulator_chunks(x, w, stride=1, pad=0, bias=None, x_range=None, w_range=N
         for first in range(0, n_images, chunk):
             images = slice(first, min(first + chunk, n_images))
             part = x[images]
-            # x's own range when it is the whole batch: one pass over x fewer
-            bounds = (x_lo, x_hi) if x_range is None and part.shape[0] == n_images else (part.min(), part.max())
-            yield images, _accumulators(part, packed, bias, stride, pad, (n_outputs, out_height, out_width), bounds)
+            if zero_point:  # codes and their zero point: the declared range, with no pass over x
+                bounds = (x_lo, x_hi)
+            else:  # x's own range when it is the whole batch: one pass over x fewer
+                bounds = (x_lo, x_hi) if x_range is None and part.shape[0] == n_images else (part.min(), part.max())
+            yield images, _accumulators(part, packed, bias, stride, pad, (n_outputs, out_height, out_width), bounds,
+                                        zero_point)
 
     return shape, chunks()
 
@@ -485,11 +512,11 @@ shapes detector's integer network about 10 % faster than one image at a time), a
 many pixels' columns and accumulators are live at once."""
 
 
-def _accumulators(x, packed, bias, stride, pad, out_shape, x_bounds):
+def _accumulators(x, packed, bias, stride, pad, out_shape, x_bounds, zero_point=0):
     """:func:`conv2d`'s work on a few images at once: x (n, C, H, W) -> int32 (O', P') with O' >= O,
     P' >= n*Ho*Wo (see :func:`accumulator_chunks`).
 
-    ``x_bounds``: (min, max) of ``x`` (or bounds containing them, for the byte count).
+    ``x_bounds``: (min, max) of ``x - zero_point`` (or bounds containing them, for the byte count).
     """
     n_images = x.shape[0]
     n_outputs, out_height, out_width = out_shape
@@ -507,7 +534,7 @@ def _accumulators(x, packed, bias, stride, pad, out_shape, x_bounds):
     start[:n_outputs] = _wrap_int32(bias + offset * packed.sums)
     acc = None
     for byte_index in range(n_bytes):
-        planes = _padded_byte_planes(x, offset, byte_index, pad)
+        planes = _padded_byte_planes(x, offset, byte_index, pad, zero_point)
         first = start if byte_index == 0 else np.zeros_like(start)
         if packed.vnni:
             k_steps = packed.matrix.shape[1]

@@ -36,13 +36,17 @@ def integer_convolution(conv, codes, packed_weights=None):
     in one call (``conv2d_requantized``: ``requantize_leaky`` of ``conv2d``'s accumulators, bit for bit).
     ``packed_weights``: ``pack_weights`` of the weight codes if the caller keeps them (default: packed here).
     """
-    x = shifted_codes(codes, conv.input_grid.zero_point, conv.input_range)
+    zero_point = conv.input_grid.zero_point
+    if codes.dtype == np.uint8 and 0 <= zero_point <= 255:  # the codes as they are, zero point removed inside
+        x, x_zero_point = codes, zero_point
+    else:
+        x, x_zero_point = shifted_codes(codes, zero_point, conv.input_range), 0
     if packed_weights is None:
         packed_weights = weights_of(conv)
     grid = conv.output_grid
     return conv2d_requantized(x, packed_weights, conv.stride, conv.padding, conv.bias, conv.multiplier, conv.shift,
                               conv.negative_multiplier, conv.negative_shift, grid.zero_point, grid.qmin, grid.qmax,
-                              x_range=conv.input_range)
+                              x_range=conv.input_range, x_zero_point=x_zero_point)
 
 
 def weights_of(conv):

@@ -267,12 +267,13 @@ def requantize_leaky(acc, multiplier, shift, negative_multiplier, negative_shift
 
 
 def conv2d_requantized(x, w, stride, pad, bias, multiplier, shift, negative_multiplier, negative_shift,
-                       zero_point, qmin, qmax, x_range=None):
+                       zero_point, qmin, qmax, x_range=None, x_zero_point=0):
     """``requantize_leaky(conv2d(x, w, stride, pad, bias, x_range), multiplier, ...)``, bit for bit, with
     the requantization reading the GEMM's accumulators in place: no int32 (N, O, Ho, Wo) array
     is written and read again. A convolution layer of the integer network in one call.
 
-    ``w``: (O, C, kh, kw) int8 or its ``refquant.integer.conv.pack_weights``. Returns codes
+    ``w``: (O, C, kh, kw) int8 or its ``refquant.integer.conv.pack_weights``; ``x_zero_point``: as
+    ``conv2d``'s (the input's codes as they are, their zero point removed inside). Returns codes
     (N, O, Ho, Wo) in :func:`code_dtype` ``(qmin, qmax)``.
     """
     limit = 2**MULTIPLIER_BITS - 1
@@ -280,7 +281,7 @@ def conv2d_requantized(x, w, stride, pad, bias, multiplier, shift, negative_mult
         np.zeros(0, np.int32), [("multiplier", multiplier, limit), ("shift", shift, MAX_SHIFT),
                                 ("negative_multiplier", negative_multiplier, limit),
                                 ("negative_shift", negative_shift, MAX_SHIFT)], zero_point, qmin, qmax)
-    shape, chunks = accumulator_chunks(x, w, stride, pad, bias, x_range)
+    shape, chunks = accumulator_chunks(x, w, stride, pad, bias, x_range, x_zero_point=x_zero_point)
     codes = np.empty(shape, dtype)
     for images, acc in chunks:
         _requantize_pixels(acc, int(multiplier), int(shift), int(negative_multiplier), int(negative_shift),
