@@ -111,6 +111,9 @@ def test_golden_check_refuses_a_symbolic_link_out_of_the_directory(tmp_path, cap
     (["data", "shapes", "PATH", "--seed", "-3"], "--seed"),
     (["golden", "check", ""], "DIR"),
     (["eval", "--no-such-option"], "--no-such-option"),
+    (["train", "--out", "OUT", "--steps", "1_0"], "--steps"),
+    (["train", "--out", "OUT", "--scales", "nan"], "--scales"),
+    (["demo", "--out", "OUT", "--bits", "\u0668"], "--bits"),  # Arabic-Indic 8
 ])
 def test_bad_arguments_are_refused_in_one_line_with_status_2(tmp_path, capsys, argv, argument):
     """Each value is outside what the argument means (a NaN rate, a negative count, a width of 9

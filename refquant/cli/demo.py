@@ -3,6 +3,7 @@
 import datetime
 from pathlib import Path
 
+from refquant import validate
 from refquant.cli import BITS as WIDTH
 from refquant.cli import COUNT, SEED, default_data, default_names, model_paths, new_output_folder, number, path
 from refquant.demo.experiment import (
@@ -63,7 +64,7 @@ def _widths(text, option, allow_none=False):
     if allow_none and text.strip().lower() == "none":
         return ()
     try:
-        values = tuple(int(item) for item in text.split(",") if item.strip())
+        values = tuple(validate.parse_integer(item.strip()) for item in text.split(",") if item.strip())
     except ValueError:
         raise ValueError(f"{option}={text!r}: expected comma-separated integers") from None
     if not values or any(not 2 <= v <= 8 for v in values):

@@ -2,7 +2,7 @@
 """
 from pathlib import Path
 
-from refquant import darknet
+from refquant import darknet, validate
 from refquant.cli import SEED, default_data, default_names, integer, number, path
 from refquant.detection.evaluate import shipped_model
 from refquant.train import train
@@ -49,23 +49,26 @@ def _cfg_type(key, kind):
 
 
 def _parse_list(text, kind, option):
+    """Comma-separated numbers under the cfg's rules (:func:`refquant.validate.parse_integer`,
+    :func:`refquant.validate.parse_decimal`: ASCII decimal, finite)."""
     if text is None:
         return None
+    parse = validate.parse_integer if kind is int else validate.parse_decimal
     try:
-        return [kind(item) for item in text.split(",") if item.strip()]
+        return [parse(item.strip()) for item in text.split(",") if item.strip()]
     except ValueError:
         raise ValueError(f"{option}={text!r}: expected comma-separated {kind.__name__} values") from None
 
 
 def run(args):
     """``refquant train``: 0 on success (bad input is reported by :func:`refquant.cli.main`)."""
-    data = Path(args.data) if args.data else default_data()
-    names = Path(args.names) if args.names else default_names(data)
     overrides = {key: getattr(args, key) for key in ("batch", "subdivisions", "learning_rate", "momentum", "decay",
                                                       "max_batches", "burn_in", "power", "policy", "jitter", "hue",
                                                       "saturation", "exposure")}
-    overrides["steps"] = _parse_list(args.steps, int, "--steps")
+    overrides["steps"] = _parse_list(args.steps, int, "--steps")  # the arguments first, then the data
     overrides["scales"] = _parse_list(args.scales, float, "--scales")
+    data = Path(args.data) if args.data else default_data()
+    names = Path(args.names) if args.names else default_names(data)
     try:
         result = train(args.cfg or shipped_model(".cfg"), data, names, args.out, split=args.split,
                        weights=args.weights, seed=args.seed, overrides=overrides,
