@@ -9,8 +9,9 @@ Why half to even: it is IEEE 754's default rounding (``numpy.rint``,
 C's ``nearbyint``), the rule of PyTorch's ``fake_quantize_per_tensor_affine``
 and of fbgemm's ``Quantize``, and it is unbiased on ties, which matter for
 integer-valued inputs such as ``acc * 2**-shift`` where exact halves are
-common. (TFLite and gemmlowp round half away from zero instead; results can
-differ from theirs by one code on exact ties, never otherwise.)
+common. (TFLite and gemmlowp round half away from zero instead, with a 31-bit
+multiplier where refquant's has 22 bits; their codes can differ from refquant's by
+one, never more: docs/SPECIFICATION.md, section 1.)
 """
 import numba
 import numpy as np
