@@ -232,10 +232,12 @@ def _multiply_accumulate_int32(typingctx, acc, a, b):
 _mac = _multiply_accumulate_int32
 
 
-SERIAL_BELOW_NS = 50_000
+SERIAL_BELOW_NS = 200_000
 """Work estimated below this many nanoseconds of one core runs in the calling thread: starting a
 Numba parallel loop wakes its worker threads, 15 to 100 microseconds on a shared 2-core virtual
-machine (the workqueue layer sleeps between loops rather than spin), more than small work takes."""
+machine (the workqueue layer sleeps between loops rather than spin; the most when the other core
+is busy), and two threads at best halve the work, so the loop must take about twice that alone.
+The estimates per unit of work below were measured on one core of the machine in docs/benchmarks.md."""
 
 
 def parallel_worth(estimated_ns):
@@ -253,7 +255,7 @@ def _padded_byte_planes(x, offset, byte_index, pad, zero_point=0):
     """
     n_images, channels, height, width = x.shape
     planes = np.empty((n_images, channels, height + 2 * pad, width + 2 * pad), np.uint8)
-    fill = _fill_byte_planes_parallel if parallel_worth(0.5 * planes.size) else _fill_byte_planes_serial
+    fill = _fill_byte_planes_parallel if parallel_worth(0.1 * planes.size) else _fill_byte_planes_serial
     fill(x, zero_point + offset, offset, byte_index, pad, planes)
     return planes
 
@@ -539,9 +541,9 @@ def _accumulators(x, packed, bias, stride, pad, out_shape, x_bounds, zero_point=
         if packed.vnni:
             k_steps = packed.matrix.shape[1]
             columns = vnni.im2col_tiles(planes, *kernel_shape, stride, out_height, out_width, k_steps,
-                                        parallel_worth(0.5 * k_steps * n_pixels))
+                                        parallel_worth(0.4 * k_steps * n_pixels))  # about 0.4 ns a word
             part = vnni.gemm(packed.matrix, columns, first, numba.get_num_threads(), n_pixels,
-                             parallel_worth(o_padded * k_steps * n_pixels / 50))  # about 200 GMAC/s a core
+                             parallel_worth(o_padded * k_steps * n_pixels / 75))  # about 300 GMAC/s a core
         else:
             columns = _im2col_panels(planes, *kernel_shape, stride, out_height, out_width, k_padded, p_block)
             part = np.empty((columns.shape[0], o_padded, p_block), np.int32)

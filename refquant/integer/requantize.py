@@ -215,7 +215,7 @@ def _requantize_pixels(acc, multiplier, shift, negative_multiplier, negative_shi
     """codes (n, O, P)[i, o, p] = :func:`_requantize_branch_free` of acc (O' >= O, P' >= n*P)[o, i*P + p]: the
     GEMM's (output, pixel) accumulators to the images' codes in one pass (on Numba's threads when
     the work is worth their wake-up, ``refquant.integer.conv.parallel_worth``)."""
-    run = _requantize_pixels_parallel if parallel_worth(0.5 * codes.size) else _requantize_pixels_serial
+    run = _requantize_pixels_parallel if parallel_worth(0.45 * codes.size) else _requantize_pixels_serial
     run(acc, int(multiplier), int(shift), int(negative_multiplier), int(negative_shift), int(zero_point),
         int(qmin), int(qmax), codes)
 
