@@ -15,3 +15,13 @@ def close_figures():
     import matplotlib.pyplot as plt
     yield
     plt.close("all")
+
+
+@pytest.fixture(scope="session")
+def golden_export(tmp_path_factory):
+    """A directory written by ``refquant golden export`` through the command line, once per run
+    (read-only: tests that tamper with vectors work on copies)."""
+    from refquant import cli
+    directory = tmp_path_factory.mktemp("golden") / "vectors"
+    assert cli.main(["golden", "export", str(directory), "--no-progress"]) == 0
+    return directory

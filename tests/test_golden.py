@@ -21,11 +21,9 @@ from refquant.testing import numpy_correlation
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    """A directory written by ``refquant golden export`` (through the command line)."""
-    directory = tmp_path_factory.mktemp("golden") / "vectors"
-    assert cli.main(["golden", "export", str(directory), "--no-progress"]) == 0
-    return directory
+def exported(golden_export):
+    """A directory written by ``refquant golden export`` (through the command line; tests/conftest.py)."""
+    return golden_export
 
 
 def copy_of(exported, tmp_path):

@@ -28,17 +28,15 @@ import pytest
 import torch
 from scipy import optimize, special, stats
 
-from refquant import cli
 from refquant.golden import format
 
 mpmath.mp.dps = 50
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("golden") / "vectors"
-    assert cli.main(["golden", "export", str(directory), "--no-progress"]) == 0
-    return directory
+def exported(golden_export):
+    """The session's golden export (tests/conftest.py)."""
+    return golden_export
 
 
 def stored(exported, name):
