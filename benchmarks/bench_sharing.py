@@ -12,7 +12,8 @@ set to the usable cores: every pool on every core whatever else runs, the behavi
 pools were sized). For each, the median of ``--runs`` runs alone, then with a *hog* started beside
 it (another Python process spinning on one core at the same priority) and given time to show in
 the machine's run queue. The ratio is the median beside the hog over the median alone (target:
-at most 2.5 for ``adaptive``; 2.0 is what losing one of 2 cores costs work that uses both).
+at most 2.5 for ``adaptive``; 2.0 is what losing one of 2 cores costs work that uses both); the
+last column divides by the adaptive pools' median alone, the job's speed on its own.
 
 The machine line says how busy the machine was; on a machine shared with other work the figures
 are noisy (the "alone" runs may not be alone: the threads column says what each run chose).
@@ -107,11 +108,13 @@ def main():
     os.environ.pop(threads.ENVIRONMENT_VARIABLE, None)
     print(f"yolov2-tiny-voc at {args.size}x{args.size}, batch 1; median of {args.runs} runs; hog: one process "
           f"running `{HOG}`; ratio = beside the hog / alone (target <= {TARGET_RATIO} for adaptive)")
-    print(f"{'workload':>28} {'threads':>10} | {'alone ms':>9} {'thr':>3} | {'beside hog ms':>13} {'thr':>3} | ratio")
+    print(f"{'workload':>28} {'threads':>10} | {'alone ms':>9} {'thr':>3} | {'beside hog ms':>13} {'thr':>3} | ratio "
+          f"| beside hog / adaptive alone")
+    best_alone = {name: alone[0] for name, mode, alone, _ in rows if mode == "adaptive"}
     for name, mode, (alone, alone_threads), (beside, beside_threads) in rows:
         note = "" if mode != "adaptive" or beside / alone <= TARGET_RATIO else "  above the target"
         print(f"{name:>28} {mode:>10} | {1e3 * alone:9.1f} {alone_threads:3d} | {1e3 * beside:13.1f} "
-              f"{beside_threads:3d} | {beside / alone:5.2f}{note}")
+              f"{beside_threads:3d} | {beside / alone:5.2f} | {beside / best_alone[name]:5.2f}{note}")
 
 
 if __name__ == "__main__":
