@@ -21,7 +21,10 @@ def atomic_write(path, write):
     path = Path(path)
     for stale in path.parent.glob(f".{_glob_escape(path.name)}.*{PARTIAL_SUFFIX}"):
         _remove(stale)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=PARTIAL_SUFFIX, dir=path.parent)
+    try:
+        handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=PARTIAL_SUFFIX, dir=path.parent)
+    except OSError as error:  # name the file asked for, not the temporary one
+        raise type(error)(error.errno, f"cannot write {path}: {error.strerror}") from None
     try:
         with os.fdopen(handle, "wb") as f:
             write(f)

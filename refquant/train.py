@@ -303,6 +303,13 @@ def load_checkpoint(out_dir, name, net):
     state = _read_json(pointer)
     if state.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{pointer}: checkpoint format {state.get('format')!r}, expected {CHECKPOINT_FORMAT}")
+    validate.json_object(state, f"{pointer}", required=("iteration", "seen", "weights", "optimizer"), closed=False)
+    for key in ("iteration", "seen"):
+        validate.json_integer(state[key], f"{pointer}: {key}", validate.at_least(0))
+    for key in ("weights", "optimizer"):  # files of the run, beside the pointer
+        name = validate.json_string(state[key], f"{pointer}: {key}")
+        if not name or "/" in name or "\\" in name or name.startswith("."):
+            raise validate.InputError(f"{pointer}: {key}={name!r} is not a file name in {out_dir}")
     header, arrays = darknet.read_weights(out_dir / state["weights"], net)
     for (index, param), values in arrays.items():
         net.layers[index].params[param][...] = values
@@ -320,15 +327,18 @@ def load_checkpoint(out_dir, name, net):
             value = stored[f"{index}/{param}"]
             if value.shape != buffer.shape:
                 raise ValueError(f"{optimizer}: {index}/{param} has shape {value.shape}, expected {buffer.shape}")
+            if validate.count_nonfinite(value):
+                raise ValueError(f"{optimizer}: {index}/{param} has {validate.count_nonfinite(value)} NaN or "
+                                 f"infinite momentum values; expected finite")
             buffer[...] = value
     return state, updates
 
 
 def _read_json(path):
-    try:
-        return json.loads(Path(path).read_text())
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path}:{error.lineno}: not valid JSON ({error.msg})") from None
+    state = validate.read_json(path, "checkpoint")
+    if not isinstance(state, dict):
+        raise validate.InputError(f"{path}: not a checkpoint (expected a JSON object)")
+    return state
 
 
 def _snapshot(net, updates):

@@ -20,10 +20,14 @@ import numpy as np
 
 from refquant.fuzz import classify, mutators
 
-ROOT = Path(__file__).resolve().parents[2]
 CFG_DIR = Path(__file__).resolve().parents[1] / "cfg"
-MODEL = ROOT / "data" / "models" / "shapes-tiny-yolo"
-PLANS = ROOT / "docs" / "demo" / "plans"
+PLANS = Path(__file__).resolve().parents[2] / "docs" / "demo" / "plans"
+"""The demo's committed plans: a source checkout's (the plan boundary needs them)."""
+
+
+def _model(suffix):
+    from refquant.detection.evaluate import shipped_model
+    return shipped_model(suffix)
 
 CFG_SEEDS = (("shapes-tiny-yolo.cfg", 10), ("yolov3-tiny.cfg", 3), ("yolov2-tiny.cfg", 3),
              ("yolov2-tiny-voc.cfg", 2), ("yolov1-tiny.cfg", 1), ("yolov2-voc.cfg", 1))
@@ -31,7 +35,7 @@ CFG_SEEDS = (("shapes-tiny-yolo.cfg", 10), ("yolov3-tiny.cfg", 3), ("yolov2-tiny
 
 
 def _seed_cfg_path(name):
-    return MODEL.with_suffix(".cfg") if name == "shapes-tiny-yolo.cfg" else CFG_DIR / name
+    return _model(".cfg") if name == "shapes-tiny-yolo.cfg" else CFG_DIR / name
 
 
 def _draw_weighted(rng, weighted):
@@ -183,8 +187,8 @@ def _weights_accept(net):
 def weights_cases(budget, seed, folder):
     from refquant import darknet
     rng = np.random.default_rng(seed)
-    cfg = MODEL.with_suffix(".cfg")
-    data = MODEL.with_suffix(".weights").read_bytes()
+    cfg = _model(".cfg")
+    data = _model(".weights").read_bytes()
     layout = _float_positions(darknet.build_network(cfg))
     for number in range(budget):
         description, mutated = _mutate_weights(rng, data, layout)
@@ -359,8 +363,10 @@ def plan_cases(budget, seed, folder):
     from refquant.folding import fold_batchnorm
     from refquant.plan import QuantizationPlan
     rng = np.random.default_rng(seed)
-    net = fold_batchnorm(darknet.load(MODEL.with_suffix(".cfg"), MODEL.with_suffix(".weights")))
+    net = fold_batchnorm(darknet.load(_model(".cfg"), _model(".weights")))
     sources = sorted(PLANS.glob("*.plan.json"))
+    if not sources:
+        raise FileNotFoundError(f"{PLANS}: no *.plan.json; the plan boundary is fuzzed from a source checkout")
     for number in range(budget):
         source = sources[int(rng.integers(len(sources)))]
         mutate = mutators.choose(rng, mutators.JSON_MUTATORS + (mutators.latin1, mutators.empty))
