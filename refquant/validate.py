@@ -52,10 +52,10 @@ def read_json(path, what="JSON file"):
     def refuse_constant(name):
         raise InputError(f"{path}: {name} is not a JSON number; the {what} must hold finite numbers")
 
-    def finite_float(text):
-        value = float(text)
+    def finite_float(literal):
+        value = float(literal)
         if not math.isfinite(value):
-            raise InputError(f"{path}: the number {text} overflows a float; the {what} must hold finite numbers")
+            raise InputError(f"{path}: the number {literal} overflows a float; the {what} must hold finite numbers")
         return value
 
     try:
@@ -144,14 +144,17 @@ def describe_range(bounds):
 
 
 def at_least(low):
+    """Bounds for :func:`check_range`: ``value >= low``."""
     return (low, None, False, False)
 
 
 def above(low):
+    """Bounds for :func:`check_range`: ``value > low``."""
     return (low, None, True, False)
 
 
 def between(low, high, open_high=False):
+    """Bounds for :func:`check_range`: ``low <= value <= high`` (``< high`` if ``open_high``)."""
     return (low, high, False, open_high)
 
 
@@ -166,7 +169,7 @@ def count_nonfinite(values):
 
 MAX_ALLOCATION_BYTES = 4 * 2**30
 """The most memory a network refquant builds may need, parameters and one image's activations
-(4 GiB: YOLOv2 at 416x416 needs 0.5 GiB); ``REFQUANT_MAX_BYTES`` in the environment replaces it."""
+(4 GiB: yolov2-voc at 416x416 needs 270 MiB); ``REFQUANT_MAX_BYTES`` in the environment replaces it."""
 
 MAX_IMAGE_PIXELS = 64 * 2**20
 """The most pixels an image may decode to (64 Mi: 8192x8192, 768 MiB as float32 RGB), checked
