@@ -1,12 +1,14 @@
-"""The long fuzz run of refquant's input boundaries (:mod:`refquant.fuzz`): over 10,000 seeded
+"""The long fuzz run of refquant's input boundaries (:mod:`refquant.fuzz`): 12,000 seeded
 malformed inputs, each outcome classified; prints the table per boundary and every failure.
 
 Run:  python benchmarks/fuzz_boundaries.py [--seed 0] [--scale 1.0] [--json results.json]
 
-``--scale`` multiplies every budget (the defaults total 11,200 cases, about 3 minutes on two
-cores; each case has 20 s, 30 s for a numeric call, before it counts as a hang). Failures are listed with the exact mutation, so each can be rebuilt by hand. The exit
-status is 1 if any case failed (an unclear error, garbage accepted or a hang), else 0. The
-tests run the same code with a bounded budget (``tests/test_fuzz_boundaries.py``).
+``--scale`` multiplies every budget (the defaults total 12,000 cases, about 4 minutes on two
+cores; each case has 20 s, 30 s for a numeric call, before it counts as a hang). Failures are
+listed by kind with the exact mutation of one case, so each can be rebuilt by hand
+(``--all-failures`` lists every case). The exit status is 1 if any case failed (an unclear
+error, garbage accepted or a hang), else 0. The tests run the same code with a bounded budget
+(``tests/test_fuzz_boundaries.py``).
 """
 import argparse
 import json
@@ -19,7 +21,7 @@ from _machine import machine_line
 from refquant import fuzz
 
 BUDGETS = {"Darknet cfg text": 2400, "Darknet .weights": 1200, "VOC XML, images, names, image sets": 2000,
-           "quantization plan JSON": 1600, "golden vector directory": 800,
+           "quantization plan JSON": 1600, "golden vector directory": 800, "training checkpoint": 800,
            "numeric APIs (PGM fit, optimal quantizer, ...)": 2400, "CLI arguments": 800}
 
 

@@ -42,6 +42,7 @@ import os
 import tempfile
 import time
 import warnings
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -307,9 +308,9 @@ def load_checkpoint(out_dir, name, net):
     for key in ("iteration", "seen"):
         validate.json_integer(state[key], f"{pointer}: {key}", validate.at_least(0))
     for key in ("weights", "optimizer"):  # files of the run, beside the pointer
-        name = validate.json_string(state[key], f"{pointer}: {key}")
-        if not name or "/" in name or "\\" in name or name.startswith("."):
-            raise validate.InputError(f"{pointer}: {key}={name!r} is not a file name in {out_dir}")
+        file_name = validate.json_string(state[key], f"{pointer}: {key}")
+        if not file_name or "/" in file_name or "\\" in file_name or file_name.startswith("."):
+            raise validate.InputError(f"{pointer}: {key}={file_name!r} is not a file name in {out_dir}")
     header, arrays = darknet.read_weights(out_dir / state["weights"], net)
     for (index, param), values in arrays.items():
         net.layers[index].params[param][...] = values
@@ -318,20 +319,33 @@ def load_checkpoint(out_dir, name, net):
     if net.seen != state["seen"]:
         raise ValueError(f"{out_dir / state['weights']}: seen={net.seen} but {pointer} says {state['seen']}")
     updates = zero_updates(net)
-    optimizer = out_dir / state["optimizer"]
-    with np.load(optimizer, allow_pickle=False) as stored:
-        expected = {f"{index}/{param}" for index, param in updates}
-        if set(stored.files) != expected:
-            raise ValueError(f"{optimizer}: holds {sorted(stored.files)}, the network needs {sorted(expected)}")
-        for (index, param), buffer in updates.items():
-            value = stored[f"{index}/{param}"]
-            if value.shape != buffer.shape:
-                raise ValueError(f"{optimizer}: {index}/{param} has shape {value.shape}, expected {buffer.shape}")
-            if validate.count_nonfinite(value):
-                raise ValueError(f"{optimizer}: {index}/{param} has {validate.count_nonfinite(value)} NaN or "
-                                 f"infinite momentum values; expected finite")
-            buffer[...] = value
+    _read_optimizer(out_dir / state["optimizer"], updates)
     return state, updates
+
+
+def _read_optimizer(path, updates):
+    """Fill ``updates`` ({(layer, param): momentum buffer}) from the ``.npz`` at ``path``: the same
+    arrays, shapes and real dtypes, finite; ValueError naming the file and the array otherwise."""
+    try:
+        stored = np.load(path, allow_pickle=False)
+        if not isinstance(stored, np.lib.npyio.NpzFile):
+            raise ValueError("a single array, not an .npz archive")
+        with stored:
+            arrays = {key: stored[key] for key in stored.files}
+    except (zipfile.BadZipFile, EOFError, KeyError, ValueError, OSError) as error:  # missing or damaged
+        raise ValueError(f"{path}: not a readable optimizer archive ({error})") from None
+    expected = {f"{index}/{param}" for index, param in updates}
+    if set(arrays) != expected:
+        raise ValueError(f"{path}: holds {sorted(arrays)}, the network needs {sorted(expected)}")
+    for (index, param), buffer in updates.items():
+        value = arrays[f"{index}/{param}"]
+        if value.shape != buffer.shape or value.dtype.kind not in "fiu":
+            raise ValueError(f"{path}: {index}/{param} is {value.dtype} {value.shape}, expected real numbers "
+                             f"of shape {buffer.shape}")
+        if validate.count_nonfinite(value.astype(np.float64)):
+            raise ValueError(f"{path}: {index}/{param} has {validate.count_nonfinite(value.astype(np.float64))} "
+                             f"NaN or infinite momentum values; expected finite")
+        buffer[...] = value
 
 
 def _read_json(path):

@@ -239,7 +239,8 @@ def json_object(value, where, required=(), optional=(), closed=True):
     if closed and (required or optional):
         extra = sorted(set(value) - set(required) - set(optional))
         if extra:
-            raise InputError(f"{where}: unknown key {extra[0]!r}; expected {', '.join(list(required) + list(optional))}")
+            known = ", ".join(list(required) + list(optional))
+            raise InputError(f"{where}: unknown key {extra[0]!r}; expected {known}")
     return value
 
 

@@ -13,8 +13,9 @@ from refquant import darknet, fuzz, validate
 from refquant.fuzz import boundaries, calls, mutators
 
 BUDGETS = {"Darknet cfg text": 160, "Darknet .weights": 80, "VOC XML, images, names, image sets": 160,
-           "quantization plan JSON": 120, "golden vector directory": 40, "CLI arguments": 120}
-"""Cases per boundary here (about 15 s); the long run tries 11,200."""
+           "quantization plan JSON": 120, "golden vector directory": 40, "training checkpoint": 40,
+           "CLI arguments": 120}
+"""Cases per boundary here (about 20 s); the long run tries 12,000."""
 
 NUMERIC = "numeric APIs (PGM fit, optimal quantizer, ...)"
 

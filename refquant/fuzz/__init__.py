@@ -3,8 +3,9 @@ each outcome classified (docs/robustness.md).
 
 A boundary is where data from outside enters refquant: the Darknet cfg and ``.weights``, a VOC
 tree (annotation XML, JPEG, names, image sets), a quantization plan, a golden-vector directory,
-the numeric APIs that take arrays, the command-line arguments. For each, :mod:`refquant.fuzz.boundaries`
-(files) and :mod:`refquant.fuzz.calls` (numeric APIs, arguments) draw cases from ``numpy.random.default_rng([seed, boundary])`` by mutating real inputs
+a training checkpoint, the numeric APIs that take arrays, the command-line arguments. For each,
+:mod:`refquant.fuzz.boundaries` (files) and :mod:`refquant.fuzz.calls` (numeric APIs, arguments)
+draw cases from ``numpy.random.default_rng([seed, boundary])`` by mutating real inputs
 (:mod:`refquant.fuzz.mutators`), and :func:`classify` runs each under a time limit:
 
 - ``clean``: refused by a ``ValueError`` or ``OSError`` (or, for a numeric API given the wrong

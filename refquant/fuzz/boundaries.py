@@ -279,7 +279,8 @@ def _names_accept(names):
 
 def _ids_accept(ids):
     for image_id in ids:
-        if not image_id or "/" in image_id or "\\" in image_id or image_id.startswith(".") or not image_id.isprintable():
+        if (not image_id or "/" in image_id or "\\" in image_id or image_id.startswith(".")
+                or not image_id.isprintable()):
             return f"image id {image_id!r} accepted"
     return None
 
@@ -446,7 +447,47 @@ def golden_cases(budget, seed, folder):
         shutil.rmtree(case)
 
 
+# -- training checkpoint ---------------------------------------------------------------------------
+
+def _checkpoint_accept(result, net):
+    state, updates = result
+    for key, buffer in updates.items():
+        if not np.all(np.isfinite(buffer)):
+            return f"momentum buffer {key} resumed with non-finite values"
+    return _weights_accept(net) or (None if isinstance(state.get("iteration"), int) else "iteration not an integer")
+
+
+def checkpoint_cases(budget, seed, folder):
+    """A checkpoint of the shipped model (weights, momentum buffers, the JSON naming them) written
+    by ``save_checkpoint``, one of its three files mutated, then read by ``load_checkpoint``."""
+    from refquant import darknet, train
+    rng = np.random.default_rng(seed)
+    net = darknet.load(_model(".cfg"), _model(".weights"))
+    updates = {key: rng.standard_normal(buffer.shape).astype(buffer.dtype)
+               for key, buffer in train.zero_updates(net).items()}
+    original = Path(folder) / "original"
+    original.mkdir()
+    train.save_checkpoint(original, "net", net, updates, {"iteration": 7})
+    for number in range(budget):
+        case = Path(folder) / f"case{number:05d}"
+        _linked_copy(original, case)
+        target = mutators.choose(rng, sorted(p.name for p in case.iterdir()))
+        data = (case / target).read_bytes()
+        if target.endswith(".json"):
+            mutate = mutators.choose(rng, mutators.JSON_MUTATORS + (mutators.empty,))
+        else:
+            mutate = mutators.choose(rng, (mutators.flip_byte, mutators.truncate, mutators.insert_bytes,
+                                           mutators.delete_span, mutators.empty))
+        description, mutated = mutate(rng, data)
+        _replace(case / target, mutated)
+        fresh = darknet.build_network(_model(".cfg"))
+        yield classify("training checkpoint", f"{target}: {description}",
+                       lambda: train.load_checkpoint(case, "net", fresh), [str(case)],
+                       accept=lambda result: _checkpoint_accept(result, fresh))
+        shutil.rmtree(case)
+
+
 BOUNDARIES = {"Darknet cfg text": cfg_cases, "Darknet .weights": weights_cases,
               "VOC XML, images, names, image sets": voc_cases, "quantization plan JSON": plan_cases,
-              "golden vector directory": golden_cases}
+              "golden vector directory": golden_cases, "training checkpoint": checkpoint_cases}
 """Boundary name -> case generator for the file boundaries (:mod:`refquant.fuzz.calls` has the others)."""
