@@ -41,9 +41,11 @@ def random_codes(rng, shape, lo, hi, dtype):
     return rng.integers(lo, hi + 1, shape, dtype=np.int64).astype(dtype)
 
 
-# (N, C, H, W, O, k, stride, pad): the GEMM's edges. O not a multiple of 8; K not a multiple of 4;
-# 13x13 (169 pixels: the last 32-pixel tile used in its first half only); K above one K block
-# (60*9 = 540 > 512); several images per tile, a tile straddling two images; stride 2; 1x1.
+# (N, C, H, W, O, k, stride, pad): the GEMMs' edges. O not a multiple of 8; K not a multiple of 4;
+# 13x13 (169 pixels: the last 32-pixel tile used in its first half only); a long K (60*9 = 540);
+# several images per tile, a tile straddling two images; stride 2; 1x1. Maps wide enough (14 for 3x3)
+# and every 1x1, with stride 1, take the VNNI path without im2col (columns read from the padded input): batches
+# of 2 and 3, channels not a multiple of 4, pads 0 to 2, a 1x1 kernel.
 FAST_CASES = [
     (1, 3, 13, 13, 5, 3, 1, 1),
     (1, 60, 13, 13, 12, 3, 1, 1),
@@ -52,6 +54,9 @@ FAST_CASES = [
     (1, 130, 6, 7, 8, 1, 1, 0),
     (2, 4, 20, 19, 3, 3, 1, 0),
     (1, 1, 1, 1, 1, 1, 1, 0),
+    (2, 5, 17, 33, 9, 3, 1, 1),
+    (3, 3, 18, 16, 7, 3, 1, 2),
+    (1, 9, 16, 16, 10, 1, 1, 0),
 ]
 
 
@@ -88,13 +93,14 @@ def test_fast_gemms_exact_at_the_longest_reduction_of_the_largest_codes(gemm, w_
     check_accumulator_range((0, 255), w_range, k, (bias_value, bias_value))
     with pytest.raises(ValueError, match="could overflow"):
         check_accumulator_range((0, 255), w_range, k + 1, (bias_value, bias_value))
-    x = np.full((1, k, 2, 3), 255, np.uint8)
     w = np.full((9, k, 1, 1), w_code, np.int8)
     check_path(w, gemm)
     bias = np.full(9, bias_value, np.int32)
-    got = conv2d(x, w, bias=bias, w_range=w_range)
-    assert got.dtype == np.int32 and np.all(got == expected)
-    np.testing.assert_array_equal(got, conv2d_reference(x, w, bias=bias, w_range=w_range))
+    for shape in ((1, k, 2, 3), (1, k, 1, 17)):  # im2col; and 17 wide: the columns read from the input
+        x = np.full(shape, 255, np.uint8)
+        got = conv2d(x, w, bias=bias, w_range=w_range)
+        assert got.dtype == np.int32 and np.all(got == expected)
+        np.testing.assert_array_equal(got, conv2d_reference(x, w, bias=bias, w_range=w_range))
 
 
 def test_fast_gemms_exact_on_random_codes_at_the_longest_reduction(gemm):
@@ -102,16 +108,18 @@ def test_fast_gemms_exact_on_random_codes_at_the_longest_reduction(gemm):
     reduction the check admits for uint8 x int8), and int16 codes at their K limit of 511 with
     values of both signs, whose byte planes' partial sums leave int32 and wrap back."""
     rng = np.random.default_rng(22)
-    x = random_codes(rng, (1, 65793, 1, 3), 0, 255, np.uint8)
     w = random_codes(rng, (10, 65793, 1, 1), -128, 127, np.int8)
     check_path(w, gemm)
-    np.testing.assert_array_equal(conv2d(x, w), numpy_correlation(x, w, 1, 0))
-    x = random_codes(rng, (2, 511, 2, 2), -32768, 32767, np.int16)
-    x[0] = -32768  # the most negative code everywhere in one image
+    for shape in ((1, 65793, 1, 3), (1, 65793, 1, 18)):  # im2col; the columns read from the input
+        x = random_codes(rng, shape, 0, 255, np.uint8)
+        np.testing.assert_array_equal(conv2d(x, w), numpy_correlation(x, w, 1, 0))
     w = random_codes(rng, (9, 511, 1, 1), -128, 127, np.int8)
     w[0] = -128
-    np.testing.assert_array_equal(conv2d(x, w), numpy_correlation(x, w, 1, 0))
-    assert conv2d(x, w)[0, 0, 0, 0] == 511 * (-32768) * (-128)
+    for shape in ((2, 511, 2, 2), (2, 511, 2, 16)):
+        x = random_codes(rng, shape, -32768, 32767, np.int16)
+        x[0] = -32768  # the most negative code everywhere in one image
+        np.testing.assert_array_equal(conv2d(x, w), numpy_correlation(x, w, 1, 0))
+        assert conv2d(x, w)[0, 0, 0, 0] == 511 * (-32768) * (-128)
 
 
 def test_vnni_kernel_chosen_by_the_cpu_and_the_environment(monkeypatch):

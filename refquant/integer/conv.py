@@ -403,7 +403,9 @@ class PackedWeights:
     ``codes`` (O, C, kh, kw) int8, as given; ``w_range`` their declared (checked) value range;
     ``sums`` (O,) int64, each output's sum of weights; ``matrix`` the GEMM's layout:
     :func:`refquant.integer.vnni.pack_weights`' (O/8, K/4, 8, 4) when ``vnni``, else
-    (O padded to 4, K padded to 4), row o = codes[o] flattened (c, i, j), zero-padded.
+    (O padded to 4, K padded to 4), row o = codes[o] flattened (c, i, j), zero-padded;
+    ``direct_matrix`` with ``vnni``, the layout of stride-1 convolutions without im2col
+    (:func:`refquant.integer.vnni.pack_direct_weights`), else None.
     """
 
     codes: np.ndarray
@@ -411,6 +413,7 @@ class PackedWeights:
     sums: np.ndarray
     matrix: np.ndarray
     vnni: bool
+    direct_matrix: np.ndarray = None
 
 
 def pack_weights(w, w_range=None):
@@ -429,12 +432,13 @@ def pack_weights(w, w_range=None):
     n_outputs = w.shape[0]
     flat = w.reshape(n_outputs, -1)
     use_vnni = vnni.vnni_available()
+    direct = None
     if use_vnni:
-        matrix = vnni.pack_weights(flat)
+        matrix, direct = vnni.pack_weights(flat), vnni.pack_direct_weights(w)
     else:
         matrix = np.zeros((_round_up(n_outputs, _RANK), _round_up(flat.shape[1], _RANK)), np.int8)
         matrix[:n_outputs, :flat.shape[1]] = flat
-    return PackedWeights(w, w_range, flat.sum(1, dtype=np.int64), matrix, use_vnni)
+    return PackedWeights(w, w_range, flat.sum(1, dtype=np.int64), matrix, use_vnni, direct)
 
 
 def conv2d(x, w, stride=1, pad=0, bias=None, x_range=None, w_range=None, x_zero_point=0):
@@ -462,10 +466,16 @@ def conv2d(x, w, stride=1, pad=0, bias=None, x_range=None, w_range=None, x_zero_
     """
     shape, chunks = accumulator_chunks(x, w, stride, pad, bias, x_range, w_range, x_zero_point)
     out = np.empty(shape, np.int32)
-    for images, acc in chunks:
-        n_pixels = (images.stop - images.start) * shape[2] * shape[3]
-        out[images] = acc[:shape[1], :n_pixels].reshape(shape[1], -1, *shape[2:]).transpose(1, 0, 2, 3)
+    for images, acc, (image_size, row_size) in chunks:
+        out[images] = pixel_view(acc, shape[1], images.stop - images.start, shape[2], shape[3], image_size,
+                                 row_size).transpose(1, 0, 2, 3)
     return out
+
+
+def pixel_view(acc, n_outputs, n_images, out_height, out_width, image_size, row_size):
+    """acc (O', P') -> the view (O, n, Ho, Wo) of its accumulators (see :func:`accumulator_chunks`)."""
+    images = acc[:n_outputs, :n_images * image_size].reshape(n_outputs, n_images, image_size)
+    return images[:, :, :out_height * row_size].reshape(n_outputs, n_images, out_height, row_size)[..., :out_width]
 
 
 def accumulator_chunks(x, w, stride=1, pad=0, bias=None, x_range=None, w_range=None, x_zero_point=0):
@@ -473,11 +483,13 @@ def accumulator_chunks(x, w, stride=1, pad=0, bias=None, x_range=None, w_range=N
     (``refquant.integer.requantize.conv2d_requantized`` requantizes them without an int32 copy).
 
     Arguments and checks as :func:`conv2d` (all done before this returns). Returns
-    ``(shape, chunks)``: the output shape (N, O, Ho, Wo) and an iterator of ``(images, acc)``, a
-    slice of the batch and its accumulators ``acc`` (O', P') int32, C-contiguous, the GEMM's own
-    output: ``acc[o, (i*Ho + y)*Wo + x]`` is output o at pixel (y, x) of image ``images.start + i``;
-    rows from O and columns from n*Ho*Wo on are padding (garbage). A kernel reading it whole
-    avoids slicing it: Numba's loops over a strided slice run many times slower.
+    ``(shape, chunks)``: the output shape (N, O, Ho, Wo) and an iterator of ``(images, acc,
+    (image_size, row_size))``, a slice of the batch, its accumulators ``acc`` (O', P') int32,
+    C-contiguous, the GEMM's own output, and their layout: ``acc[o, i*image_size + y*row_size + x]``
+    is output o at pixel (y, x) of image ``images.start + i`` (image_size = Ho*Wo and row_size = Wo
+    after im2col; the padded image's sizes on the direct path). Every other row and column is
+    padding (garbage). A kernel reading it whole avoids slicing it: Numba's loops over a strided
+    slice run many times slower. :func:`pixel_view` gives the (O, n, Ho, Wo) view.
     """
     if isinstance(w, PackedWeights):
         if w_range is not None:
@@ -502,8 +514,8 @@ def accumulator_chunks(x, w, stride=1, pad=0, bias=None, x_range=None, w_range=N
                 bounds = (x_lo, x_hi)
             else:  # x's own range when it is the whole batch: one pass over x fewer
                 bounds = (x_lo, x_hi) if x_range is None and part.shape[0] == n_images else (part.min(), part.max())
-            yield images, _accumulators(part, packed, bias, stride, pad, (n_outputs, out_height, out_width), bounds,
-                                        zero_point)
+            yield (images,) + _accumulators(part, packed, bias, stride, pad, (n_outputs, out_height, out_width),
+                                            bounds, zero_point)
 
     return shape, chunks()
 
@@ -515,10 +527,13 @@ many pixels' columns and accumulators are live at once."""
 
 
 def _accumulators(x, packed, bias, stride, pad, out_shape, x_bounds, zero_point=0):
-    """:func:`conv2d`'s work on a few images at once: x (n, C, H, W) -> int32 (O', P') with O' >= O,
-    P' >= n*Ho*Wo (see :func:`accumulator_chunks`).
+    """:func:`conv2d`'s work on a few images at once: x (n, C, H, W) -> ``(acc, (image_size, row_size))``,
+    acc int32 (O', P') with O' >= O (see :func:`accumulator_chunks`).
 
     ``x_bounds``: (min, max) of ``x - zero_point`` (or bounds containing them, for the byte count).
+    Stride-1 convolutions skip im2col where the VNNI GEMM runs
+    (:func:`refquant.integer.vnni.direct_columns`) unless the map is so narrow that the padded
+    grid's extra columns would cost more than im2col.
     """
     n_images = x.shape[0]
     n_outputs, out_height, out_width = out_shape
@@ -526,6 +541,10 @@ def _accumulators(x, packed, bias, stride, pad, out_shape, x_bounds, zero_point=
     n_pixels = n_images * out_height * out_width
     offset = min(int(x_bounds[0]), 0)
     n_bytes = 1 if max(int(x_bounds[1]), 0) - offset < 256 else 2
+    # without im2col, (kw - 1) / Wp of the GEMM's work is wasted on the padded grid's extra columns:
+    # taken when that is at most 1/8 (every 1x1 convolution, 3x3 ones on maps 14 or more wide)
+    direct = packed.vnni and stride == 1 and 8 * (kernel_shape[1] - 1) <= out_width + kernel_shape[1] - 1
+    layout = (out_height * out_width, out_width)
     if packed.vnni:
         o_padded = packed.matrix.shape[0] * vnni.OUTPUT_BLOCK
     else:
@@ -536,15 +555,25 @@ def _accumulators(x, packed, bias, stride, pad, out_shape, x_bounds, zero_point=
     start[:n_outputs] = _wrap_int32(bias + offset * packed.sums)
     acc = None
     for byte_index in range(n_bytes):
-        planes = _padded_byte_planes(x, offset, byte_index, pad, zero_point)
         first = start if byte_index == 0 else np.zeros_like(start)
-        if packed.vnni:
+        if direct:
+            k_steps = packed.direct_matrix.shape[1]
+            words, gemm_layout, image_size, row_size = vnni.direct_columns(
+                x, zero_point + offset, offset, byte_index, pad, *kernel_shape, parallel_worth(0.1 * x.size))
+            n_computed = ((n_images - 1) * image_size // row_size + out_height) * row_size
+            part = vnni.gemm(packed.direct_matrix, words, first, numba.get_num_threads(), n_computed,
+                             parallel_worth(o_padded * k_steps * n_computed / 75),  # about 300 GMAC/s a core
+                             layout=gemm_layout, acc_columns=n_images * image_size)
+            layout = (image_size, row_size)
+        elif packed.vnni:
+            planes = _padded_byte_planes(x, offset, byte_index, pad, zero_point)
             k_steps = packed.matrix.shape[1]
             columns = vnni.im2col_tiles(planes, *kernel_shape, stride, out_height, out_width, k_steps,
                                         parallel_worth(0.4 * k_steps * n_pixels))  # about 0.4 ns a word
             part = vnni.gemm(packed.matrix, columns, first, numba.get_num_threads(), n_pixels,
                              parallel_worth(o_padded * k_steps * n_pixels / 75))  # about 300 GMAC/s a core
         else:
+            planes = _padded_byte_planes(x, offset, byte_index, pad, zero_point)
             columns = _im2col_panels(planes, *kernel_shape, stride, out_height, out_width, k_padded, p_block)
             part = np.empty((columns.shape[0], o_padded, p_block), np.int32)
             part[:] = first[None, :, None]
@@ -555,4 +584,4 @@ def _accumulators(x, packed, bias, stride, pad, out_shape, x_bounds, zero_point=
             acc = part
         else:  # NumPy's int32 arithmetic wraps, as intended here
             acc += part << np.int32(8 * byte_index)
-    return acc
+    return acc, layout

@@ -185,39 +185,44 @@ def _requantize_flat(acc, multiplier, shift, negative_multiplier, negative_shift
 
 
 @numba.njit(cache=True, inline="always")
-def _requantize_row(acc, multiplier, shift, negative_multiplier, negative_shift, zero_point, qmin, qmax, codes, task):
-    """codes (n, O, P)[i, o, :] from acc (O', P')[o, i*P:(i+1)*P], task = i*O + o, by :func:`_requantize_branch_free`."""
-    n_outputs, n_pixels = codes.shape[1], codes.shape[2]
+def _requantize_image_output(acc, image_size, row_size, multiplier, shift, negative_multiplier, negative_shift,
+                             zero_point, qmin, qmax, codes, task):
+    """codes (n, O, Ho, Wo)[i, o] from acc (O', P')[o, i*image_size + y*row_size + x], task = i*O + o,
+    by :func:`_requantize_branch_free`."""
+    n_outputs, out_height, out_width = codes.shape[1], codes.shape[2], codes.shape[3]
     image, output = task // n_outputs, task % n_outputs
-    row, destination = acc[output, image * n_pixels:(image + 1) * n_pixels], codes[image, output]
-    for p in range(np.uint64(n_pixels)):  # unsigned: no wrap-around test, which blocks vectorising
-        destination[p] = _requantize_branch_free(np.int64(row[p]), multiplier, shift, negative_multiplier,
-                                                 negative_shift, zero_point, qmin, qmax)
+    for y in range(out_height):
+        start = image * image_size + y * row_size
+        row, destination = acc[output, start:start + out_width], codes[image, output, y]
+        for x in range(np.uint64(out_width)):  # unsigned: no wrap-around test, which blocks vectorising
+            destination[x] = _requantize_branch_free(np.int64(row[x]), multiplier, shift, negative_multiplier,
+                                                     negative_shift, zero_point, qmin, qmax)
 
 
 @numba.njit(cache=True, parallel=True)
-def _requantize_pixels_parallel(acc, multiplier, shift, negative_multiplier, negative_shift,
+def _requantize_pixels_parallel(acc, image_size, row_size, multiplier, shift, negative_multiplier, negative_shift,
                                 zero_point, qmin, qmax, codes):
     for task in numba.prange(codes.shape[0] * codes.shape[1]):
-        _requantize_row(acc, multiplier, shift, negative_multiplier, negative_shift, zero_point, qmin, qmax,
-                        codes, task)
+        _requantize_image_output(acc, image_size, row_size, multiplier, shift, negative_multiplier, negative_shift,
+                                 zero_point, qmin, qmax, codes, task)
 
 
 @numba.njit(cache=True)
-def _requantize_pixels_serial(acc, multiplier, shift, negative_multiplier, negative_shift,
+def _requantize_pixels_serial(acc, image_size, row_size, multiplier, shift, negative_multiplier, negative_shift,
                               zero_point, qmin, qmax, codes):
     for task in range(codes.shape[0] * codes.shape[1]):
-        _requantize_row(acc, multiplier, shift, negative_multiplier, negative_shift, zero_point, qmin, qmax,
-                        codes, task)
+        _requantize_image_output(acc, image_size, row_size, multiplier, shift, negative_multiplier, negative_shift,
+                                 zero_point, qmin, qmax, codes, task)
 
 
-def _requantize_pixels(acc, multiplier, shift, negative_multiplier, negative_shift, zero_point, qmin, qmax, codes):
-    """codes (n, O, P)[i, o, p] = :func:`_requantize_branch_free` of acc (O' >= O, P' >= n*P)[o, i*P + p]: the
-    GEMM's (output, pixel) accumulators to the images' codes in one pass (on Numba's threads when
-    the work is worth their wake-up, ``refquant.integer.conv.parallel_worth``)."""
+def _requantize_pixels(acc, layout, multiplier, shift, negative_multiplier, negative_shift, zero_point, qmin, qmax,
+                       codes):
+    """codes (n, O, Ho, Wo) = :func:`_requantize_branch_free` of the GEMM's (output, pixel)
+    accumulators ``acc`` in their ``layout`` (``refquant.integer.conv.accumulator_chunks``), in one
+    pass (on Numba's threads when the work is worth their wake-up, ``refquant.integer.conv.parallel_worth``)."""
     run = _requantize_pixels_parallel if parallel_worth(0.45 * codes.size) else _requantize_pixels_serial
-    run(acc, int(multiplier), int(shift), int(negative_multiplier), int(negative_shift), int(zero_point),
-        int(qmin), int(qmax), codes)
+    run(acc, int(layout[0]), int(layout[1]), int(multiplier), int(shift), int(negative_multiplier),
+        int(negative_shift), int(zero_point), int(qmin), int(qmax), codes)
 
 
 def _requantize_array(acc, multiplier, shift, negative_multiplier, negative_shift,
@@ -283,9 +288,9 @@ def conv2d_requantized(x, w, stride, pad, bias, multiplier, shift, negative_mult
                                 ("negative_shift", negative_shift, MAX_SHIFT)], zero_point, qmin, qmax)
     shape, chunks = accumulator_chunks(x, w, stride, pad, bias, x_range, x_zero_point=x_zero_point)
     codes = np.empty(shape, dtype)
-    for images, acc in chunks:
-        _requantize_pixels(acc, int(multiplier), int(shift), int(negative_multiplier), int(negative_shift),
-                           int(zero_point), int(qmin), int(qmax), codes[images].reshape(-1, shape[1], shape[2] * shape[3]))
+    for images, acc, layout in chunks:
+        _requantize_pixels(acc, layout, multiplier, shift, negative_multiplier, negative_shift, zero_point, qmin, qmax,
+                           codes[images])
     return codes
 
 

@@ -134,17 +134,18 @@ def _store_pair(acc, byte_offset, first, second):
 
 
 @numba.njit(cache=True, inline="always")
-def _tile_update(weights, block, columns, tile, acc, pixel_bytes, start):
+def _tile_update(weights, block, columns, tile, acc, pixel_bytes, start, tile_bytes, step_offsets):
     """acc[8b:8b+8, 32t:32t+32] = start[8b:8b+8, None] + weights[b] . columns[t], over all of K.
 
-    ``pixel_bytes`` = 4 * acc.shape[1], the byte stride between two outputs' accumulator rows.
-    The whole reduction stays in the 16 registers: no accumulator goes to memory before the end
+    ``pixel_bytes`` = 4 * acc.shape[1], the byte stride between two outputs' accumulator rows; the
+    columns of step s of tile t start at byte ``t * tile_bytes + step_offsets[s]`` of ``columns``
+    (:func:`gemm`'s layouts). The whole reduction stays in the 16 registers: no accumulator goes to memory before the end
     (blocking K, with the accumulators stored and reloaded between blocks, measured slower here:
     the column tile streams from L2 well enough).
     """
     k_steps = weights.shape[1]
     w_base = (block * k_steps) * 32            # 8 outputs x 4 bytes per K step
-    x_base = (tile * k_steps) * 128            # 32 pixels x 4 bytes per K step
+    x_base = tile * tile_bytes
     o = 8 * block
     a0 = b0 = _broadcast(start, 4 * o)
     a1 = b1 = _broadcast(start, 4 * (o + 1))
@@ -155,7 +156,8 @@ def _tile_update(weights, block, columns, tile, acc, pixel_bytes, start):
     a6 = b6 = _broadcast(start, 4 * (o + 6))
     a7 = b7 = _broadcast(start, 4 * (o + 7))
     for step in range(k_steps):
-        xa, xb = _load(columns, x_base + 128 * step), _load(columns, x_base + 128 * step + 64)
+        x = x_base + step_offsets[step]
+        xa, xb = _load(columns, x), _load(columns, x + 64)
         w = w_base + 32 * step
         w0, w1, w2, w3 = _broadcast(weights, w), _broadcast(weights, w + 4), _broadcast(weights, w + 8), _broadcast(weights, w + 12)
         a0, b0 = _dot_accumulate(a0, xa, w0), _dot_accumulate(b0, xb, w0)
@@ -179,18 +181,18 @@ def _tile_update(weights, block, columns, tile, acc, pixel_bytes, start):
 
 
 @numba.njit(cache=True, inline="always")
-def _half_tile_update(weights, block, columns, tile, acc, pixel_bytes, start):
+def _half_tile_update(weights, block, columns, tile, acc, pixel_bytes, start, tile_bytes, step_offsets):
     """:func:`_tile_update` on the first 16 pixels of the tile alone: the last tile, when the
     pixels end within its first half (13x13 maps: 169 = 5 x 32 + 9 pixels, 176 computed, not 192)."""
     k_steps = weights.shape[1]
-    w_base, x_base = (block * k_steps) * 32, (tile * k_steps) * 128
+    w_base, x_base = (block * k_steps) * 32, tile * tile_bytes
     o = 8 * block
     a0, a1 = _broadcast(start, 4 * o), _broadcast(start, 4 * (o + 1))
     a2, a3 = _broadcast(start, 4 * (o + 2)), _broadcast(start, 4 * (o + 3))
     a4, a5 = _broadcast(start, 4 * (o + 4)), _broadcast(start, 4 * (o + 5))
     a6, a7 = _broadcast(start, 4 * (o + 6)), _broadcast(start, 4 * (o + 7))
     for step in range(k_steps):
-        xa, w = _load(columns, x_base + 128 * step), w_base + 32 * step
+        xa, w = _load(columns, x_base + step_offsets[step]), w_base + 32 * step
         a0, a1 = _dot_accumulate(a0, xa, _broadcast(weights, w)), _dot_accumulate(a1, xa, _broadcast(weights, w + 4))
         a2, a3 = _dot_accumulate(a2, xa, _broadcast(weights, w + 8)), _dot_accumulate(a3, xa, _broadcast(weights, w + 12))
         a4, a5 = _dot_accumulate(a4, xa, _broadcast(weights, w + 16)), _dot_accumulate(a5, xa, _broadcast(weights, w + 20))
@@ -207,22 +209,27 @@ def _half_tile_update(weights, block, columns, tile, acc, pixel_bytes, start):
 
 
 @numba.njit(cache=True, parallel=True)
-def _gemm_parallel(weights, columns, start, acc, tiles_per_task, blocks_per_task, half_last_tile, n_tasks):
+def _gemm_parallel(weights, columns, start, acc, tiles_per_task, blocks_per_task, half_last_tile, n_tasks,
+                   n_tiles, tile_bytes, step_offsets):
     for task in numba.prange(n_tasks):
-        _gemm_task(weights, columns, start, acc, tiles_per_task, blocks_per_task, half_last_tile, task)
+        _gemm_task(weights, columns, start, acc, tiles_per_task, blocks_per_task, half_last_tile, task,
+                   n_tiles, tile_bytes, step_offsets)
 
 
 @numba.njit(cache=True)
-def _gemm_serial(weights, columns, start, acc, tiles_per_task, blocks_per_task, half_last_tile, n_tasks):
+def _gemm_serial(weights, columns, start, acc, tiles_per_task, blocks_per_task, half_last_tile, n_tasks,
+                 n_tiles, tile_bytes, step_offsets):
     for task in range(n_tasks):
-        _gemm_task(weights, columns, start, acc, tiles_per_task, blocks_per_task, half_last_tile, task)
+        _gemm_task(weights, columns, start, acc, tiles_per_task, blocks_per_task, half_last_tile, task,
+                   n_tiles, tile_bytes, step_offsets)
 
 
 @numba.njit(cache=True, inline="always")
-def _gemm_task(weights, columns, start, acc, tiles_per_task, blocks_per_task, half_last_tile, task):
+def _gemm_task(weights, columns, start, acc, tiles_per_task, blocks_per_task, half_last_tile, task,
+               n_tiles, tile_bytes, step_offsets):
     """Task ``task``: a group of ``tiles_per_task`` tiles by a group of ``blocks_per_task`` output
     blocks, tile by tile (a tile's columns, read by every block of the group, stay in L2)."""
-    n_blocks, n_tiles = weights.shape[0], columns.shape[0]
+    n_blocks = weights.shape[0]
     pixel_bytes = 4 * acc.shape[1]
     n_block_groups = (n_blocks + blocks_per_task - 1) // blocks_per_task
     tile_start = (task // n_block_groups) * tiles_per_task
@@ -231,37 +238,49 @@ def _gemm_task(weights, columns, start, acc, tiles_per_task, blocks_per_task, ha
         half = half_last_tile and tile == n_tiles - 1
         for block in range(block_start, min(block_start + blocks_per_task, n_blocks)):
             if half:
-                _half_tile_update(weights, block, columns, tile, acc, pixel_bytes, start)
+                _half_tile_update(weights, block, columns, tile, acc, pixel_bytes, start, tile_bytes, step_offsets)
             else:
-                _tile_update(weights, block, columns, tile, acc, pixel_bytes, start)
+                _tile_update(weights, block, columns, tile, acc, pixel_bytes, start, tile_bytes, step_offsets)
 
 
-def gemm(weights, columns, start, n_threads, n_pixels=None, parallel=True):
-    """acc (8B, 32T) int32 = start[:, None] + W . X, wrapping modulo 2**32, by VPDPBUSD; in parallel.
+def gemm(weights, columns, start, n_threads, n_pixels=None, parallel=True, layout=None, acc_columns=0):
+    """acc (8B, >= 32T) int32 = start[:, None] + W . X, wrapping modulo 2**32, by VPDPBUSD.
 
-    ``weights`` (B, k4, 8, 4) int8 from :func:`pack_weights`; ``columns`` (T, k4, 32, 4) uint8 from
-    :func:`im2col_tiles`; W[o, k] = weights[o // 8, k // 4, o % 8, k % 4] and X[k, p] =
-    columns[p // 32, k // 4, p % 32, k % 4]; ``start`` (8B,) int32, each output's first value.
+    ``weights`` (B, k4, 8, 4) int8 from :func:`pack_weights`: W[o, k] = weights[o // 8, k // 4, o % 8,
+    k % 4]; ``start`` (8B,) int32, each output's first value. The columns X, by ``layout``:
+
+    * None: ``columns`` (T, k4, 32, 4) uint8 from :func:`im2col_tiles`, X[k, p] =
+      columns[p // 32, k // 4, p % 32, k % 4];
+    * ``(T, tile_bytes, step_offsets)``: the 4 bytes of X[4s:4s+4, p] are the word at byte
+      ``(p // 32) * tile_bytes + step_offsets[s] + 4 * (p % 32)`` of ``columns`` (any C-contiguous
+      array): :func:`direct_columns`' layout, where the columns are the input itself.
 
     ``parallel``: on Numba's threads (else in the calling thread: small work).
     ``n_pixels``: the pixels that matter (default all); when they end in the first half of the
     last tile, its second half is not computed (left as garbage: the caller reads ``acc[:, :n_pixels]``).
+    ``acc_columns``: the least width of acc (a caller that views it as images with padding).
 
     Work is cut into tasks of a few tiles by a group of output blocks, as many per thread:
     Numba hands each thread an equal share of the task range, so a count that is a multiple
     of the threads keeps them all busy to the end.
     """
-    n_blocks, n_tiles = weights.shape[0], columns.shape[0]
-    assert weights.shape[1:] == (columns.shape[1], OUTPUT_BLOCK, K_STEP) and columns.shape[2:] == (TILE_PIXELS, K_STEP)
+    n_blocks = weights.shape[0]
+    if layout is None:
+        assert weights.shape[1:] == (columns.shape[1], OUTPUT_BLOCK, K_STEP) and columns.shape[2:] == (TILE_PIXELS, K_STEP)
+        n_tiles = columns.shape[0]
+        layout = (n_tiles, columns.shape[1] * TILE_PIXELS * K_STEP, TILE_PIXELS * K_STEP * np.arange(columns.shape[1]))
+    n_tiles, tile_bytes, step_offsets = layout
+    assert step_offsets.shape == (weights.shape[1],) and weights.shape[2:] == (OUTPUT_BLOCK, K_STEP)
     assert start.shape == (OUTPUT_BLOCK * n_blocks,) and start.dtype == np.int32
     assert weights.flags.c_contiguous and columns.flags.c_contiguous
     tile_groups, block_groups = _task_grid(n_tiles, n_blocks, n_threads)
-    acc = np.empty((OUTPUT_BLOCK * n_blocks, TILE_PIXELS * n_tiles), np.int32)
+    acc = np.empty((OUTPUT_BLOCK * n_blocks, max(TILE_PIXELS * n_tiles, acc_columns)), np.int32)
     half_last_tile = n_pixels is not None and n_pixels <= TILE_PIXELS * (n_tiles - 1) + TILE_PIXELS // 2
     tiles_per_task, blocks_per_task = -(-n_tiles // tile_groups), -(-n_blocks // block_groups)
     n_tasks = -(-n_tiles // tiles_per_task) * -(-n_blocks // blocks_per_task)
     run = _gemm_parallel if parallel else _gemm_serial
-    run(weights, columns, start, acc, tiles_per_task, blocks_per_task, half_last_tile, n_tasks)
+    run(weights, columns, start, acc, tiles_per_task, blocks_per_task, half_last_tile, n_tasks, n_tiles, tile_bytes,
+        np.ascontiguousarray(step_offsets, np.int64))
     return acc
 
 
@@ -384,3 +403,89 @@ def _interleave(destination, start, count, source, s0, s1, s2, s3, stride):
             at = q * step
             destination[start + q] = (np.uint32(source[s0 + at]) | (np.uint32(source[s1 + at]) << 8)
                                       | (np.uint32(source[s2 + at]) << 16) | (np.uint32(source[s3 + at]) << 24))
+
+
+def pack_direct_weights(w):
+    """(O, C, kh, kw) int8 -> :func:`pack_weights` of the (O, kh*kw*C4*4) matrix whose K order is
+    (i, j, c), channels padded to C4*4 with zeros: the weights of :func:`direct_columns`' steps."""
+    n_outputs, channels, kh, kw = w.shape
+    padded = np.zeros((n_outputs, kh, kw, -(-channels // K_STEP) * K_STEP), np.int8)
+    padded[..., :channels] = w.transpose(0, 2, 3, 1)
+    return pack_weights(padded.reshape(n_outputs, -1))
+
+
+def direct_columns(x, shift_in, offset, byte_index, pad, kh, kw, parallel=True):
+    """The columns of a stride-1 convolution without im2col: ``(words, layout, image_size, row_size)``.
+
+    x (N, C, H, W) integers; the bytes are byte ``byte_index`` of ``x - shift_in`` (as
+    ``refquant.integer.conv._padded_byte_planes``: ``shift_in`` = zero point + offset), the
+    padding the byte of ``0 - offset``. ``words`` (C4, L) uint32 holds the padded images one
+    above the other, channels interleaved by four: word ``(n*Hp + row)*Wp + col`` of group c4 has
+    channel 4*c4 + b of (n, row, col) in byte b (0 past C).
+
+    Output pixels are counted on the padded grid, p = (n*Hp + y)*Wp + x: the input of K step
+    s = (i*kw + j)*C4 + c4 for pixel p is then word ``p + i*Wp + j`` of group c4, so 32
+    consecutive pixels read 128 consecutive bytes and a tile is two plain loads from the input
+    (``gemm``'s ``layout``, with the K order of :func:`pack_direct_weights`). Pixels with
+    x >= Wo or y >= Ho are computed from wrapped-around positions and dropped: (Wp - Wo) / Wp of
+    the work (4 % at 52 x 52 with 3 x 3 kernels), where im2col would write K bytes per pixel.
+    """
+    n_images, channels, height, width = x.shape
+    padded_height, padded_width = height + 2 * pad, width + 2 * pad
+    out_height = padded_height - kh + 1
+    n_computed = ((n_images - 1) * padded_height + out_height) * padded_width
+    n_tiles = -(-n_computed // TILE_PIXELS)
+    groups = -(-channels // K_STEP)
+    # every word a tile can read: the last tile's end plus the farthest kernel offset
+    length = max(n_tiles * TILE_PIXELS + (kh - 1) * padded_width + kw - 1, n_images * padded_height * padded_width)
+    words = np.zeros((groups, length), np.uint32)
+    fill = _fill_direct_parallel if parallel else _fill_direct_serial
+    fill(x, shift_in, offset, byte_index, pad, words)
+    step_offsets = np.empty(kh * kw * groups, np.int64)
+    for i in range(kh):
+        for j in range(kw):
+            for group in range(groups):
+                step_offsets[(i * kw + j) * groups + group] = 4 * (group * length + i * padded_width + j)
+    layout = (n_tiles, TILE_PIXELS * K_STEP, step_offsets)
+    return words, layout, padded_height * padded_width, padded_width
+
+
+@numba.njit(cache=True, parallel=True)
+def _fill_direct_parallel(x, shift_in, offset, byte_index, pad, words):
+    for task in numba.prange(words.shape[0] * x.shape[0]):
+        _fill_direct_task(x, shift_in, offset, byte_index, pad, words, task)
+
+
+@numba.njit(cache=True)
+def _fill_direct_serial(x, shift_in, offset, byte_index, pad, words):
+    for task in range(words.shape[0] * x.shape[0]):
+        _fill_direct_task(x, shift_in, offset, byte_index, pad, words, task)
+
+
+@numba.njit(cache=True, inline="always")
+def _fill_direct_task(x, shift_in, offset, byte_index, pad, words, task):
+    """Image n, channel group c4 (task = c4 * N + n) of :func:`direct_columns`' words."""
+    n_images, channels, height, width = x.shape
+    padded_height, padded_width = height + 2 * pad, width + 2 * pad
+    group, n = task // n_images, task % n_images
+    shift = 8 * byte_index
+    border = np.uint32(((0 - offset) >> shift) & 255)
+    for byte in range(K_STEP):
+        c = K_STEP * group + byte
+        if c >= channels:
+            break  # channels past C stay 0 (their weights are 0)
+        fill = border << (8 * byte)
+        for row in range(padded_height):
+            base = (n * padded_height + row) * padded_width
+            destination = words[group, base:base + padded_width]
+            if row < pad or row >= height + pad:
+                for col in range(padded_width):
+                    destination[col] |= fill
+                continue
+            for col in range(pad):
+                destination[col] |= fill
+                destination[width + pad + col] |= fill
+            source, inner = x[n, c, row - pad], destination[pad:pad + width]
+            for col in range(np.uint64(width)):  # unsigned: no wrap-around test, which blocks vectorising
+                value = (np.int64(source[col]) - shift_in) >> shift
+                inner[col] |= np.uint32(value & 255) << (8 * byte)
