@@ -240,12 +240,13 @@ is busy), and two threads at best halve the work, so the loop must take about tw
 The estimates per unit of work below were measured on one core of the machine in docs/benchmarks.md."""
 
 
-def parallel_worth(estimated_ns):
-    """Whether work estimated at ``estimated_ns`` nanoseconds of one core should run on Numba's threads."""
-    return numba.get_num_threads() > 1 and estimated_ns >= SERIAL_BELOW_NS
+def parallel_worth(estimated_ns, n_threads=None):
+    """Whether work estimated at ``estimated_ns`` nanoseconds of one core should run on Numba's threads
+    (``n_threads``: ``numba.get_num_threads()`` if the caller has it, a few microseconds saved)."""
+    return (numba.get_num_threads() if n_threads is None else n_threads) > 1 and estimated_ns >= SERIAL_BELOW_NS
 
 
-def _padded_byte_planes(x, offset, byte_index, pad, zero_point=0):
+def _padded_byte_planes(x, offset, byte_index, pad, zero_point=0, n_threads=None):
     """(N, C, H, W) -> (N, C, H + 2pad, W + 2pad) uint8: byte ``byte_index`` of the values
     ``x - zero_point - offset``, zero padded.
 
@@ -255,7 +256,7 @@ def _padded_byte_planes(x, offset, byte_index, pad, zero_point=0):
     """
     n_images, channels, height, width = x.shape
     planes = np.empty((n_images, channels, height + 2 * pad, width + 2 * pad), np.uint8)
-    fill = _fill_byte_planes_parallel if parallel_worth(0.1 * planes.size) else _fill_byte_planes_serial
+    fill = _fill_byte_planes_parallel if parallel_worth(0.1 * planes.size, n_threads) else _fill_byte_planes_serial
     fill(x, zero_point + offset, offset, byte_index, pad, planes)
     return planes
 
@@ -545,11 +546,12 @@ def _accumulators(x, packed, bias, stride, pad, out_shape, x_bounds, zero_point=
     # taken when that is at most 1/8 (every 1x1 convolution, 3x3 ones on maps 14 or more wide)
     direct = packed.vnni and stride == 1 and 8 * (kernel_shape[1] - 1) <= out_width + kernel_shape[1] - 1
     layout = (out_height * out_width, out_width)
+    threads = numba.get_num_threads()
     if packed.vnni:
         o_padded = packed.matrix.shape[0] * vnni.OUTPUT_BLOCK
     else:
         o_padded, k_padded = packed.matrix.shape
-        p_block, k_block, o_group = _blocking(o_padded, n_pixels, k_padded, numba.get_num_threads())
+        p_block, k_block, o_group = _blocking(o_padded, n_pixels, k_padded, threads)
     # bias + offset * sum(w) starts every accumulator; wrapped, as all the int32 sums below.
     start = np.zeros(o_padded, np.int32)
     start[:n_outputs] = _wrap_int32(bias + offset * packed.sums)
@@ -559,19 +561,19 @@ def _accumulators(x, packed, bias, stride, pad, out_shape, x_bounds, zero_point=
         if direct:
             k_steps = packed.direct_matrix.shape[1]
             words, gemm_layout, image_size, row_size = vnni.direct_columns(
-                x, zero_point + offset, offset, byte_index, pad, *kernel_shape, parallel_worth(0.1 * x.size))
+                x, zero_point + offset, offset, byte_index, pad, *kernel_shape, parallel_worth(0.1 * x.size, threads))
             n_computed = ((n_images - 1) * image_size // row_size + out_height) * row_size
-            part = vnni.gemm(packed.direct_matrix, words, first, numba.get_num_threads(), n_computed,
-                             parallel_worth(o_padded * k_steps * n_computed / 75),  # about 300 GMAC/s a core
+            part = vnni.gemm(packed.direct_matrix, words, first, threads, n_computed,
+                             parallel_worth(o_padded * k_steps * n_computed / 75, threads),  # 300 GMAC/s a core
                              layout=gemm_layout, acc_columns=n_images * image_size)
             layout = (image_size, row_size)
         elif packed.vnni:
-            planes = _padded_byte_planes(x, offset, byte_index, pad, zero_point)
+            planes = _padded_byte_planes(x, offset, byte_index, pad, zero_point, threads)
             k_steps = packed.matrix.shape[1]
             columns = vnni.im2col_tiles(planes, *kernel_shape, stride, out_height, out_width, k_steps,
-                                        parallel_worth(0.4 * k_steps * n_pixels))  # about 0.4 ns a word
-            part = vnni.gemm(packed.matrix, columns, first, numba.get_num_threads(), n_pixels,
-                             parallel_worth(o_padded * k_steps * n_pixels / 75))  # about 300 GMAC/s a core
+                                        parallel_worth(0.4 * k_steps * n_pixels, threads))  # about 0.4 ns a word
+            part = vnni.gemm(packed.matrix, columns, first, threads, n_pixels,
+                             parallel_worth(o_padded * k_steps * n_pixels / 75, threads))  # 300 GMAC/s a core
         else:
             planes = _padded_byte_planes(x, offset, byte_index, pad, zero_point)
             columns = _im2col_panels(planes, *kernel_shape, stride, out_height, out_width, k_padded, p_block)
