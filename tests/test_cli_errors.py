@@ -111,6 +111,7 @@ def test_golden_check_refuses_a_symbolic_link_out_of_the_directory(tmp_path, cap
     (["data", "shapes", "PATH", "--seed", "-3"], "--seed"),
     (["golden", "check", ""], "DIR"),
     (["eval", "--no-such-option"], "--no-such-option"),
+    (["train", "--out", "OUT", "--max-batches", "0"], "--max-batches"),
     (["train", "--out", "OUT", "--steps", "1_0"], "--steps"),
     (["train", "--out", "OUT", "--scales", "nan"], "--scales"),
     (["demo", "--out", "OUT", "--bits", "\u0668"], "--bits"),  # Arabic-Indic 8

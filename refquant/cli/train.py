@@ -39,10 +39,11 @@ def add_arguments(parser):
 
 def _cfg_type(key, kind):
     """The argparse type of an option that overrides the cfg key ``key``: its range there
-    (:data:`refquant.darknet.KEY_RANGES`), at least 1 for a count of updates."""
+    (:data:`refquant.darknet.KEY_RANGES`); ``--max-batches`` at least 1 (a cfg may leave 0, Darknet's
+    default, but a run trains at least one update)."""
     if kind is str:
         return path
-    bounds = darknet.KEY_RANGES.get(key, (1 if key == "max_batches" else None, None, False, False))
+    bounds = validate.at_least(1) if key == "max_batches" else darknet.KEY_RANGES.get(key, (None, None, False, False))
     if kind is int:
         return integer(bounds[0], bounds[1])
     return number(bounds=bounds)
