@@ -127,6 +127,19 @@ def _dot_accumulate(typingctx, acc, x, w):
     return int32x16(acc, x, w), codegen
 
 
+@intrinsic
+def _fetch_add(typingctx, counter, value):
+    """Atomically ``counter[0] += value`` (a 1-element int64 array); returns the value before."""
+    if not (isinstance(counter, types.Array) and counter.dtype == types.int64 and isinstance(value, types.Integer)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        pointer = context.make_array(signature.args[0])(context, builder, args[0]).data
+        addend = context.cast(builder, args[1], signature.args[1], types.int64)
+        return builder.atomic_rmw("add", pointer, addend, "seq_cst")
+    return types.int64(counter, value), codegen
+
+
 @numba.njit(cache=True, inline="always")
 def _store_pair(acc, byte_offset, first, second):
     _store(acc, byte_offset, first)
@@ -210,15 +223,22 @@ def _half_tile_update(weights, block, columns, tile, acc, pixel_bytes, start, ti
 
 @numba.njit(cache=True, parallel=True)
 def _gemm_parallel(weights, columns, start, acc, tiles_per_task, blocks_per_task, half_last_tile, n_tasks,
-                   n_tiles, tile_bytes, step_offsets):
-    for task in numba.prange(n_tasks):
-        _gemm_task(weights, columns, start, acc, tiles_per_task, blocks_per_task, half_last_tile, task,
-                   n_tiles, tile_bytes, step_offsets)
+                   n_tiles, tile_bytes, step_offsets, n_threads):
+    # Each thread takes the next task from a shared counter until none is left, rather than an
+    # equal share fixed in advance: a thread that starts late (its core busy with another job,
+    # or slow to wake) then does fewer tasks instead of holding up the others at the end.
+    counter = np.zeros(1, np.int64)
+    for _ in numba.prange(n_threads):
+        task = _fetch_add(counter, 1)
+        while task < n_tasks:
+            _gemm_task(weights, columns, start, acc, tiles_per_task, blocks_per_task, half_last_tile, task,
+                       n_tiles, tile_bytes, step_offsets)
+            task = _fetch_add(counter, 1)
 
 
 @numba.njit(cache=True)
 def _gemm_serial(weights, columns, start, acc, tiles_per_task, blocks_per_task, half_last_tile, n_tasks,
-                 n_tiles, tile_bytes, step_offsets):
+                 n_tiles, tile_bytes, step_offsets, n_threads):
     for task in range(n_tasks):
         _gemm_task(weights, columns, start, acc, tiles_per_task, blocks_per_task, half_last_tile, task,
                    n_tiles, tile_bytes, step_offsets)
@@ -260,9 +280,8 @@ def gemm(weights, columns, start, n_threads, n_pixels=None, parallel=True, layou
     last tile, its second half is not computed (left as garbage: the caller reads ``acc[:, :n_pixels]``).
     ``acc_columns``: the least width of acc (a caller that views it as images with padding).
 
-    Work is cut into tasks of a few tiles by a group of output blocks, as many per thread:
-    Numba hands each thread an equal share of the task range, so a count that is a multiple
-    of the threads keeps them all busy to the end.
+    Work is cut into tasks of a few tiles by a group of output blocks, several per thread, that
+    the threads take one at a time as they come free.
     """
     n_blocks = weights.shape[0]
     if layout is None:
@@ -280,20 +299,15 @@ def gemm(weights, columns, start, n_threads, n_pixels=None, parallel=True, layou
     n_tasks = -(-n_tiles // tiles_per_task) * -(-n_blocks // blocks_per_task)
     run = _gemm_parallel if parallel else _gemm_serial
     run(weights, columns, start, acc, tiles_per_task, blocks_per_task, half_last_tile, n_tasks, n_tiles, tile_bytes,
-        np.ascontiguousarray(step_offsets, np.int64))
+        np.ascontiguousarray(step_offsets, np.int64), n_threads)
     return acc
 
 
 def _task_grid(n_tiles, n_blocks, n_threads):
     """(tile groups, block groups): tiles in groups of at most 8 (256 pixels), output blocks split
-    until there are at least 2 tasks per thread, the total a multiple of the threads where the
-    sizes allow."""
+    until there are about 8 tasks per thread (so that a thread starting late finds work left)."""
     tile_groups = -(-n_tiles // 8)
-    block_groups = 1
-    while tile_groups * block_groups < 2 * n_threads and block_groups < n_blocks:
-        block_groups += 1
-    while (tile_groups * block_groups) % n_threads and block_groups < n_blocks:
-        block_groups += 1
+    block_groups = max(1, min(n_blocks, -(-8 * n_threads // tile_groups)))
     return tile_groups, block_groups
 
 
