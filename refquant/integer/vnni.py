@@ -223,11 +223,11 @@ def _half_tile_update(weights, block, columns, tile, acc, pixel_bytes, start, ti
 
 @numba.njit(cache=True, parallel=True)
 def _gemm_parallel(weights, columns, start, acc, tiles_per_task, blocks_per_task, half_last_tile, n_tasks,
-                   n_tiles, tile_bytes, step_offsets, n_threads):
-    # Each thread takes the next task from a shared counter until none is left, rather than an
+                   n_tiles, tile_bytes, step_offsets, n_threads, counter):
+    # Each thread takes the next task from a shared counter (``counter``, [0], made by the caller:
+    # an array made here would be a parallel loop of its own) until none is left, rather than an
     # equal share fixed in advance: a thread that starts late (its core busy with another job,
     # or slow to wake) then does fewer tasks instead of holding up the others at the end.
-    counter = np.zeros(1, np.int64)
     for _ in numba.prange(n_threads):
         task = _fetch_add(counter, 1)
         while task < n_tasks:
@@ -238,7 +238,7 @@ def _gemm_parallel(weights, columns, start, acc, tiles_per_task, blocks_per_task
 
 @numba.njit(cache=True)
 def _gemm_serial(weights, columns, start, acc, tiles_per_task, blocks_per_task, half_last_tile, n_tasks,
-                 n_tiles, tile_bytes, step_offsets, n_threads):
+                 n_tiles, tile_bytes, step_offsets, n_threads, counter):
     for task in range(n_tasks):
         _gemm_task(weights, columns, start, acc, tiles_per_task, blocks_per_task, half_last_tile, task,
                    n_tiles, tile_bytes, step_offsets)
@@ -299,7 +299,7 @@ def gemm(weights, columns, start, n_threads, n_pixels=None, parallel=True, layou
     n_tasks = -(-n_tiles // tiles_per_task) * -(-n_blocks // blocks_per_task)
     run = _gemm_parallel if parallel else _gemm_serial
     run(weights, columns, start, acc, tiles_per_task, blocks_per_task, half_last_tile, n_tasks, n_tiles, tile_bytes,
-        np.ascontiguousarray(step_offsets, np.int64), n_threads)
+        np.ascontiguousarray(step_offsets, np.int64), n_threads, np.zeros(1, np.int64))
     return acc
 
 
