@@ -3,7 +3,7 @@ malformed inputs, each outcome classified; prints the table per boundary and eve
 
 Run:  python benchmarks/fuzz_boundaries.py [--seed 0] [--scale 1.0] [--json results.json]
 
-``--scale`` multiplies every budget (the defaults total 12,000 cases, about 4 minutes on two
+``--scale`` multiplies every budget (the defaults total 12,000 cases, 4 to 6 minutes on two
 cores; each case has 20 s, 30 s for a numeric call, before it counts as a hang). Failures are
 listed by kind with the exact mutation of one case, so each can be rebuilt by hand
 (``--all-failures`` lists every case). The exit status is 1 if any case failed (an unclear
