@@ -2,8 +2,9 @@
 
 Two kernels side by side, as TFLite keeps reference and optimized kernels:
 :func:`conv2d_reference`, a plain loop that reads as the definition, and :func:`conv2d`, the fast
-kernel (im2col into byte panels, a blocked int32 GEMM that LLVM vectorises, parallel over panels
-and output channels), equal bit for bit. Both compute the exact correlation (Darknet's and
+kernel, equal bit for bit: the input cut into non-negative byte planes, a GEMM per plane with
+int32 sums (AVX-512 VNNI's ``VPDPBUSD`` where the CPU has it, :mod:`refquant.integer.vnni`; else
+a blocked int32 GEMM that LLVM vectorises, here), parallel over pixels and output channels. Both compute the exact correlation (Darknet's and
 PyTorch's convolutions do not flip the kernel), zero padding, after the caller removed the zero points.
 """
 import dataclasses
@@ -424,9 +425,8 @@ def pack_weights(w, w_range=None):
     ``w_range`` optionally declares tighter bounds than int8's, checked against ``w``.
     Which layout is made (VNNI or portable) is decided here, by :func:`refquant.integer.vnni.vnni_available`.
     """
-    for name, value in (("w", w),):
-        if not isinstance(value, np.ndarray) or value.dtype not in WEIGHT_DTYPES:
-            raise TypeError(f"{name} must be an int8 numpy array, got {getattr(value, 'dtype', type(value).__name__)}")
+    if not isinstance(w, np.ndarray) or w.dtype not in WEIGHT_DTYPES:
+        raise TypeError(f"w must be an int8 numpy array, got {getattr(w, 'dtype', type(w).__name__)}")
     if w.ndim != 4 or min(w.shape) < 1:
         raise ValueError(f"w must have shape (O, C, kh, kw) with no empty axis, got shape {w.shape}")
     w_range = _declared_range("w", w, w_range)
@@ -454,10 +454,10 @@ def conv2d(x, w, stride=1, pad=0, bias=None, x_range=None, w_range=None, x_zero_
     ``x_range``/``w_range`` declare tighter ones, which are checked against the data).
 
     Method: x - offset (offset = min(x, 0)) is made non-negative and cut into
-    bytes, laid out by im2col as panels of (K, pixels); an int32 GEMM with the packed
-    weights accumulates each byte plane, and ``256**b`` and ``offset * sum(w)``
-    are added back (see the comment above ``_RANK``). The GEMM is
-    :mod:`refquant.integer.vnni`'s (VPDPBUSD) where the CPU has AVX-512 VNNI, else
+    bytes, laid out as the GEMM's columns (im2col, or the padded input itself for stride-1
+    convolutions on the VNNI path); an int32 GEMM with the packed weights accumulates each byte
+    plane, and ``256**b`` and ``offset * sum(w)`` are added back (see the comment above ``_RANK``).
+    The GEMM is :mod:`refquant.integer.vnni`'s (VPDPBUSD) where the CPU has AVX-512 VNNI, else
     :func:`_gemm_accumulate`; both sum products in wrap-around int32, so both give the exact sums
     whenever the range check passes. Parallel with Numba's threads.
 

@@ -16,12 +16,16 @@ Layouts (K = C*kh*kw padded to ``4 * k4``; a *tile* is ``TILE_PIXELS`` = 32 outp
   ``w[8b + r, 4s:4s+4]``, 32 contiguous bytes that the micro-kernel broadcasts one int32 at a time;
 * columns ``(n_tiles, k4, 32, 4)`` uint8: im2col, for tile t and step s, the 32 pixels' 4 input bytes
   ``x[4s:4s+4, 32t + q]``, 128 contiguous bytes: two 64-byte vector loads;
+* or, for stride-1 convolutions, no columns at all: the padded input with its channels
+  interleaved by four, where the same 128 bytes already lie side by side
+  (:func:`direct_columns`, whose K order is (i, j, c): :func:`pack_direct_weights`);
 * accumulators ``(O_padded, n_tiles * 32)`` int32, output channel by pixel.
 
 The micro-kernel keeps an 8 x 32 block of accumulators in 16 vector registers (two per output) over
 all of K, streaming one 128-byte column step and one 32-byte weight step per 16 ``VPDPBUSD``.
-The vectors are LLVM's ``<16 x i32>``, given to Numba as a type of its own with five intrinsics
-(zero-cost wrappers of one LLVM instruction each). LLVM refuses an intrinsic the CPU lacks, so
+The vectors are LLVM's ``<16 x i32>``, given to Numba as a type of its own with a few intrinsics
+(zero-cost wrappers of one LLVM instruction each: load, store, broadcast, VPDPBUSD; and an atomic
+add for the threads' shared task counter). LLVM refuses an intrinsic the CPU lacks, so
 nothing here is compiled unless :func:`vnni_available` says the CPU has AVX-512 VNNI.
 """
 import os
@@ -47,7 +51,7 @@ _REQUIRED_FEATURES = ("avx512f", "avx512bw", "avx512vnni")
 
 
 def vnni_available():
-    """Whether :func:`gemm_accumulate` may run here: the CPU Numba compiles for has AVX-512 VNNI.
+    """Whether :func:`gemm` may run here: the CPU Numba compiles for has AVX-512 VNNI.
 
     That is the host's CPU unless ``NUMBA_CPU_NAME`` names another (a portable cache, e.g.
     ``generic``), in which case only features ``NUMBA_CPU_FEATURES`` lists count.
@@ -312,7 +316,7 @@ def _task_grid(n_tiles, n_blocks, n_threads):
 
 
 def pack_weights(w_matrix):
-    """(O, K) int8 -> (ceil(O/8), ceil(K/4), 8, 4) int8, zero-padded: the layout of :func:`gemm_accumulate`."""
+    """(O, K) int8 -> (ceil(O/8), ceil(K/4), 8, 4) int8, zero-padded: the layout of :func:`gemm`."""
     n_outputs, k = w_matrix.shape
     packed = np.zeros((-(-n_outputs // OUTPUT_BLOCK), -(-k // K_STEP), OUTPUT_BLOCK, K_STEP), np.int8)
     _pack_weights_into(np.ascontiguousarray(w_matrix), packed)
@@ -329,7 +333,7 @@ def _pack_weights_into(w_matrix, packed):
 
 
 def im2col_tiles(planes, kh, kw, stride, out_height, out_width, k_steps, parallel=True):
-    """Padded (N, C, Hp, Wp) uint8 -> columns (n_tiles, k_steps, 32, 4) uint8 for :func:`gemm_accumulate`.
+    """Padded (N, C, Hp, Wp) uint8 -> columns (n_tiles, k_steps, 32, 4) uint8 for :func:`gemm`.
 
     Pixel p = (n*Ho + y)*Wo + x (the images' output pixels one after another) goes to tile p // 32,
     lane p % 32; K row k = (c*kh + i)*kw + j to step k // 4, byte k % 4, and holds the padded input
