@@ -51,7 +51,7 @@ from tqdm import tqdm
 from refquant import darknet, validate
 from refquant.atomic import atomic_write, remove_partials
 from refquant.data.augment import load_batch
-from refquant.data.voc import load_voc, read_names
+from refquant.data.voc import is_plain_name, load_voc, read_names
 
 POLICIES = ("constant", "step", "steps", "exp", "poly", "sig")
 
@@ -309,7 +309,7 @@ def load_checkpoint(out_dir, name, net):
         validate.json_integer(state[key], f"{pointer}: {key}", validate.at_least(0))
     for key in ("weights", "optimizer"):  # files of the run, beside the pointer
         file_name = validate.json_string(state[key], f"{pointer}: {key}")
-        if not file_name or "/" in file_name or "\\" in file_name or file_name.startswith("."):
+        if not is_plain_name(file_name):
             raise validate.InputError(f"{pointer}: {key}={file_name!r} is not a file name in {out_dir}")
     header, arrays = darknet.read_weights(out_dir / state["weights"], net)
     for (index, param), values in arrays.items():
@@ -419,6 +419,8 @@ def train(cfg, data, names, out_dir, split="train", weights=None, seed=0, overri
     """
     cfg, data, out_dir = Path(cfg), Path(data), Path(out_dir)
     name = name or cfg.stem
+    if not is_plain_name(name):
+        raise ValueError(f"name {name!r}: expected a plain file stem for the files in {out_dir}")
     if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) or checkpoint_every < 1:
         raise ValueError(f"checkpoint_every={checkpoint_every!r}: expected a positive number of updates")
     class_names = read_names(names)

@@ -237,6 +237,12 @@ def test_interrupt_and_resume_is_bit_identical(tiny, tmp_path, monkeypatch):
             assert a[key].tobytes() == b[key].tobytes(), key
 
 
+def test_output_names_stay_in_the_output_folder(tiny, tmp_path):
+    with pytest.raises(ValueError, match=r"name '\.\./x': expected a plain file stem"):
+        train.train(tiny["cfg"], tiny["data"], tiny["names"], tmp_path / "run", name="../x", progress=False)
+    assert not (tmp_path / "x_final.weights").exists()
+
+
 def test_resume_refuses_another_run(tiny, tmp_path):
     """A checkpoint resumes only its own run: another seed or another batch is refused, naming it; a
     learning-rate schedule may change only after the checkpoint (here after update 2 of burn_in=3:

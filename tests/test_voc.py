@@ -282,12 +282,14 @@ def test_text_files_tolerate_a_byte_order_mark_and_refuse_other_encodings(tmp_pa
     assert read_image_set(tmp_path, "test") == ["000001", "000002"]
 
 
-@pytest.mark.parametrize("image_id", ["../../etc/hostname", "a/b", ".hidden"])
-def test_image_set_ids_stay_inside_the_tree(tmp_path, image_id):
+@pytest.mark.parametrize("image_id", ["../../etc/hostname", "a/b", ".hidden", "a\x01b"])
+def test_image_set_ids_and_splits_stay_inside_the_tree(tmp_path, image_id):
     (tmp_path / "ImageSets" / "Main").mkdir(parents=True)
     (tmp_path / "ImageSets" / "Main" / "test.txt").write_text(f"000001\n{image_id}\n")
     with pytest.raises(ValueError, match=r"test\.txt:2: image id .* is not a plain file stem"):
         read_image_set(tmp_path, "test")
+    with pytest.raises(ValueError, match=r"split .*: expected the plain name of a file of .*Main"):
+        read_image_set(tmp_path, image_id)
 
 
 def test_an_image_is_refused_by_its_header_size_before_decoding(tmp_path, monkeypatch):

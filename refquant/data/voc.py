@@ -57,9 +57,17 @@ def read_names(path):
     return names
 
 
+def is_plain_name(name):
+    """True for a file stem that stays in its folder: not empty, no ``/`` or ``\\``, no leading
+    ``.`` (so no ``..``), no control character. Image ids and split names must be such stems."""
+    return bool(name) and "/" not in name and "\\" not in name and not name.startswith(".") and name.isprintable()
+
+
 def read_image_set(root, split):
     """Image ids of ``root/ImageSets/Main/<split>.txt``: first word of each non-empty line, each a
     plain file stem (ValueError naming file and line for ``../x`` or ``a/b``)."""
+    if not is_plain_name(split):
+        raise ValueError(f"split {split!r}: expected the plain name of a file of {Path(root) / 'ImageSets' / 'Main'}")
     path = Path(root) / "ImageSets" / "Main" / f"{split}.txt"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such image set; expected ImageSets/Main/{split}.txt in the VOC tree {root}")
@@ -68,7 +76,7 @@ def read_image_set(root, split):
         if not line.strip():
             continue
         image_id = line.split()[0]
-        if "/" in image_id or "\\" in image_id or image_id.startswith(".") or not image_id.isprintable():
+        if not is_plain_name(image_id):
             # an id names Annotations/<id>.xml and JPEGImages/<id>.jpg: it must stay inside the tree
             raise ValueError(f"{path}:{number}: image id {image_id!r} is not a plain file stem "
                              f"(no '/', '\\', leading '.' or control character)")
