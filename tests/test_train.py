@@ -13,8 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from refquant import cli, darknet
-from refquant import train
+from refquant import cli, darknet, train
 from refquant.data.shapes import shapes_dataset
 from refquant.data.voc import load_voc, read_names
 from refquant.testing import tiny_yolo_cfg, write_cfg

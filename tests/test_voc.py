@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from refquant.data.voc import (ground_truth, load_image, load_voc, parse_xml, read_annotation, read_image_set,
-                               read_names)
+from refquant.data.voc import ground_truth, load_image, load_voc, parse_xml, read_annotation, read_image_set, read_names
 
 NAMES = ["dog", "person", "cat"]
 
