@@ -19,8 +19,23 @@ import scipy.signal
 import torch
 
 from refquant.integer import conv as integer_conv
-from refquant.integer.requantize import MULTIPLIER_BITS, code_dtype, leaky_multipliers, multiplier_value, quantize_bias, quantize_multiplier, quantize_shift, requantize, requantize_code, requantize_leaky, requantize_leaky_code, requantize_shift, rescale_codes, route_codes
 from refquant.integer.conv import check_accumulator_range, conv2d, conv2d_reference, value_range
+from refquant.integer.requantize import (
+    MULTIPLIER_BITS,
+    code_dtype,
+    leaky_multipliers,
+    multiplier_value,
+    quantize_bias,
+    quantize_multiplier,
+    quantize_shift,
+    requantize,
+    requantize_code,
+    requantize_leaky,
+    requantize_leaky_code,
+    requantize_shift,
+    rescale_codes,
+    route_codes,
+)
 from refquant.testing import numpy_correlation
 
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1

@@ -8,17 +8,16 @@ import numpy as np
 import pytest
 import torch
 
-from refquant import darknet
+from refquant import darknet, ptq
 from refquant import plan as plan_module
-from refquant import ptq
-from refquant.integer import lowering
-from refquant.integer import simulation as integer_simulation
 from refquant.data.shapes import shapes_dataset
 from refquant.data.voc import load_image, load_voc, read_names
 from refquant.detection.decode import network_input
 from refquant.detection.evaluate import shipped_model
-from refquant.integer.network import IntegerNetwork
+from refquant.integer import lowering
+from refquant.integer import simulation as integer_simulation
 from refquant.integer.measures import cost_totals, layer_costs, layer_sqnr, saturation_rates, sqnr_db
+from refquant.integer.network import IntegerNetwork
 from refquant.quantizers.uniform import UniformQuantizer
 from refquant.testing import load_cfg, numpy_correlation, passthrough_cfg, quiet_plan, randomize_batchnorm
 

@@ -12,7 +12,6 @@ import pytest  # noqa: E402
 from refquant.integer import plots as integer_plots
 from refquant.quantizers.uniform import UniformQuantizer
 
-
 pytestmark = pytest.mark.usefixtures("close_figures")
 
 
