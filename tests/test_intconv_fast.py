@@ -229,3 +229,15 @@ def test_codes_with_their_zero_point_are_the_shifted_values(gemm, dtype, lo, hi,
             requantize_leaky(expected, *pairs, 3, 0, 255))
     with pytest.raises(ValueError, match="x_range"):
         conv2d(codes, w, 1, 1, x_range=(x_range[0] + 1, x_range[1]), x_zero_point=zero_point)
+
+
+def test_strided_input_views(gemm):
+    """Truth: NumPy int64 correlation, on inputs that are views with strides (every other column
+    of a larger array, a channel slice), through both column layouts."""
+    rng = np.random.default_rng(27)
+    base = random_codes(rng, (2, 10, 20, 40), 0, 255, np.uint8)
+    w = random_codes(rng, (6, 4, 3, 3), -128, 127, np.int8)
+    check_path(w, gemm)
+    for x in (base[:, 2:6, :, ::2], base[:, 3:7, ::2, ::3]):
+        for stride, pad in ((1, 1), (2, 1), (1, 0)):
+            np.testing.assert_array_equal(conv2d(x, w, stride, pad), numpy_correlation(x, w, stride, pad))

@@ -448,6 +448,7 @@ def direct_columns(x, shift_in, offset, byte_index, pad, kh, kw, parallel=True):
     x >= Wo or y >= Ho are computed from wrapped-around positions and dropped: (Wp - Wo) / Wp of
     the work (4 % at 52 x 52 with 3 x 3 kernels), where im2col would write K bytes per pixel.
     """
+    x = np.ascontiguousarray(x)  # a plane of x is then one run in memory
     n_images, channels, height, width = x.shape
     padded_height, padded_width = height + 2 * pad, width + 2 * pad
     out_height = padded_height - kh + 1
@@ -487,23 +488,45 @@ def _fill_direct_task(x, shift_in, offset, byte_index, pad, words, task):
     padded_height, padded_width = height + 2 * pad, width + 2 * pad
     group, n = task // n_images, task % n_images
     shift = 8 * byte_index
-    border = np.uint32(((0 - offset) >> shift) & 255)
-    for byte in range(K_STEP):
-        c = K_STEP * group + byte
-        if c >= channels:
-            break  # channels past C stay 0 (their weights are 0)
-        fill = border << (8 * byte)
-        for row in range(padded_height):
-            base = (n * padded_height + row) * padded_width
-            destination = words[group, base:base + padded_width]
-            if row < pad or row >= height + pad:
-                for col in range(padded_width):
-                    destination[col] |= fill
-                continue
-            for col in range(pad):
-                destination[col] |= fill
-                destination[width + pad + col] |= fill
-            source, inner = x[n, c, row - pad], destination[pad:pad + width]
-            for col in range(np.uint64(width)):  # unsigned: no wrap-around test, which blocks vectorising
-                value = (np.int64(source[col]) - shift_in) >> shift
-                inner[col] |= np.uint32(value & 255) << (8 * byte)
+    valid = min(K_STEP, channels - K_STEP * group)  # channels past C stay 0 (their weights are 0)
+    border = np.uint32(0)
+    for byte in range(valid):
+        border |= np.uint32(((0 - offset) >> shift) & 255) << (8 * byte)
+    base = n * padded_height * padded_width
+    image = words[group, base:base + padded_height * padded_width]
+    if pad == 0 and valid == K_STEP:  # the plane is one run: one loop over it, four channels a word
+        c = K_STEP * group
+        _interleave_bytes(image, x[n, c].reshape(-1), x[n, c + 1].reshape(-1), x[n, c + 2].reshape(-1),
+                          x[n, c + 3].reshape(-1), shift_in, shift)
+        return
+    for row in range(padded_height):
+        destination = image[row * padded_width:(row + 1) * padded_width]
+        if row < pad or row >= height + pad:
+            for col in range(padded_width):
+                destination[col] = border
+            continue
+        for col in range(pad):
+            destination[col] = border
+            destination[width + pad + col] = border
+        inner = destination[pad:pad + width]
+        if valid == K_STEP:
+            c = K_STEP * group
+            _interleave_bytes(inner, x[n, c, row - pad], x[n, c + 1, row - pad], x[n, c + 2, row - pad],
+                              x[n, c + 3, row - pad], shift_in, shift)
+        else:
+            for byte in range(valid):
+                source = x[n, K_STEP * group + byte, row - pad]
+                for col in range(np.uint64(width)):  # unsigned: no wrap-around test, which blocks vectorising
+                    value = (np.int64(source[col]) - shift_in) >> shift
+                    inner[col] |= np.uint32(value & 255) << (8 * byte)
+
+
+@numba.njit(cache=True, inline="always")
+def _interleave_bytes(destination, s0, s1, s2, s3, shift_in, shift):
+    """destination[q] = the word whose byte b is byte ``shift / 8`` of ``s_b[q] - shift_in``."""
+    for q in range(np.uint64(destination.size)):  # unsigned: no wrap-around test, which blocks vectorising
+        b0 = np.uint32(((np.int64(s0[q]) - shift_in) >> shift) & 255)
+        b1 = np.uint32(((np.int64(s1[q]) - shift_in) >> shift) & 255)
+        b2 = np.uint32(((np.int64(s2[q]) - shift_in) >> shift) & 255)
+        b3 = np.uint32(((np.int64(s3[q]) - shift_in) >> shift) & 255)
+        destination[q] = b0 | (b1 << 8) | (b2 << 16) | (b3 << 24)
