@@ -14,7 +14,7 @@ from refquant.data.shapes import shapes_dataset
 from refquant.data.voc import load_image, load_voc, read_names
 from refquant.detection.decode import network_input
 from refquant.detection.evaluate import shipped_model
-from refquant.integer import lowering
+from refquant.integer import lowering, vnni
 from refquant.integer import simulation as integer_simulation
 from refquant.integer.measures import cost_totals, layer_costs, layer_sqnr, saturation_rates, sqnr_db
 from refquant.integer.network import IntegerNetwork
@@ -139,6 +139,21 @@ def test_tiny_network_integer_equals_simulation_at_3_bits(tiny, method):
     integer_network = IntegerNetwork.build(net, plan)
     assert isinstance(integer_network.fixed[8], lowering.FixedPointRoute)
     assert_code_for_code(integer_network, images)
+
+
+@pytest.mark.parametrize("gemm", ["portable", "vnni"])
+def test_both_gemms_run_the_network_code_for_code(tiny, gemm, monkeypatch):
+    """Truth: the float64 simulation. The tiny passthrough network at 8 and 4 bits with the portable
+    int32 GEMM (what runs on a CPU without AVX-512 VNNI) and with the VNNI one where this CPU has
+    it: every layer's codes equal."""
+    if gemm == "portable":
+        monkeypatch.setattr(vnni, "vnni_available", lambda: False)
+    net, images, statistics = tiny
+    for bits in (8, 4):
+        integer_network = IntegerNetwork.build(net, plan_of(statistics, bits, bits, "minmax"))
+        assert_code_for_code(integer_network, images)
+        packed = list(integer_network._packed_weights.values())
+        assert packed and all(p.vnni == (gemm == "vnni" and vnni.vnni_available()) for p in packed)
 
 
 def boundary_convolution(statistics, last_weight):
