@@ -191,11 +191,15 @@ def _requantize_image_output(acc, image_size, row_size, multiplier, shift, negat
     by :func:`_requantize_branch_free`."""
     n_outputs, out_height, out_width = codes.shape[1], codes.shape[2], codes.shape[3]
     image, output = task // n_outputs, task % n_outputs
-    for y in range(out_height):
-        start = image * image_size + y * row_size
-        row, destination = acc[output, start:start + out_width], codes[image, output, y]
-        for x in range(np.uint64(out_width)):  # unsigned: no wrap-around test, which blocks vectorising
-            destination[x] = _requantize_branch_free(np.int64(row[x]), multiplier, shift, negative_multiplier,
+    # rows one after another (im2col's layout): the image is one run, not Ho short ones
+    runs, run_size, run_stride = (1, out_height * out_width, 0) if row_size == out_width else (out_height, out_width,
+                                                                                                row_size)
+    plane = codes[image, output].reshape(-1)
+    for run in range(runs):
+        start = image * image_size + run * run_stride
+        source, destination = acc[output, start:start + run_size], plane[run * run_size:(run + 1) * run_size]
+        for x in range(np.uint64(run_size)):  # unsigned: no wrap-around test, which blocks vectorising
+            destination[x] = _requantize_branch_free(np.int64(source[x]), multiplier, shift, negative_multiplier,
                                                      negative_shift, zero_point, qmin, qmax)
 
 
