@@ -165,6 +165,49 @@ def count_nonfinite(values):
     return int(values.size - np.count_nonzero(np.isfinite(values)))
 
 
+SCALE_LIMIT = 1e150
+"""The magnitudes a density, a quantizer and the data they are fitted to may have: every value
+within ``[-SCALE_LIMIT, SCALE_LIMIT]`` and every spread (a std, a step, the data's range) within
+``[1 / SCALE_LIMIT, SCALE_LIMIT]``, so that the squares the fits and the error formulas hold
+(variances, second moments, squared errors) are normal float64 numbers, neither infinite nor
+flushed to 0. Float64 reaches 1.8e308; its square root, 1.3e154, less a margin for sums."""
+
+
+def check_scale(values, caller, name, spread=False):
+    """Refuse ``values`` outside :data:`SCALE_LIMIT`: magnitudes above it, or (``spread``) positive
+    spreads below its inverse. ``ValueError`` naming the caller, the argument and the bound."""
+    values = np.abs(np.asarray(values, dtype=np.float64))
+    if values.size and values.max() > SCALE_LIMIT:
+        raise ValueError(f"{caller}: {name} reaches {values.max():.3g}; refquant computes with their squares "
+                         f"in float64, so magnitudes must be at most {SCALE_LIMIT:g} (rescale the data)")
+    if spread and values.size and values.min() < 1.0 / SCALE_LIMIT:
+        raise ValueError(f"{caller}: {name} is {values.min():.3g}; refquant computes with squares in float64, so "
+                         f"a spread must be at least {1.0 / SCALE_LIMIT:g} (rescale the data)")
+
+
+def finite_samples(samples, caller, name="samples"):
+    """``samples`` as a flat float64 array: real numbers (not booleans, strings or ragged lists), at
+    least one, all finite, within :data:`SCALE_LIMIT`; otherwise a ``ValueError`` (``TypeError`` for
+    a non-numeric type) naming the caller, how many values are bad and where the first is."""
+    try:
+        array = np.asarray(samples)
+    except ValueError as error:  # a ragged nested list
+        raise ValueError(f"{caller}: {name} must be an array of real numbers ({error})") from None
+    if array.dtype == bool or not (np.issubdtype(array.dtype, np.integer)
+                                   or np.issubdtype(array.dtype, np.floating)):
+        raise TypeError(f"{caller}: {name} must hold real numbers, got dtype {array.dtype}")
+    array = np.ascontiguousarray(array, dtype=np.float64).reshape(-1)
+    if array.size == 0:
+        raise ValueError(f"{caller}: {name} is empty")
+    if not np.isfinite(array).all():
+        first = int(np.flatnonzero(~np.isfinite(array))[0])
+        raise ValueError(f"{caller}: {name} holds {int(np.isnan(array).sum())} NaN and "
+                         f"{int(np.isinf(array).sum())} infinite values among {array.size} (first at flat "
+                         f"index {first}); remove them")
+    check_scale(array, caller, name)
+    return array
+
+
 # -- sizes ---------------------------------------------------------------------------------------
 
 MAX_ALLOCATION_BYTES = 4 * 2**30

@@ -205,7 +205,16 @@ def test_code_ranges_and_factories():
     (lambda: optimal_quantizer(LEAKY, 17), "bits"),
     (lambda: optimal_quantizer(LEAKY, 4, zero_representable=False, symmetric=True), "symmetric"),
     (lambda: minmax_quantizer([], 8), "empty"),
-    (lambda: percentile_quantizer([1.0, math.inf], 8), "NaN or inf"),
+    (lambda: percentile_quantizer([1.0, math.inf], 8), "percentile_quantizer: samples holds 0 NaN and 1 infinite"),
+    (lambda: minmax_quantizer("abc", 8), "minmax_quantizer: samples must hold real numbers"),
+    (lambda: aciq_quantizer([[1.0, 2.0], [3.0]], 8), "aciq_quantizer: samples must be an array of real numbers"),
+    (lambda: mse_search_quantizer([-1e10, 1e300], 2), r"mse_search_quantizer: samples reaches 1e\+300"),
+    (lambda: UniformQuantizer(None, 0, 0, 15), "UniformQuantizer: step must be a real number"),
+    (lambda: UniformQuantizer(1e-300, 0, 0, 15), r"UniformQuantizer: step is 1e-300"),
+    (lambda: kl_quantizer([1.0, 2.0], np.float64(4.0)), "kl_quantizer .*bits must be an int"),
+    (lambda: kl_quantizer([1.0, 2.0], 9, num_bins=256), "kl_quantizer: num_bins must be an int above"),
+    (lambda: kl_quantizer([1.0, 2.0], 2**70), r"kl_quantizer .*bits must be an int in \[2, 16\]"),
+    (lambda: expected_mse(LEAKY, UniformQuantizer(0.1, 0, -2**31, 2**31 - 1)), "expected_mse: the quantizer has 4294967296 levels"),
     (lambda: aciq_clipping(4, "cauchy"), "prior"),
 ])
 def test_bad_input_is_named(call, message):

@@ -204,7 +204,9 @@ def test_zero_weight_piece_has_no_density_and_no_quantiles():
     (([0.0], [0.5, 0.5], [0, 0], [1, 0]), "stds must be > 0"),
     (([np.nan], [0.5, 0.5], [0, 0], [1, 1]), "breakpoints must be finite"),
     (([0.0], [0.5, 0.5], [0, np.inf], [1, 1]), "means must be finite"),
-    (([0.0], [0.5, 0.5], [1e200, 0], [1, 1]), "no representable mass"),
+    (([0.0], [0.5, 0.5], [1e149, 0], [1e-149, 1]), "no representable mass"),
+    (([0.0], [0.5, 0.5], [1e200, 0], [1, 1]), r"means reaches 1e\+200.*at most 1e\+150"),
+    (([0.0], [0.5, 0.5], [0, 0], [1e-300, 1]), r"stds is 1e-300.*at least 1e-150"),
 ])
 def test_constructor_rejects_bad_parameters(args, message):
     """Truth: the documented parameter constraints."""

@@ -11,6 +11,7 @@ import warnings
 import numpy as np
 
 from refquant.density.em import (
+    DegenerateDataError,
     _bin_centres,
     _bin_statistics,
     _em_fit_pieces,
@@ -126,6 +127,9 @@ def _chosen_by_bic(segmentations, refit, options):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             trials.append(refit(breakpoints, n_pieces - 1, search))
+    if not trials:  # no run of candidate cells could hold a piece (defensive: the input checks come first)
+        raise DegenerateDataError("breakpoints='auto': no segmentation of the candidates holds a piece with "
+                                  "min_piece_samples distinct values")
     best = min(range(len(trials)), key=lambda t: trials[t].fit_info.bic)
     chosen = refit(trials[best].breakpoints, trials[best].n_pieces - 1, options)
     trials[best] = chosen

@@ -16,6 +16,7 @@ import numba
 import numpy as np
 
 from refquant.density.truncated_normal import _LOG_SQRT_2PI, _interval_moments
+from refquant.validate import check_scale, finite_samples
 
 
 class DegenerateDataError(ValueError):
@@ -474,23 +475,15 @@ def _runs_statistics(count, mean, variance):
 
 
 def _finite_samples(x, caller):
-    """``x`` flattened to a 1-D float array; errors for non-real dtypes, NaN/inf and emptiness."""
-    array = np.asarray(x)
-    if array.dtype == bool or not (np.issubdtype(array.dtype, np.integer)
-                                   or np.issubdtype(array.dtype, np.floating)):
-        raise TypeError(f"{caller}: x must hold real numbers, got dtype {array.dtype}")
-    if not np.issubdtype(array.dtype, np.floating):
-        array = array.astype(np.float64)
-    array = np.ascontiguousarray(array).reshape(-1)
-    if array.size == 0:
+    """``x`` flattened to a 1-D float array (:func:`refquant.validate.finite_samples`: real numbers,
+    finite, within the scale the fits compute in); :class:`DegenerateDataError` when empty."""
+    try:
+        empty = np.size(x) == 0
+    except ValueError:  # ragged: finite_samples says so by name
+        empty = False
+    if empty:
         raise DegenerateDataError(f"{caller}: x is empty; a density cannot be fitted to no samples")
-    if not np.isfinite(array).all():
-        n_nan = int(np.isnan(array).sum())
-        n_inf = int(np.isinf(array).sum())
-        first = int(np.flatnonzero(~np.isfinite(array))[0])
-        raise ValueError(f"{caller}: x holds {n_nan} NaN and {n_inf} infinite values among "
-                         f"{array.size} (first at flat index {first}); remove them before fitting")
-    return array
+    return finite_samples(x, caller, "x")
 
 
 def _check_spread(x, min_samples, caller):
@@ -501,6 +494,7 @@ def _check_spread(x, min_samples, caller):
     if x.min() == x.max():
         raise DegenerateDataError(f"{caller}: x is constant (all {x.size} values equal {float(x[0])!r}); "
                                   f"no density with a spread can be fitted")
+    check_scale(x.max() - x.min(), caller, "the range of x", spread=True)
 
 
 def _checked_histogram(counts, bin_edges, caller):
@@ -522,6 +516,12 @@ def _checked_histogram(counts, bin_edges, caller):
         raise ValueError(f"{caller}: bin_edges must be strictly increasing")
     if counts.sum() <= 0:
         raise DegenerateDataError(f"{caller}: the histogram is empty (all counts are 0)")
+    occupied = np.flatnonzero(counts > 0)
+    ends = bin_edges[[occupied[0], occupied[-1] + 1]]
+    ends = ends[np.isfinite(ends)]
+    check_scale(bin_edges[np.isfinite(bin_edges)], caller, "bin_edges")
+    if ends.size == 2:
+        check_scale(ends[1] - ends[0], caller, "the range of the occupied bins", spread=True)
     return counts, bin_edges
 
 

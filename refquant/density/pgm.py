@@ -25,6 +25,7 @@ from refquant.density.em import (
     _without_degenerate_pieces,
 )
 from refquant.density.truncated_normal import _LOG_SQRT_2PI, gaussian_interval_moments
+from refquant.validate import check_scale
 
 
 class PiecewiseGaussian:
@@ -49,6 +50,9 @@ class PiecewiseGaussian:
         self.stds = _validated_vector(stds, n_pieces, "stds")
         if np.any(self.stds <= 0.0):
             raise ValueError(f"stds must be > 0, got {self.stds.tolist()}")
+        for values, name, spread in ((self.breakpoints, "breakpoints", False), (self.means, "means", False),
+                                     (self.stds, "stds", True)):
+            check_scale(values, "PiecewiseGaussian", name, spread=spread)
         self.edges = np.concatenate([[-np.inf], self.breakpoints, [np.inf]])
         # log Z_k: the log mass of N(mu_k, sigma_k^2) inside its own piece.
         self._log_piece_mass, self._piece_mass, _, _ = gaussian_interval_moments(

@@ -16,6 +16,7 @@ from refquant.quantizers.error import empirical_mse, expected_mse
 from refquant.quantizers.optimal import optimal_quantizer
 from refquant.quantizers.uniform import UniformQuantizer, _check_bits, code_range, signed_quantizer
 from refquant.rounding import round_half_even
+from refquant.validate import check_scale, finite_samples
 
 PERCENTILE = 99.99
 """The percentile method's clipping percentile, everywhere (NVIDIA pytorch-quantization's default)."""
@@ -46,13 +47,9 @@ def quantizer_from_interval(lo, hi, bits, symmetric=False):
 
 
 def _samples(samples, name):
-    x = np.asarray(samples, dtype=np.float64).ravel()
-    if x.size == 0:
-        raise ValueError(f"{name}: samples is empty")
-    if not np.isfinite(x).all():
-        raise ValueError(f"{name}: samples contain NaN or inf (first at flat index "
-                         f"{int(np.argmax(~np.isfinite(x)))})")
-    return x
+    """The samples as a flat float64 array, refused by name when not real, finite and in scale
+    (:func:`refquant.validate.finite_samples`)."""
+    return finite_samples(samples, name)
 
 
 def minmax_quantizer(samples, bits, symmetric=False):
@@ -239,11 +236,13 @@ def kl_quantizer(samples, bits=8, num_bins=2048):
     symmetric narrow-range codes of TensorRT: ``step = T / (2**(bits-1) - 1)``, codes
     ``[-(2**(bits-1) - 1), 2**(bits-1) - 1]``."""
     x = np.abs(_samples(samples, "kl_quantizer"))
-    if bits < 2:
-        raise ValueError(f"kl_quantizer: needs bits >= 2 (narrow signed codes), got {bits}")
+    _check_bits(bits, "kl_quantizer (narrow signed codes)", low=2)
+    if isinstance(num_bins, bool) or not isinstance(num_bins, (int, np.integer)) or num_bins <= 2**(bits - 1):
+        raise ValueError(f"kl_quantizer: num_bins must be an int above 2**(bits-1) = {2**(bits - 1)}, got {num_bins!r}")
     amax = float(x.max())
     if amax == 0.0:
         raise ValueError("kl_quantizer: all samples are 0")
+    check_scale(amax / num_bins, "kl_quantizer", "the bin width max |samples| / num_bins", spread=True)
     histogram, _ = np.histogram(x, bins=num_bins, range=(0.0, amax))
     threshold, _ = kl_threshold(histogram, amax / num_bins, 2**(bits - 1))
     return signed_quantizer(bits, threshold / (2**(bits - 1) - 1), narrow_range=True)
@@ -341,8 +340,7 @@ def kl_quantizer_histogram(density, bits=8, num_bins=2048, extremes=None):
     narrow-range codes. A histogram whose bins already are those ``num_bins`` bins gives exactly
     :func:`kl_quantizer`'s counts."""
     density = _histogram_density(density, "kl_quantizer_histogram")
-    if bits < 2:
-        raise ValueError(f"kl_quantizer_histogram: needs bits >= 2 (narrow signed codes), got {bits}")
+    _check_bits(bits, "kl_quantizer_histogram (narrow signed codes)", low=2)
     minimum, maximum = _extremes(density, extremes, "kl_quantizer_histogram")
     amax = max(abs(minimum), abs(maximum))
     if amax == 0.0:

@@ -3,6 +3,11 @@ error of data (docs/SPECIFICATION.md, section 5): granular error inside the inte
 """
 import numpy as np
 
+from refquant.validate import finite_samples
+
+MAX_LEVELS = 2**20
+"""The most levels :func:`expected_mse` evaluates (its cells are one array: 2**20 levels take tens of MB)."""
+
 
 def expected_mse(dist, quantizer, split=False):
     """``E[(X - Q(X))^2]`` for X ~ ``dist``, in closed form (no numerical integration).
@@ -17,8 +22,12 @@ def expected_mse(dist, quantizer, split=False):
     ``(m0, m1, m2) = dist.partial_moments(a, b)`` (for a piecewise Gaussian: Phi and phi terms per
     cell and piece). Cell boundaries carry no mass, so the tie rule does not enter.
 
-    Returns the total (float), or with ``split=True`` the pair ``(granular, clipping)``.
+    Returns the total (float), or with ``split=True`` the pair ``(granular, clipping)``. At most
+    ``MAX_LEVELS`` levels (a 20-bit quantizer: one array of cells per call).
     """
+    if quantizer.num_levels > MAX_LEVELS:
+        raise ValueError(f"expected_mse: the quantizer has {quantizer.num_levels} levels (codes {quantizer.qmin}.."
+                         f"{quantizer.qmax}); at most {MAX_LEVELS} (2**20) are supported")
     levels = quantizer.levels
     half = 0.5 * quantizer.step
     cell_lo = np.concatenate([[quantizer.lo], levels[1:] - half])
@@ -38,7 +47,5 @@ def _cell_errors(dist, lo, hi, level):
 
 def empirical_mse(samples, quantizer):
     """``mean((x - Q(x))^2)`` over the samples (float64)."""
-    x = np.asarray(samples, dtype=np.float64).ravel()
-    if x.size == 0:
-        raise ValueError("empirical_mse: samples is empty")
+    x = finite_samples(samples, "empirical_mse")
     return float(np.mean((x - quantizer.fake(x)) ** 2))

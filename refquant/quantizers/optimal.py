@@ -192,7 +192,7 @@ def optimal_quantizer(dist, bits, zero_representable=True, symmetric=False, pow2
     are tested against brute-force grids in tests/test_intervals.py, the free Gaussian case
     against Max's (1960) table.
     """
-    _check_bits(bits)
+    _check_bits(bits, "optimal_quantizer")
     if symmetric and not zero_representable:
         raise ValueError("optimal_quantizer: symmetric=True fixes zero_point = 0, which is "
                          "representable; pass zero_representable=True")
@@ -245,7 +245,7 @@ def _scan_widened(problem, center):
             t_low -= half_width
         else:
             t_high += half_width
-    raise RuntimeError("optimal_quantizer: the error keeps decreasing at the end of the step range; "
+    raise ValueError("optimal_quantizer: the error keeps decreasing at the end of the step range; "
                        f"is the density degenerate? (last range [{math.exp(t_low)}, {math.exp(t_high)}])")
 
 
@@ -394,7 +394,7 @@ def _search_pow2(problem, center):
         else:
             e_high += 2
     else:
-        raise RuntimeError("optimal_quantizer: no interior optimum over power-of-two steps")
+        raise ValueError("optimal_quantizer: no interior optimum over power-of-two steps; is the density degenerate?")
     if problem.integer_zero_point:  # exact enumeration: every tied (exponent, zero point) is here
         rows, columns = np.nonzero(error <= error[best] * (1.0 + TIE_TOLERANCE))
         return _tie_broken([(steps[r], problem.zero_point(position[r, c], steps[r]), error[r, c])

@@ -12,6 +12,7 @@ import numba
 import numpy as np
 
 from refquant.rounding import round_half_even
+from refquant.validate import check_scale
 
 MAX_BITS = 16
 
@@ -42,9 +43,14 @@ class UniformQuantizer:
     qmax: int
 
     def __post_init__(self):
+        for name in ("step", "zero_point"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+                raise TypeError(f"UniformQuantizer: {name} must be a real number, got {value!r}")
         step = float(self.step)
         if not (math.isfinite(step) and step > 0.0):
             raise ValueError(f"UniformQuantizer: step must be a finite float > 0, got {self.step!r}")
+        check_scale(step, "UniformQuantizer", "step", spread=True)
         zero_point = float(self.zero_point)
         if not math.isfinite(zero_point):
             raise ValueError(f"UniformQuantizer: zero_point must be finite, got {self.zero_point!r}")
@@ -233,6 +239,10 @@ def unsigned_quantizer(bits, step, zero_point):
     return UniformQuantizer(step, zero_point, qmin, qmax)
 
 
-def _check_bits(bits):
-    if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) or not 1 <= bits <= MAX_BITS:
-        raise ValueError(f"bits must be an int in [1, {MAX_BITS}], got {bits!r}")
+def _check_bits(bits, caller="bits", low=1):
+    """``bits`` an int in ``[low, MAX_BITS]``: ``TypeError`` for another type (a float, even a whole
+    one, or a bool), ``ValueError`` out of range, both naming the caller."""
+    if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)):
+        raise TypeError(f"{caller}: bits must be an int, got {bits!r} ({type(bits).__name__})")
+    if not low <= bits <= MAX_BITS:
+        raise ValueError(f"{caller}: bits must be an int in [{low}, {MAX_BITS}], got {bits!r}")
