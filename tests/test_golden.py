@@ -351,3 +351,25 @@ def test_expected_error_against_numerical_integration(exported):
                     + integrate.quad(lambda x: (x - levels[-1]) ** 2 * dist.pdf(x), levels[-1], np.inf, epsabs=1e-15)[0])
         assert v["normal/granular"][k] == pytest.approx(granular, rel=1e-8)
         assert v["normal/clipping"][k] == pytest.approx(clipping, rel=1e-6, abs=1e-14)
+
+
+def test_an_interrupted_export_never_looks_complete(exported, tmp_path, monkeypatch):
+    """Truth: the manifest is what makes a directory a golden export (check refuses a directory
+    without one). An export interrupted in its third archive, over a complete earlier export, leaves
+    no manifest and no temporary file, and check refuses it as no golden directory."""
+    target = copy_of(exported, tmp_path)
+    calls = []
+    original = export.write_npz
+
+    def interrupted(path, arrays):
+        calls.append(path)
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # as a Ctrl-C or a kill between two files
+        original(path, arrays)
+    monkeypatch.setattr(export, "write_npz", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        export.export(target, progress=False)
+    assert not (target / format.MANIFEST).exists()
+    assert not list(target.glob(".*.partial"))
+    with pytest.raises(check.ManifestError):
+        check.check(target, progress=False)

@@ -8,6 +8,7 @@ from tqdm import tqdm
 
 import refquant
 from refquant import darknet
+from refquant.atomic import remove_partials, write_text
 from refquant.golden.format import (
     _OUTPUT_CACHE,
     FORMAT,
@@ -40,6 +41,9 @@ def export(directory, progress=None):
     """Write every vector, the network files and the manifest into ``directory``; returns the manifest."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
+    # The manifest is written last: a killed export leaves none, so it never looks complete.
+    (directory / MANIFEST).unlink(missing_ok=True)
+    remove_partials(directory)
     _OUTPUT_CACHE.clear()  # every export computes afresh
     manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "refquant_version": refquant.__version__,
                 "numpy_version": np.__version__,
@@ -65,16 +69,14 @@ def export(directory, progress=None):
                                         "bytes": (directory / file_name).stat().st_size}
     for name in _network_files(directory):
         manifest["files"][name] = {"sha256": sha256(directory / name), "bytes": (directory / name).stat().st_size}
-    with open(directory / MANIFEST, "w", encoding="utf-8") as f:
-        json.dump(manifest, f, indent=1, sort_keys=False)
-        f.write("\n")
+    write_text(directory / MANIFEST, json.dumps(manifest, indent=1, sort_keys=False) + "\n")
     return manifest
 
 
 def _network_files(directory):
     """Write network.cfg, network.weights and the plan JSON files; returns their names."""
     inputs = VECTORS["network"].inputs()
-    (directory / "network.cfg").write_text(NETWORK_CFG)
+    write_text(directory / "network.cfg", NETWORK_CFG)
     net = network_from(inputs)
     darknet.save_weights(net, directory / "network.weights")
     outputs = _memoised_outputs("network", VECTORS["network"].outputs, inputs)

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from refquant.atomic import atomic_write
+
 FORMAT = "refquant-golden-vectors"
 
 
@@ -115,13 +117,16 @@ def meaning_of(vector, name):
 
 
 def write_npz(path, arrays):
-    """An ``np.savez``-compatible archive (stored, not compressed) with fixed member timestamps."""
-    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as archive:
-        for name, value in arrays.items():
-            info = zipfile.ZipInfo(f"{name}.npy", date_time=_ZIP_TIME)
-            info.external_attr = 0o644 << 16
-            with archive.open(info, "w", force_zip64=True) as f:
-                np.lib.format.write_array(f, np.asarray(value), allow_pickle=False)
+    """An ``np.savez``-compatible archive (stored, not compressed) with fixed member timestamps,
+    written all or nothing (:func:`refquant.atomic.atomic_write`)."""
+    def write(f):
+        with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED) as archive:
+            for name, value in arrays.items():
+                info = zipfile.ZipInfo(f"{name}.npy", date_time=_ZIP_TIME)
+                info.external_attr = 0o644 << 16
+                with archive.open(info, "w", force_zip64=True) as member:
+                    np.lib.format.write_array(member, np.asarray(value), allow_pickle=False)
+    atomic_write(path, write)
 
 
 def sha256(path):
