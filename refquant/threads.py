@@ -13,9 +13,18 @@ cores (the process's affinity) minus the other tasks running right now (``/proc/
 count of runnable tasks, the median of a few reads, less this one). The network entry points
 (``Network.forward``, ``IntegerNetwork.run``, ``SimulatedNetwork.run``) call it, at most once a
 second, so a job follows the machine as other work starts and stops.
+
+:func:`for_each` runs independent matrix products (one per image of a batch) on that many threads
+of its own, the BLAS at one thread inside each: the same products as a loop, bit for bit (the same
+calls, each on one thread; the BLAS's result does not depend on its thread count), but shared out
+one at a time, so a thread that another process delays takes fewer of them, and a waiting thread
+sleeps, leaving its core free (the BLAS's own threads split each product evenly and spin while they
+wait for the slowest share).
 """
 import os
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numba
 
@@ -113,3 +122,78 @@ def _set_blas_threads(threads):
     except ImportError:  # without it the BLAS keeps its own count
         return
     threadpool_limits(threads, user_api="blas")
+
+
+_executor = {"pool": None, "workers": 0}
+_blas = {"libraries": None}
+
+
+def _blas_libraries():
+    """threadpoolctl's controllers of the loaded BLAS libraries ([] without threadpoolctl)."""
+    if _blas["libraries"] is None:
+        try:
+            from threadpoolctl import ThreadpoolController
+        except ImportError:
+            _blas["libraries"] = []
+        else:
+            _blas["libraries"] = list(ThreadpoolController().select(user_api="blas").lib_controllers)
+    return _blas["libraries"]
+
+
+def current():
+    """The thread count :func:`fit` last chose (1 before any fit)."""
+    return _fitted["threads"] or 1
+
+
+def for_each(function, count):
+    """``function(i)`` for every i in ``range(count)``, on the threads :func:`fit` last chose.
+
+    The calls must be independent (each writes its own output) and release the GIL where they
+    work (NumPy's matrix products do). The BLAS runs one thread per call meanwhile, its count
+    restored after; the calling thread takes part, and each thread takes the next index when it
+    is done with one. A plain loop with one thread, before any :func:`fit`, or without threadpoolctl.
+    The first exception raised is re-raised after every started call has returned.
+    """
+    workers = min(current(), count)
+    libraries = _blas_libraries() if workers > 1 else []
+    if not libraries:
+        for index in range(count):
+            function(index)
+        return
+    if _executor["workers"] != workers - 1:
+        if _executor["pool"] is not None:
+            _executor["pool"].shutdown(wait=False)
+        _executor["pool"] = ThreadPoolExecutor(workers - 1, thread_name_prefix="refquant")
+        _executor["workers"] = workers - 1
+    lock = threading.Lock()
+    position = [0]
+
+    def drain():
+        while True:
+            with lock:
+                index = position[0]
+                position[0] = count if index >= count else index + 1
+            if index >= count:
+                return
+            try:
+                function(index)
+            except BaseException:
+                with lock:
+                    position[0] = count  # the others stop at their next index
+                raise
+
+    saved = [library.get_num_threads() for library in libraries]
+    for library in libraries:
+        library.set_num_threads(1)
+    try:
+        futures = [_executor["pool"].submit(drain) for _ in range(workers - 1)]
+        try:
+            drain()
+        finally:
+            for future in futures:
+                future.exception()  # wait for every helper before anything is restored or raised
+        for future in futures:
+            future.result()
+    finally:
+        for library, threads in zip(libraries, saved):
+            library.set_num_threads(threads)

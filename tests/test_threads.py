@@ -101,3 +101,69 @@ def test_own_running_threads_counts_a_busy_thread_of_this_process():
         spinner.join()
     assert threads._own_running_threads() >= 1
     assert threads.others_running() >= 0
+
+
+def test_for_each_shares_out_the_products_as_a_loop_computes_them(monkeypatch, restore_threads):
+    """Truth: a plain loop of the same matrix products (one BLAS call per image, the BLAS at the
+    fitted count) and the same convolution forward/backward run with REFQUANT_THREADS=1: equal bit
+    for bit on 2 threads, with the weight gradient's products all at once or in groups of images;
+    inside the calls the BLAS runs one thread, and its count comes back after."""
+    import numpy as np
+
+    from refquant.yolo import convolutional
+    from refquant.yolo.convolutional import ConvolutionalLayer
+
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(9, 37, 301)).astype(np.float32)
+    b = rng.normal(size=(9, 301, 129)).astype(np.float32)
+
+    def products_and_convolution():
+        draws = np.random.default_rng(2)
+        out = np.empty((9, 37, 129), np.float32)
+        inside = []
+
+        def product(n):
+            inside.append(blas_threads())
+            np.matmul(a[n], b[n], out=out[n])
+
+        threads.for_each(product, 9)
+        layer = ConvolutionalLayer(filters=12, size=3, pad=1, batch_normalize=1, activation="leaky")
+        layer.build((5, 17, 19), rng=np.random.default_rng(1))
+        x = draws.normal(size=(6, 5, 17, 19)).astype(np.float32)
+        y = layer.forward(x, training=True)
+        dx = layer.backward(draws.normal(size=y.shape).astype(np.float32))
+        return [out, y, dx, *layer.grads.values()], inside
+
+    monkeypatch.setenv(threads.ENVIRONMENT_VARIABLE, "1")
+    threads.fit(force=True)
+    loop, _ = products_and_convolution()
+    assert np.array_equal(loop[0], np.matmul(a, b))
+    monkeypatch.setenv(threads.ENVIRONMENT_VARIABLE, "2")
+    if threads.fit(force=True) < 2 or not threads._blas_libraries():
+        pytest.skip("needs Numba's pool of 2 threads and threadpoolctl")
+    shared, inside = products_and_convolution()
+    assert all(np.array_equal(p, q) and p.dtype == q.dtype for p, q in zip(loop, shared))
+    # the weight gradient's products in groups of 3 images (a scratch of 3 of them)
+    monkeypatch.setattr(convolutional, "PRODUCTS_BYTES", 3 * 12 * 5 * 9 * 4)
+    grouped, _ = products_and_convolution()
+    assert all(np.array_equal(p, q) and p.dtype == q.dtype for p, q in zip(loop, grouped))
+    assert all(set(counts) <= {1} for counts in inside)
+    assert set(blas_threads()) <= {2}
+
+
+def test_for_each_reraises_after_every_call_has_returned(monkeypatch, restore_threads):
+    """Truth: the index that raises, set by hand; the calls seen before the error returned."""
+    monkeypatch.setenv(threads.ENVIRONMENT_VARIABLE, "2")
+    threads.fit(force=True)
+    started, finished = [], []
+
+    def call(index):
+        started.append(index)
+        if index == 3:
+            raise KeyError(index)
+        time.sleep(0.01)
+        finished.append(index)
+
+    with pytest.raises(KeyError):
+        threads.for_each(call, 50)
+    assert len(started) == len(finished) + 1 and len(started) < 50

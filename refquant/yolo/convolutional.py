@@ -14,9 +14,13 @@ Forward, per image n:  z = weights(M, K) @ cols(K, OH*OW), then either
 ``y = f(scales * normalize(z) + biases)`` (batch_normalize=1, see
 ``refquant.yolo.batchnorm``) or ``y = f(z + biases)``.
 """
+import math
+import threading
+
 import numba
 import numpy as np
 
+from refquant import threads
 from refquant.yolo import batchnorm
 from refquant.yolo.activations import activation_code
 
@@ -34,6 +38,23 @@ def convolution_padding(size, pad, padding):
 def convolution_output_size(size_in, size, stride, padding):
     """(size_in + 2*padding - size) // stride + 1 (``convolutional_out_height`` in Darknet)."""
     return (size_in + 2 * padding - size) // stride + 1
+
+
+PRODUCTS_BYTES = 64 * 2**20
+"""The most scratch memory (per thread running a backward pass) that holds the images' products of
+a weight gradient at once, before they are added in image order; a batch needing more is done in
+groups of images (at least one per thread)."""
+
+_scratch = threading.local()
+
+
+def _products_buffer(count, shape, dtype):
+    """A (count, *shape) array of this thread's scratch (reused from layer to layer, never shrunk)."""
+    size = count * math.prod(shape)
+    buffer = getattr(_scratch, "products", None)
+    if buffer is None or buffer.dtype != dtype or buffer.size < size:
+        buffer = _scratch.products = np.empty(size, dtype)
+    return buffer[:size].reshape((count,) + tuple(shape))
 
 
 @numba.njit(cache=True, parallel=True)
@@ -251,8 +272,8 @@ class ConvolutionalLayer:
                                                 out=self._workspace.get("cols"))
         matrix = weights.reshape(self.filters, -1)
         z = self._buffer("xhat", (n_batch, self.filters, out_h * out_w), weights.dtype)
-        for n in range(n_batch):  # one GEMM per image, as Darknet (a loop over images, not pixels)
-            np.matmul(matrix, cols[n], out=z[n])
+        # one GEMM per image, as Darknet (a loop over images, not pixels), shared out over the threads
+        threads.for_each(lambda n: np.matmul(matrix, cols[n], out=z[n]), n_batch)
         mean, inv_std, scales, biases = self._affine(z, training)
         y = np.empty_like(z)
         batchnorm.normalize_scale_activate(z, mean, inv_std, scales, biases, self._code, y)
@@ -277,10 +298,19 @@ class ConvolutionalLayer:
         batchnorm.backward_scale_normalize(dy, y, xhat, self._code, scales, inv_std, batch_mode,
                                            dz, dscales, dbiases)
         weights = self.params["weights"]
-        # dL/dweights = sum over images of dz (M, S) @ cols^T (S, K), written in place
-        dweights = np.matmul(dz[0], cols[0].T)
-        for n in range(1, n_batch):
-            dweights += dz[n] @ cols[n].T
+        # dL/dweights = sum over images of dz (M, S) @ cols^T (S, K): the images' products in
+        # parallel, then added in image order (the sums of a loop over images, bit for bit)
+        product_shape = (self.filters, cols.shape[1])
+        group = min(n_batch, max(threads.current(), PRODUCTS_BYTES // (math.prod(product_shape) * dtype.itemsize)))
+        dweights = None
+        for start in range(0, n_batch, group):
+            products = _products_buffer(min(group, n_batch - start), product_shape, dtype)
+            threads.for_each(lambda i: np.matmul(dz[start + i], cols[start + i].T, out=products[i]), len(products))
+            for product in products:
+                if dweights is None:
+                    dweights = product.copy()
+                else:
+                    dweights += product
         self.grads = {"biases": dbiases, "weights": dweights.reshape(weights.shape)}
         if self.batch_normalize:
             self.grads["scales"] = dscales
@@ -288,6 +318,5 @@ class ConvolutionalLayer:
             return None
         matrix_t = weights.reshape(self.filters, -1).T
         dcols = np.empty_like(cols)
-        for n in range(n_batch):
-            np.matmul(matrix_t, dz[n], out=dcols[n])
+        threads.for_each(lambda n: np.matmul(matrix_t, dz[n], out=dcols[n]), n_batch)
         return col2im(dcols, input_shape, self.size, self.stride, self.padding)
