@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from scipy import integrate, optimize, stats
 
-from refquant.density.em import ConvergenceWarning, DegenerateDataError
+from refquant.density.em import ConvergenceWarning, DegenerateDataError, _Options
 from refquant.density.mixture import GaussianMixture
 from refquant.density.pgm import PiecewiseGaussian
 from refquant.density.truncated_normal import truncated_standard_normal
@@ -522,6 +522,28 @@ def test_a_histogram_candidate_equally_near_two_edges_is_the_lower():
     candidates = _candidate_breakpoints(edges, fractions)
     lower, upper = edges[fractions == 0.46875][0], edges[fractions == 0.53125][0]
     assert lower in candidates and upper not in candidates
+
+
+def test_equal_segmentation_scores_go_to_the_earliest_last_piece(monkeypatch):
+    """A constructed tie: every candidate piece scored 0 (its log-likelihood replaced by minus its
+    mass term), so every segmentation with K pieces ties. The rule (specification, 3.6): at every
+    stage the last piece that starts earliest, so K pieces cut at the K-1 smallest candidates."""
+    from refquant.density import breakpoints as search
+
+    def flat_scores(piece_lo, piece_hi, starts, stops, cell_lo, cell_hi, cell_count, *rest):
+        total = float(np.sum(count))
+        log_likelihood = -cell_count * np.log(cell_count / total)
+        zeros = np.zeros(piece_lo.size)
+        return zeros, zeros + 1.0, log_likelihood, zeros, zeros.astype(bool), zeros, zeros.astype(bool)
+    monkeypatch.setattr(search, "_em_fit_pieces", flat_scores)
+    edges = np.array([-np.inf, -2.0, -1.0, 0.0, 1.0, 2.0, np.inf])
+    count = np.full(6, 10.0)
+    mean = np.array([-3.0, -1.5, -0.5, 0.5, 1.5, 3.0])
+    var = np.full(6, 0.1)
+    options = search._search_options(_Options(max_iter=1000, tol=1e-9, accelerate=True, min_piece_samples=5))
+    rows = search._best_segmentations(edges, count, mean, var, count.sum(), 4, options)
+    assert [(k, list(b)) for k, b, _ in rows] == [(1, []), (2, [-2.0]), (3, [-2.0, -1.0]), (4, [-2.0, -1.0, 0.0])]
+    assert all(score == 0.0 for _, _, score in rows)
 
 
 def test_one_gaussian_is_chosen_for_gaussian_data():
