@@ -5,6 +5,10 @@ that fell outside the piece as missing data, accelerated by SQUAREM (Varadhan & 
 two-step extrapolation of EM that falls back to plain EM when it does not raise the likelihood).
 Samples enter only through per-cell sufficient statistics (count, mean, variance), so a step costs
 the same for 100 samples or 10^9; histogram bins are cells whose positions are missing data too.
+The estimate is the maximum over stds at most ``SIGMA_BOUND`` times the data's: a tail piece whose
+likelihood has no finite maximum is fitted on that bound (:func:`_fit_on_bound`), and a piece EM
+leaves on a flat ridge is finished by a search of the likelihood's profile (:func:`_fit_profile`),
+so the result is the constrained maximum whatever path EM took (docs/SPECIFICATION.md, section 3.3).
 Also here: the fit's outcome (:class:`FitInfo`, :class:`DegenerateDataError`,
 :class:`ConvergenceWarning`) and the input checks of every fit.
 """
