@@ -57,38 +57,50 @@ def _products_buffer(count, shape, dtype):
     return buffer[:size].reshape((count,) + tuple(shape))
 
 
+@numba.njit(cache=True, inline="always")
+def _im2col_row(x, n, r, size, stride, padding, out_h, out_w, pad_value, cols):
+    """Row r of image n's columns (the body of :func:`_im2col` and :func:`_im2col_image`)."""
+    width = x.shape[3]
+    height = x.shape[2]
+    c = r // (size * size)
+    ky = (r // size) % size
+    kx = r % size
+    # output columns whose input column ox*stride + kx - padding lies inside the image
+    first = max(0, (padding - kx + stride - 1) // stride)
+    last = min(out_w, (width - 1 + padding - kx) // stride + 1)
+    last = max(last, first)
+    for oy in range(out_h):
+        iy = oy * stride + ky - padding
+        base = oy * out_w
+        if iy < 0 or iy >= height:
+            for ox in range(out_w):
+                cols[n, r, base + ox] = pad_value
+            continue
+        for ox in range(first):
+            cols[n, r, base + ox] = pad_value
+        start = first * stride + kx - padding
+        if stride == 1:  # contiguous copy, vectorised
+            for ox in range(first, last):
+                cols[n, r, base + ox] = x[n, c, iy, start + ox - first]
+        else:
+            for ox in range(first, last):
+                cols[n, r, base + ox] = x[n, c, iy, start + (ox - first) * stride]
+        for ox in range(last, out_w):
+            cols[n, r, base + ox] = pad_value
+
+
 @numba.njit(cache=True, parallel=True)
 def _im2col(x, size, stride, padding, out_h, out_w, pad_value, cols):
-    n_batch, channels, height, width = x.shape
-    rows = channels * size * size
-    for t in numba.prange(n_batch * rows):
-        n = t // rows
-        r = t % rows
-        c = r // (size * size)
-        ky = (r // size) % size
-        kx = r % size
-        # output columns whose input column ox*stride + kx - padding lies inside the image
-        first = max(0, (padding - kx + stride - 1) // stride)
-        last = min(out_w, (width - 1 + padding - kx) // stride + 1)
-        last = max(last, first)
-        for oy in range(out_h):
-            iy = oy * stride + ky - padding
-            base = oy * out_w
-            if iy < 0 or iy >= height:
-                for ox in range(out_w):
-                    cols[n, r, base + ox] = pad_value
-                continue
-            for ox in range(first):
-                cols[n, r, base + ox] = pad_value
-            start = first * stride + kx - padding
-            if stride == 1:  # contiguous copy, vectorised
-                for ox in range(first, last):
-                    cols[n, r, base + ox] = x[n, c, iy, start + ox - first]
-            else:
-                for ox in range(first, last):
-                    cols[n, r, base + ox] = x[n, c, iy, start + (ox - first) * stride]
-            for ox in range(last, out_w):
-                cols[n, r, base + ox] = pad_value
+    rows = x.shape[1] * size * size
+    for t in numba.prange(x.shape[0] * rows):
+        _im2col_row(x, t // rows, t % rows, size, stride, padding, out_h, out_w, pad_value, cols)
+
+
+@numba.njit(cache=True, nogil=True)
+def _im2col_image(x, n, size, stride, padding, out_h, out_w, pad_value, cols):
+    """Image n's columns on the calling thread, without the GIL (one task of ``threads.for_each``)."""
+    for r in range(x.shape[1] * size * size):
+        _im2col_row(x, n, r, size, stride, padding, out_h, out_w, pad_value, cols)
 
 
 def im2col(x, size, stride, padding, pad_value=0, out=None):
@@ -111,32 +123,44 @@ def im2col(x, size, stride, padding, pad_value=0, out=None):
     return cols
 
 
+@numba.njit(cache=True, inline="always")
+def _col2im_plane(cols, n, c, size, stride, padding, out_h, out_w, dx):
+    """Plane (n, c) of :func:`col2im` (the body of :func:`_col2im` and :func:`_col2im_image`)."""
+    height, width = dx.shape[2], dx.shape[3]
+    for i in range(height):
+        for j in range(width):
+            dx[n, c, i, j] = 0
+    for ky in range(size):
+        for kx in range(size):
+            r = (c * size + ky) * size + kx
+            first = max(0, (padding - kx + stride - 1) // stride)
+            last = max(first, min(out_w, (width - 1 + padding - kx) // stride + 1))
+            start = first * stride + kx - padding
+            for oy in range(out_h):
+                iy = oy * stride + ky - padding
+                if iy < 0 or iy >= height:
+                    continue
+                base = oy * out_w
+                if stride == 1:  # contiguous, vectorised
+                    for ox in range(first, last):
+                        dx[n, c, iy, start + ox - first] += cols[n, r, base + ox]
+                else:
+                    for ox in range(first, last):
+                        dx[n, c, iy, start + (ox - first) * stride] += cols[n, r, base + ox]
+
+
 @numba.njit(cache=True, parallel=True)
 def _col2im(cols, size, stride, padding, out_h, out_w, dx):
-    n_batch, channels, height, width = dx.shape
-    for t in numba.prange(n_batch * channels):
-        n = t // channels
-        c = t % channels
-        for i in range(height):
-            for j in range(width):
-                dx[n, c, i, j] = 0
-        for ky in range(size):
-            for kx in range(size):
-                r = (c * size + ky) * size + kx
-                first = max(0, (padding - kx + stride - 1) // stride)
-                last = max(first, min(out_w, (width - 1 + padding - kx) // stride + 1))
-                start = first * stride + kx - padding
-                for oy in range(out_h):
-                    iy = oy * stride + ky - padding
-                    if iy < 0 or iy >= height:
-                        continue
-                    base = oy * out_w
-                    if stride == 1:  # contiguous, vectorised
-                        for ox in range(first, last):
-                            dx[n, c, iy, start + ox - first] += cols[n, r, base + ox]
-                    else:
-                        for ox in range(first, last):
-                            dx[n, c, iy, start + (ox - first) * stride] += cols[n, r, base + ox]
+    channels = dx.shape[1]
+    for t in numba.prange(dx.shape[0] * channels):
+        _col2im_plane(cols, t // channels, t % channels, size, stride, padding, out_h, out_w, dx)
+
+
+@numba.njit(cache=True, nogil=True)
+def _col2im_image(cols, n, size, stride, padding, out_h, out_w, dx):
+    """Image n of :func:`col2im` on the calling thread, without the GIL (one task of ``threads.for_each``)."""
+    for c in range(dx.shape[1]):
+        _col2im_plane(cols, n, c, size, stride, padding, out_h, out_w, dx)
 
 
 def col2im(cols, input_shape, size, stride, padding):
@@ -268,12 +292,31 @@ class ConvolutionalLayer:
         n_batch = x.shape[0]
         _, out_h, out_w = self.output_shape(x.shape[1:])
         weights = self.params["weights"]
-        cols = self._workspace["cols"] = im2col(x, self.size, self.stride, self.padding,
-                                                out=self._workspace.get("cols"))
         matrix = weights.reshape(self.filters, -1)
         z = self._buffer("xhat", (n_batch, self.filters, out_h * out_w), weights.dtype)
-        # one GEMM per image, as Darknet (a loop over images, not pixels), shared out over the threads
-        threads.for_each(lambda n: np.matmul(matrix, cols[n], out=z[n]), n_batch)
+        x = np.ascontiguousarray(x)
+        if self.size == 1 and self.stride == 1 and self.padding == 0:  # im2col's columns without a copy
+            cols = im2col(x, 1, 1, 0)
+            lower = None
+        else:
+            shape = (n_batch, x.shape[1] * self.size * self.size, out_h * out_w)
+            cols = self._workspace.get("cols")
+            if cols is None or cols.shape != shape or cols.dtype != x.dtype:
+                cols = np.empty(shape, x.dtype)
+            pad_value = x.dtype.type(0)
+
+            def lower(n):
+                _im2col_image(x, n, self.size, self.stride, self.padding, out_h, out_w, pad_value, cols)
+        self._workspace["cols"] = cols
+
+        def image(n):
+            # im2col (as :func:`im2col`) and one GEMM per image, as Darknet (a loop over images, not
+            # pixels), shared out over the threads; the image's columns are still in cache for the GEMM
+            if lower is not None:
+                lower(n)
+            np.matmul(matrix, cols[n], out=z[n])
+
+        threads.for_each(image, n_batch)
         mean, inv_std, scales, biases = self._affine(z, training)
         y = np.empty_like(z)
         batchnorm.normalize_scale_activate(z, mean, inv_std, scales, biases, self._code, y)
@@ -318,5 +361,18 @@ class ConvolutionalLayer:
             return None
         matrix_t = weights.reshape(self.filters, -1).T
         dcols = np.empty_like(cols)
-        threads.for_each(lambda n: np.matmul(matrix_t, dz[n], out=dcols[n]), n_batch)
-        return col2im(dcols, input_shape, self.size, self.stride, self.padding)
+        if self.size == 1 and self.stride == 1 and self.padding == 0:
+            threads.for_each(lambda n: np.matmul(matrix_t, dz[n], out=dcols[n]), n_batch)
+            return col2im(dcols, input_shape, 1, 1, 0)
+        out_h = convolution_output_size(input_shape[2], self.size, self.stride, self.padding)
+        out_w = convolution_output_size(input_shape[3], self.size, self.stride, self.padding)
+        dx = np.empty(input_shape, dtype=dcols.dtype)
+
+        def image(n):
+            # the image's columns' gradient, then summed back into its pixels (as :func:`col2im`)
+            # while they are still in cache
+            np.matmul(matrix_t, dz[n], out=dcols[n])
+            _col2im_image(dcols, n, self.size, self.stride, self.padding, out_h, out_w, dx)
+
+        threads.for_each(image, n_batch)
+        return dx
