@@ -11,12 +11,19 @@ import numpy as np
 import pytest
 import torch
 
-from refquant.detection.boxes import voc_to_darknet
 from refquant.data.augment import augment_region, correct_boxes, darknet_truths, load_batch
-from refquant.data.image import (crop_image, distort_image, flip_image, hsv_to_rgb, letterbox_image,
-                                 resize_image, rgb_to_hsv)
+from refquant.data.image import (
+    crop_image,
+    distort_image,
+    flip_image,
+    hsv_to_rgb,
+    letterbox_image,
+    resize_image,
+    rgb_to_hsv,
+)
 from refquant.data.shapes import generate
 from refquant.data.voc import load_voc, read_names
+from refquant.detection.boxes import voc_to_darknet
 
 
 @pytest.mark.parametrize("source, target", [((17, 23), (40, 31)), ((50, 40), (13, 29)), ((500, 375), (416, 416)),

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from scipy.special import expit, softmax
 
+from refquant.data.image import letterbox_size
 from refquant.detection.boxes import darknet_iou, darknet_to_voc, voc_to_darknet
 from refquant.detection.decode import correct_region_boxes, detections, nms_sort, region_boxes, region_probabilities
-from refquant.data.image import letterbox_size
 
 NAMES = ["circle", "square", "star"]
 ANCHORS = [0.5, 0.5, 1.0, 0.5]  # two anchors, in grid cells

@@ -17,16 +17,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from refquant import cli, darknet
+from refquant import cli, darknet, folding
 from refquant import plan as plan_module
-from refquant.demo import experiment
-from refquant.demo import report as demo_report
-from refquant.integer import simulation
 from refquant.data.shapes import shapes_dataset
 from refquant.data.voc import load_voc, read_names
+from refquant.demo import experiment
+from refquant.demo import report as demo_report
 from refquant.detection.evaluate import evaluate
+from refquant.integer import simulation
 from refquant.integer.network import IntegerNetwork
-from refquant import folding
 from refquant.testing import randomize_batchnorm, tiny_yolo_cfg, write_cfg
 
 pytestmark = pytest.mark.slow  # the whole demo through the command line

@@ -9,7 +9,6 @@ import warnings
 import numpy as np
 import pytest
 from matplotlib.figure import Figure
-from matplotlib.text import Text
 from PIL import Image, ImageDraw, ImageFont
 
 from refquant import darknet, ptq

@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from refquant.demo import experiment
-from refquant.demo import report
+from refquant.demo import experiment, report
 from refquant.detection.evaluate import shipped_model
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -12,12 +12,10 @@ import numpy as np
 import pytest
 from scipy import integrate, stats
 
-from refquant import ptq
-from refquant.quantizers import baselines
-from refquant.quantizers import error as quantizers_error
-from refquant.quantizers import uniform
+from refquant import folding, ptq
 from refquant.density.histogram import HistogramDensity
-from refquant import folding
+from refquant.quantizers import baselines, uniform
+from refquant.quantizers import error as quantizers_error
 from refquant.testing import load_cfg, randomize_batchnorm, two_input_route_cfg
 
 

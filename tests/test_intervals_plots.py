@@ -12,11 +12,17 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from refquant.quantizers.uniform import UniformQuantizer
+from refquant.density.pgm import PiecewiseGaussian
 from refquant.quantizers.error import expected_mse
 from refquant.quantizers.optimal import optimal_quantizer
-from refquant.quantizers.plots import clipping_errors, plot_error_vs_clipping, plot_granular_vs_clipping, plot_method_errors, plot_quantizer
-from refquant.density.pgm import PiecewiseGaussian
+from refquant.quantizers.plots import (
+    clipping_errors,
+    plot_error_vs_clipping,
+    plot_granular_vs_clipping,
+    plot_method_errors,
+    plot_quantizer,
+)
+from refquant.quantizers.uniform import UniformQuantizer
 
 WEIGHTS = PiecewiseGaussian([-1.0, 1.0], [0.2, 0.6, 0.2], [-0.5, 0.0, 0.5], [1.5, 0.7, 1.5])
 LEAKY = PiecewiseGaussian([0.0], [0.5, 0.5], [0.0, 0.0], [0.1, 1.0])

@@ -8,20 +8,24 @@ import numpy as np
 import pytest
 import torch
 
-from refquant import darknet
+from refquant import darknet, folding, ptq, qat, train
 from refquant import plan as plan_module
-from refquant import ptq
-from refquant import qat
-from refquant import train
-from refquant.integer import simulation
-from refquant.quantizers import baselines
-from refquant.quantizers import error
-from refquant.quantizers.uniform import UniformQuantizer
 from refquant.density.em import ConvergenceWarning
+from refquant.integer import simulation
+from refquant.quantizers import baselines, error
+from refquant.quantizers.uniform import UniformQuantizer
+from refquant.testing import (
+    cfg_section,
+    cfg_text,
+    convolutional,
+    load_cfg,
+    net_section,
+    passthrough_cfg,
+    quiet_plan,
+    randomize_batchnorm,
+    write_cfg,
+)
 from refquant.train import sgd_update, trainable
-from refquant import folding
-from refquant.testing import (cfg_section, cfg_text, convolutional, load_cfg, net_section, passthrough_cfg, quiet_plan,
-                              randomize_batchnorm, write_cfg)
 
 CFG_DIR = "refquant/cfg"
 

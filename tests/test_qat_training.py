@@ -12,16 +12,13 @@ import cv2
 import numpy as np
 import pytest
 
-from refquant import darknet
+from refquant import darknet, folding, ptq, qat
 from refquant import plan as plan_module
-from refquant import ptq
-from refquant import qat
 from refquant.data.augment import load_batch
 from refquant.data.shapes import shapes_dataset
 from refquant.data.voc import load_voc, read_names
-from refquant.integer.network import IntegerNetwork
 from refquant.density.em import ConvergenceWarning
-from refquant import folding
+from refquant.integer.network import IntegerNetwork
 from refquant.testing import randomize_batchnorm, tiny_yolo_cfg, write_cfg
 
 pytestmark = pytest.mark.slow  # quantization-aware training runs
@@ -156,7 +153,7 @@ def test_auto_activation_breakpoints_fit_heavy_tails_better(setup):
     gives that fit, records itself in the plan and its refits, and its interval errs less on the
     sample than the "kink" policy's two pieces, whose Gaussian tail is too light."""
     from refquant.density.pgm import PiecewiseGaussian
-    net, x, records = setup["net"], setup["x"], setup["records"]
+    net, x = setup["net"], setup["x"]
     rng = np.random.default_rng(7)
     t = rng.standard_t(4, 400_000)
     values = np.where(t < 0, 0.1 * t, t)  # a leaky ReLU of heavy-tailed pre-activations

@@ -12,8 +12,16 @@ import numpy as np
 import pytest
 
 import refquant.data.shapes as shapes
-from refquant.data.shapes import (SHAPE_NAMES, _annotate, generate, polygon_area, rasterize, render_image,
-                                  shape_polygons, shapes_dataset)
+from refquant.data.shapes import (
+    SHAPE_NAMES,
+    _annotate,
+    generate,
+    polygon_area,
+    rasterize,
+    render_image,
+    shape_polygons,
+    shapes_dataset,
+)
 from refquant.data.voc import load_image, load_voc, read_names
 
 TINY = {"seed": 5, "size": 96, "train": 6, "val": 2, "test": 4}
