@@ -30,7 +30,12 @@ from scipy import optimize, special, stats
 
 from refquant.golden import format
 
-mpmath.mp.dps = 50
+
+@pytest.fixture(autouse=True)
+def _precision():
+    """50-digit mpmath for every test here, restored after (mpmath's precision is process-wide)."""
+    with mpmath.workdps(50):
+        yield
 
 
 @pytest.fixture(scope="module")

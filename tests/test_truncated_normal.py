@@ -17,7 +17,14 @@ import pytest
 from refquant.density.pgm import PiecewiseGaussian
 from refquant.density.truncated_normal import gaussian_interval_moments, standardise
 
-mpmath.mp.dps = 120
+
+@pytest.fixture(autouse=True)
+def _precision():
+    """120-digit mpmath for every test here, restored after (mpmath's precision is process-wide)."""
+    with mpmath.workdps(120):
+        yield
+
+
 EPS = np.finfo(np.float64).eps
 # "A few ulps": 8 units of double precision.
 FEW_ULPS = 8 * EPS
