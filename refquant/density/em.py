@@ -263,34 +263,29 @@ def _fit_profile(piece_lo, piece_hi, mu, var, var_max, cell_lo, cell_hi, cell_co
     ``(mu, var, log_likelihood, ok)``; ``ok`` False when no bracket is found.
     """
     args = (cell_lo, cell_hi, cell_count, cell_mean, cell_var, censored, start, stop)
-    # Bracket: theta2 with a positive slope (below) and one with a negative slope (above).
-    mu_a, log_likelihood_a, slope_a, _, ok = _fit_on_bound(piece_lo, piece_hi, mu, var, *args)
+    mu_here, _, slope, _, ok = _fit_on_bound(piece_lo, piece_hi, mu, var, *args)
     if not ok:
         return mu, var, -np.inf, False
-    var_a = var
-    var_b, mu_b, slope_b, log_likelihood_b = var, mu_a, slope_a, log_likelihood_a
+    # Bracket [var_a, var_b] with the slope positive at a (rising) and negative at b: from var, x4
+    # up to the bound while the slope is positive, /4 down while it is negative.
+    var_a, mu_a, slope_a = var, mu_here, slope
+    var_b, mu_b, slope_b = var, mu_here, slope
     for _ in range(200):
         if (slope_a > 0.0) != (slope_b > 0.0):
             break
-        if slope_a > 0.0:  # still rising: move the upper end up, to the bound at most
-            var_a, mu_a, slope_a, log_likelihood_a = var_b, mu_b, slope_b, log_likelihood_b
+        if slope_b > 0.0:
+            if var_b == var_max:
+                return mu, var, -np.inf, False  # rises to the bound: the caller's bounded case
+            var_a, mu_a, slope_a = var_b, mu_b, slope_b
             var_b = min(4.0 * var_b, var_max)
-        else:  # falling: move the lower end down
-            var_b, mu_b, slope_b, log_likelihood_b = var_a, mu_a, slope_a, log_likelihood_a
+            mu_b, _, slope_b, _, ok = _fit_on_bound(piece_lo, piece_hi, mu_a, var_b, *args)
+        else:
+            var_b, mu_b, slope_b = var_a, mu_a, slope_a
             var_a = 0.25 * var_a
-        target = var_b if slope_a > 0.0 else var_a
-        mu_t, log_likelihood_t, slope_t, _, ok = _fit_on_bound(piece_lo, piece_hi,
-                                                               mu_b if slope_a > 0.0 else mu_a,
-                                                               target, *args)
+            mu_a, _, slope_a, _, ok = _fit_on_bound(piece_lo, piece_hi, mu_b, var_a, *args)
         if not ok:
             return mu, var, -np.inf, False
-        if slope_a > 0.0:
-            mu_b, slope_b, log_likelihood_b = mu_t, slope_t, log_likelihood_t
-            if var_b == var_max and slope_b > 0.0:
-                return mu, var, -np.inf, False  # rises to the bound: the caller's bounded case
-        else:
-            mu_a, slope_a, log_likelihood_a = mu_t, slope_t, log_likelihood_t
-    if (slope_a > 0.0) == (slope_b > 0.0):
+    else:
         return mu, var, -np.inf, False
     # Illinois regula falsi on slope(theta2), theta2 = -1/(2 var): a < b in theta2 as var_a < var_b.
     theta_a, theta_b = -0.5 / var_a, -0.5 / var_b
@@ -305,12 +300,12 @@ def _fit_profile(piece_lo, piece_hi, mu, var, var_max, cell_lo, cell_hi, cell_co
         if not ok:
             return mu, var, -np.inf, False
         if slope_t > 0.0:
-            theta_a, slope_a, mu_a, log_likelihood_a = theta, slope_t, mu_t, log_likelihood_t
+            theta_a, slope_a, mu_a = theta, slope_t, mu_t
             if side == -1:
                 slope_b *= 0.5
             side = -1
         else:
-            theta_b, slope_b, mu_b, log_likelihood_b = theta, slope_t, mu_t, log_likelihood_t
+            theta_b, slope_b, mu_b = theta, slope_t, mu_t
             if side == 1:
                 slope_a *= 0.5
             side = 1
