@@ -46,15 +46,9 @@ def quantizer_from_interval(lo, hi, bits, symmetric=False):
     return UniformQuantizer(step, zero_point, qmin, qmax)
 
 
-def _samples(samples, name):
-    """The samples as a flat float64 array, refused by name when not real, finite and in scale
-    (:func:`refquant.validate.finite_samples`)."""
-    return finite_samples(samples, name)
-
-
 def minmax_quantizer(samples, bits, symmetric=False):
     """Min-max calibration: the interval ``[min x, max x]`` (PyTorch's ``MinMaxObserver``)."""
-    x = _samples(samples, "minmax_quantizer")
+    x = finite_samples(samples, "minmax_quantizer")
     return quantizer_from_interval(x.min(), x.max(), bits, symmetric)
 
 
@@ -64,7 +58,7 @@ def percentile_quantizer(samples, bits, percentile=PERCENTILE, symmetric=False):
     pytorch-quantization ``HistogramCalibrator(method="percentile")``; numpy's linear percentile."""
     if not 50.0 < percentile <= 100.0:
         raise ValueError(f"percentile_quantizer: percentile must be in (50, 100], got {percentile}")
-    x = _samples(samples, "percentile_quantizer")
+    x = finite_samples(samples, "percentile_quantizer")
     if symmetric:
         a = np.percentile(np.abs(x), percentile)
         return quantizer_from_interval(-a, a, bits, symmetric=True)
@@ -107,7 +101,7 @@ def aciq_quantizer(samples, bits, prior="gaussian", symmetric=False):
     """ACIQ calibration: clip to ``mean +- alpha`` with ``alpha`` from :func:`aciq_clipping` times the
     sample's sigma (Gaussian) or ``b = mean |x - mean|`` (Laplace), as Banner et al. estimate them;
     ``symmetric`` centres the interval on 0 instead (weights)."""
-    x = _samples(samples, "aciq_quantizer")
+    x = finite_samples(samples, "aciq_quantizer")
     spread = float(np.std(x)) if prior == "gaussian" else float(np.mean(np.abs(x - np.mean(x))))
     return aciq_quantizer_from_spread(float(np.mean(x)), spread, bits, prior, symmetric)
 
@@ -133,7 +127,7 @@ def mse_search_quantizer(samples, bits, symmetric=False, num_candidates=24, prog
     symmetric: ``[-f a, f a]`` with ``a = max |x|``. Costs ``(C+1)^2`` passes over the samples,
     shown by a tqdm bar (``progress=None``: on a terminal only; True/False force it).
     """
-    x = _samples(samples, "mse_search_quantizer")
+    x = finite_samples(samples, "mse_search_quantizer")
     return _mse_search(lambda quantizer: empirical_mse(x, quantizer), float(x.min()), float(x.max()), bits,
                        symmetric, num_candidates, progress, "mse_search_quantizer")
 
@@ -235,7 +229,7 @@ def kl_quantizer(samples, bits=8, num_bins=2048):
     histogram of |x| over ``[0, max |x|]`` with ``2**(bits-1)`` quantized levels, then the
     symmetric narrow-range codes of TensorRT: ``step = T / (2**(bits-1) - 1)``, codes
     ``[-(2**(bits-1) - 1), 2**(bits-1) - 1]``."""
-    x = np.abs(_samples(samples, "kl_quantizer"))
+    x = np.abs(finite_samples(samples, "kl_quantizer"))
     _check_bits(bits, "kl_quantizer (narrow signed codes)", low=2)
     if isinstance(num_bins, bool) or not isinstance(num_bins, (int, np.integer)) or num_bins <= 2**(bits - 1):
         raise ValueError(f"kl_quantizer: num_bins must be an int above 2**(bits-1) = {2**(bits - 1)}, got {num_bins!r}")
