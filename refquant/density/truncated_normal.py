@@ -23,21 +23,39 @@ _LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
 
 
 @numba.njit(cache=True)
+def _two_sum(a, b):
+    """``(s, e)`` with ``s = fl(a + b)`` and ``s + e = a + b`` exactly (Knuth's two-sum)."""
+    total = a + b
+    virtual = total - a
+    return total, (a - (total - virtual)) + (b - virtual)
+
+
+@numba.njit(cache=True)
+def _two_product(a, b):
+    """``(p, e)`` with ``p = fl(a * b)`` and ``p + e = a * b`` exactly (Dekker's product: each factor
+    split at 2**27 + 1 into halves whose products are exact)."""
+    product = a * b
+    a_high = 134217729.0 * a
+    a_high = a_high - (a_high - a)
+    a_low = a - a_high
+    b_high = 134217729.0 * b
+    b_high = b_high - (b_high - b)
+    b_low = b - b_high
+    return product, ((a_high * b_high - product) + a_high * b_low + a_low * b_high) + a_low * b_low
+
+
+@numba.njit(cache=True)
 def _erfcx(x):
     """``exp(x^2) erfc(x)`` for ``x >= 0``, to a few ulps.
 
     Below 26, ``erfc`` (C library) has not underflowed; ``x^2`` is split exactly as
-    ``square + error`` (Dekker's product) so that ``exp(x^2)`` does not inherit the rounding of
+    ``square + error`` (:func:`_two_product`) so that ``exp(x^2)`` does not inherit the rounding of
     ``x^2`` (which would cost ``x^2`` ulps). From 26 on, the asymptotic series
     ``erfcx(x) = 1/(x sqrt(pi)) sum_n (-1)^n (2n-1)!! / (2x^2)^n`` (Abramowitz & Stegun 7.1.23)
     has converged to double precision within 11 terms.
     """
     if x < 26.0:
-        square = x * x
-        split = 134217729.0 * x  # 2**27 + 1
-        high = split - (split - x)
-        low = x - high
-        error = ((high * high - square) + 2.0 * high * low) + low * low
+        square, error = _two_product(x, x)
         return math.exp(square) * (1.0 + error) * math.erfc(x)
     inverse = 0.5 / (x * x)
     term = 1.0
@@ -81,13 +99,9 @@ _ANCHOR_CENTRE = 2  # the midpoint of the interval
 @numba.njit(cache=True)
 def _half_square(x, error):
     """``(x + error)^2 / 2`` as ``head + tail``: ``head = fl(x*x) / 2`` (exact halving) and the
-    rounding of ``x*x`` (Dekker's product) plus ``x * error`` in ``tail``, so that
+    rounding of ``x*x`` (:func:`_two_product`) plus ``x * error`` in ``tail``, so that
     ``exp(-head) * (1 - tail)`` keeps a few ulps where ``exp(-fl(x*x)/2)`` would lose ``x^2`` ulps."""
-    square = x * x
-    split = 134217729.0 * x  # 2**27 + 1
-    high = split - (split - x)
-    low = x - high
-    rounding = ((high * high - square) + 2.0 * high * low) + low * low
+    square, rounding = _two_product(x, x)
     return 0.5 * square, 0.5 * rounding + x * error
 
 
@@ -221,9 +235,7 @@ def _anchored_moments(alpha, alpha_error, beta, beta_error, width):
         width = hi - lo
     if math.isfinite(lo) and math.isfinite(hi):
         half_width = 0.5 * width
-        total = lo + hi
-        virtual = total - lo
-        total_error = (lo - (total - virtual)) + (hi - virtual)  # Knuth's two-sum: lo + hi exactly
+        total, total_error = _two_sum(lo, hi)
         centre = 0.5 * total
         if half_width * (abs(centre) + half_width) <= _NARROW_LIMIT:
             centre_error = 0.5 * (total_error + lo_error + hi_error)
@@ -257,20 +269,9 @@ def standardise(x, mu, sigma):
     (Knuth's two-sum for the difference, Dekker's product for the division's remainder)."""
     if not math.isfinite(x):
         return (x - mu) / sigma, 0.0
-    difference = x - mu
-    virtual = difference - x
-    difference_error = (x - (difference - virtual)) + (-mu - virtual)
+    difference, difference_error = _two_sum(x, -mu)
     z = difference / sigma
-    # remainder difference - z * sigma, exactly, by Dekker's product
-    product = z * sigma
-    split = 134217729.0
-    z_high = split * z
-    z_high = z_high - (z_high - z)
-    z_low = z - z_high
-    s_high = split * sigma
-    s_high = s_high - (s_high - sigma)
-    s_low = sigma - s_high
-    product_error = ((z_high * s_high - product) + z_high * s_low + z_low * s_high) + z_low * s_low
+    product, product_error = _two_product(z, sigma)  # the division's remainder, exactly
     return z, ((difference - product) - product_error + difference_error) / sigma
 
 
