@@ -102,6 +102,7 @@ SUBCOMMANDS = {
     "diagnose": ("refquant.cli.diagnose", "which tensor of a quantized model costs accuracy (per-tensor sensitivity)"),
     "data": ("refquant.cli.data", "draw a fresh shapes data set from a seed (held-out data)"),
     "golden": ("refquant.cli.golden", "export or check golden vectors for other implementations"),
+    "export": ("refquant.cli.export", "write a quantized model for another engine (ONNX, run by onnxruntime)"),
 }
 
 
