@@ -7,6 +7,7 @@ import dataclasses
 import math
 import time
 
+import numba
 import numpy as np
 from tqdm import tqdm
 
@@ -24,7 +25,8 @@ from refquant.ptq import (
     image_batches,
     quantization_plan,
 )
-from refquant.quantizers.uniform import masked_gradient
+from refquant.quantizers.uniform import _nan_error, fake_value, masked_gradient, straight_through_value
+from refquant.yolo.activations import activate_value, gradient_value
 from refquant.yolo.network import NETWORK_INPUT, Network
 
 
@@ -82,28 +84,125 @@ class FakeQuantConvolution:
             params["weights"], params["biases"] = saved
 
     def forward(self, x, training=False):
-        """x (N, C, H, W) on the input grid -> fake-quantized output on the output grid."""
+        """x (N, C, H, W) on the input grid -> fake-quantized output on the output grid.
+
+        The products ``Q_w(W) * x`` by the layer's own GEMM (``ConvolutionalLayer.products``), then
+        bias, activation, ``Q_a`` and its straight-through mask in one pass (:func:`_bias_activate_fake`):
+        equal bit for bit to the layer's ``forward`` followed by ``output_grid.fake_with_mask``, in
+        one read of the products instead of three full-size passes. ``training`` changes nothing
+        in a folded layer (no batch statistics).
+        """
         params = self.layer.params
         dtype = params["weights"].dtype
         weights, self._weight_mask = self.weight_grid.fake_with_mask(params["weights"])
         self._weights_used = weights.astype(dtype, copy=False)
         biases = (quantize_bias(params["biases"], self.bias_step, 1.0) * self.bias_step).astype(dtype)
-        with self._swapped(self._weights_used, biases):
-            y = self.layer.forward(x, training=training)
-        self._unquantized = y
-        out, self._output_mask = self.output_grid.fake_with_mask(y)
-        return out.astype(y.dtype, copy=False)
+        with self._swapped(self._weights_used):
+            z = self.layer.products(x)
+        y, out, mask = np.empty_like(z), np.empty_like(z), np.empty(z.shape, np.bool_)
+        nan_at = _bias_activate_fake(z, biases, self.layer._code, *self.output_grid.kernel_arguments(), y, out, mask)
+        if nan_at >= 0:
+            raise _nan_error(nan_at)
+        shape = (x.shape[0],) + self.layer.output_shape(x.shape[1:])
+        self._unquantized, self._output_mask = y.reshape(shape), mask
+        return out.reshape(shape)
 
     def backward(self, dout, input_gradient=True):
         """Straight-through rule on the output and the weights; identity through the bias rounding.
 
-        Sets the wrapped layer's grads; returns dL/dx (None with ``input_gradient=False``)."""
-        dy = masked_gradient(self._output_mask, dout)
+        ``dz = dout * mask * f'(y)`` and the bias gradient in one pass (:func:`_masked_activation_backward`,
+        equal bit for bit to ``masked_gradient`` then the layer's activation backward), then the
+        layer's ``backward_products`` with the fake-quantized weights. Sets the wrapped layer's grads;
+        returns dL/dx (None with ``input_gradient=False``)."""
+        y = self._unquantized
+        dout = np.ascontiguousarray(dout, dtype=y.dtype).reshape(self._output_mask.shape)
+        dz = self.layer._buffer("dz", self._output_mask.shape, y.dtype)
+        dbiases = np.zeros(self.layer.filters, y.dtype)
+        _masked_activation_backward(dout, self._output_mask, y.reshape(self._output_mask.shape), self.layer._code,
+                                    y.dtype.type(0), dz, dbiases)
         with self._swapped(self._weights_used):
-            dx = self.layer.backward(dy, input_gradient=input_gradient)
-        grads = self.layer.grads
-        grads["weights"][...] = masked_gradient(self._weight_mask, grads["weights"])
+            dweights, dx = self.layer.backward_products(dz, input_gradient=input_gradient)
+        self.layer.grads = {"biases": dbiases, "weights": masked_gradient(self._weight_mask, dweights)}
         return dx
+
+
+@numba.njit(cache=True, inline="always")
+def _fake_plane(z, biases, n, c, code, step, fraction, whole, qmin, qmax, zero_point, lo, hi, y, out, mask):
+    """Plane (n, c) of :func:`_bias_activate_fake`; returns the first NaN's position in it or -1."""
+    bias = biases[c]
+    spatial = z.shape[2]
+    first_nan = -1
+    for s in range(spatial):
+        value = activate_value(z[n, c, s] + bias, code)
+        y[n, c, s] = value
+        stored = np.float64(y[n, c, s])  # Q_a reads y as stored (the layer's dtype), as fake_with_mask does
+        if stored != stored:
+            if first_nan < 0:
+                first_nan = s
+            out[n, c, s] = 0
+            mask[n, c, s] = False
+            continue
+        out[n, c, s] = fake_value(stored, step, fraction, whole, qmin, qmax, zero_point)
+        mask[n, c, s] = straight_through_value(stored, lo, hi)
+    return first_nan
+
+
+@numba.njit(cache=True)
+def _fake_plane_of_code(z, biases, n, c, code, step, fraction, whole, qmin, qmax, zero_point, lo, hi, y, out, mask):
+    """:func:`_fake_plane` with the activation code as a literal in each call, which keeps the inner
+    loop branch-free (as the engine's kernels do)."""
+    if code == 1:
+        return _fake_plane(z, biases, n, c, 1, step, fraction, whole, qmin, qmax, zero_point, lo, hi, y, out, mask)
+    if code == 0:
+        return _fake_plane(z, biases, n, c, 0, step, fraction, whole, qmin, qmax, zero_point, lo, hi, y, out, mask)
+    return _fake_plane(z, biases, n, c, code, step, fraction, whole, qmin, qmax, zero_point, lo, hi, y, out, mask)
+
+
+@numba.njit(cache=True, parallel=True)
+def _bias_activate_fake(z, biases, code, step, fraction, whole, qmin, qmax, zero_point, lo, hi, y, out, mask):
+    """A folded convolution's epilogue in training, one pass over its products z (N, M, S):
+
+    ``y = f(z + biases[m])`` (as ``batchnorm.normalize_scale_activate`` computes it without batch
+    norm: scale 1, mean 0), ``out = Q_a(y)`` and ``mask = lo <= y <= hi`` (as
+    ``UniformQuantizer.fake_with_mask`` of y; grid arguments from its ``kernel_arguments``).
+    Returns the flat index of the first NaN in y, or -1.
+    """
+    n_batch, channels, spatial = z.shape
+    nan_at = z.size
+    for t in numba.prange(n_batch * channels):
+        first = _fake_plane_of_code(z, biases, t // channels, t % channels, code, step, fraction, whole, qmin, qmax,
+                                    zero_point, lo, hi, y, out, mask)
+        nan_at = min(nan_at, t * spatial + first if first >= 0 else z.size)  # a prange reduction: the smallest wins
+    return nan_at if nan_at < z.size else -1
+
+
+@numba.njit(cache=True, inline="always")
+def _masked_delta(dout, mask, y, dz, c, code, zero):
+    """dz[:, c] = (dout if mask else zero) * f'(y) over one channel; returns its sum (float64)."""
+    total = 0.0
+    for n in range(dout.shape[0]):
+        for s in range(dout.shape[2]):
+            delta = dout[n, c, s] if mask[n, c, s] else zero
+            da = delta * gradient_value(y[n, c, s], code)
+            dz[n, c, s] = da
+            total += da
+    return total
+
+
+@numba.njit(cache=True, parallel=True)
+def _masked_activation_backward(dout, mask, y, code, zero, dz, dbiases):
+    """The backward of :func:`_bias_activate_fake` to its products, one pass over (N, M, S):
+    ``dz = masked_gradient(mask, dout) * f'(y)``, ``dbiases[m] += sum over n, s of dz`` (in float64, in
+    the order and types of ``batchnorm.backward_scale_normalize`` without batch norm). ``zero``: 0 in
+    dout's dtype (what ``masked_gradient`` puts where the mask is off)."""
+    for c in numba.prange(dout.shape[1]):
+        if code == 1:
+            total = _masked_delta(dout, mask, y, dz, c, 1, zero)
+        elif code == 0:
+            total = _masked_delta(dout, mask, y, dz, c, 0, zero)
+        else:
+            total = _masked_delta(dout, mask, y, dz, c, code, zero)
+        dbiases[c] += total
 
 
 class FakeQuantRoute:

@@ -168,12 +168,17 @@ class UniformQuantizer:
         flat = np.ascontiguousarray(x).reshape(-1)
         out = np.empty(flat.shape, np.float32 if x.dtype == np.float32 else np.float64)
         mask = np.empty(flat.shape, np.bool_)
-        whole, fraction = self._split_zero_point()
-        nan_at = _fake_quantize_kernel(flat, self.step, fraction, float(whole), float(self.qmin),
-                                       float(self.qmax), float(self.zero_point), self.lo, self.hi, out, mask)
+        nan_at = _fake_quantize_kernel(flat, *self.kernel_arguments(), out, mask)
         if nan_at >= 0:
             raise _nan_error(nan_at)
         return out.reshape(x.shape), mask.reshape(x.shape)
+
+    def kernel_arguments(self):
+        """``(step, fraction, whole, qmin, qmax, zero_point, lo, hi)`` as floats: the grid as the Numba
+        kernels take it (:func:`fake_value`, :func:`straight_through_value`)."""
+        whole, fraction = self._split_zero_point()
+        return (float(self.step), float(fraction), float(whole), float(self.qmin), float(self.qmax),
+                float(self.zero_point), float(self.lo), float(self.hi))
 
 
 def _nan_error(index):
@@ -204,10 +209,25 @@ def _fake_quantize_kernel(x, step, fraction, whole, qmin, qmax, zero_point, lo, 
             out[i] = 0
             mask[i] = False
             continue
-        code = min(max(round_half_even(value / step + fraction) + whole, qmin), qmax)
-        out[i] = step * (code - zero_point)
-        mask[i] = (value >= lo) and (value <= hi)
+        out[i] = fake_value(value, step, fraction, whole, qmin, qmax, zero_point)
+        mask[i] = straight_through_value(value, lo, hi)
     return nan_at if nan_at < n else -1
+
+
+@numba.njit(cache=True, inline="always")
+def fake_value(value, step, fraction, whole, qmin, qmax, zero_point):
+    """Fake quantization of one float64 value, the rule of :meth:`UniformQuantizer.quantize` then
+    :meth:`~UniformQuantizer.dequantize` in the same float64 operations:
+    ``code = min(max(rint(value / step + fraction) + whole, qmin), qmax)``, ``step * (code - zero_point)``
+    (arguments from :meth:`UniformQuantizer.kernel_arguments`; NaN is the caller's to refuse)."""
+    code = min(max(round_half_even(value / step + fraction) + whole, qmin), qmax)
+    return step * (code - zero_point)
+
+
+@numba.njit(cache=True, inline="always")
+def straight_through_value(value, lo, hi):
+    """The straight-through mask of one value, :meth:`UniformQuantizer.straight_through_mask`: ``lo <= value <= hi``."""
+    return (value >= lo) and (value <= hi)
 
 
 def code_range(bits, signed, narrow_range=False):

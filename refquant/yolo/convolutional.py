@@ -212,8 +212,9 @@ class ConvolutionalLayer:
         self._code = activation_code(activation)
         self.params = {}
         self.grads = {}
-        self._cache = None
-        self._workspace = {}  # im2col columns and xhat, reused while the input shape is unchanged
+        self._cache = None  # what the last forward keeps for the backward of its bias, normalisation and activation
+        self._columns = None  # (input shape, im2col columns) of the last products(), for backward_products
+        self._workspace = {}  # im2col columns, xhat and dz, reused while the input shape is unchanged
 
     def _buffer(self, name, shape, dtype):
         buffer = self._workspace.get(name)
@@ -287,8 +288,12 @@ class ConvolutionalLayer:
             mean, variance = p["rolling_mean"], p["rolling_variance"]
         return mean, batchnorm.normalizer(variance).astype(dtype), p["scales"], p["biases"]
 
-    def forward(self, x, training=False):
-        """x (N, C, H, W) -> y (N, filters, OH, OW); training=True uses and updates batch statistics."""
+    def products(self, x):
+        """z = weights (M, K) @ im2col(x)[n] (K, OH*OW) for every image n: (N, M, OH*OW).
+
+        The convolution without its bias, normalisation or activation; z lives in the layer's
+        workspace (the next call overwrites it). The columns are kept for :meth:`backward_products`.
+        """
         n_batch = x.shape[0]
         _, out_h, out_w = self.output_shape(x.shape[1:])
         weights = self.params["weights"]
@@ -317,12 +322,19 @@ class ConvolutionalLayer:
             np.matmul(matrix, cols[n], out=z[n])
 
         threads.for_each(image, n_batch)
+        self._columns = (x.shape, cols)
+        return z
+
+    def forward(self, x, training=False):
+        """x (N, C, H, W) -> y (N, filters, OH, OW); training=True uses and updates batch statistics."""
+        z = self.products(x)
         mean, inv_std, scales, biases = self._affine(z, training)
         y = np.empty_like(z)
         batchnorm.normalize_scale_activate(z, mean, inv_std, scales, biases, self._code, y)
         # z now holds xhat (or z itself without batch norm); backward needs it, cols and y.
-        self._cache = (x.shape, cols, z, inv_std, y, training and self.batch_normalize)
-        return y.reshape(n_batch, self.filters, out_h, out_w)
+        self._cache = (z, inv_std, y, training and self.batch_normalize)
+        _, out_h, out_w = self.output_shape(x.shape[1:])
+        return y.reshape(x.shape[0], self.filters, out_h, out_w)
 
     def backward(self, dout, input_gradient=True):
         """dL/dy (N, filters, OH, OW) -> dL/dx (N, C, H, W); sets self.grads to dL/dparams.
@@ -330,16 +342,31 @@ class ConvolutionalLayer:
         input_gradient=False skips dL/dx (returns None), as Darknet does for the first layer
         (``if(net.delta)`` in ``backward_convolutional_layer``): training never needs it.
         """
-        input_shape, cols, xhat, inv_std, y, batch_mode = self._cache
-        n_batch = input_shape[0]
+        xhat, inv_std, y, batch_mode = self._cache
         dtype = y.dtype
         dy = np.ascontiguousarray(dout, dtype=dtype).reshape(y.shape)
-        dz = np.empty_like(y)
+        dz = self._buffer("dz", y.shape, dtype)
         scales = self.params["scales"] if self.batch_normalize else np.ones(self.filters, dtype)
         dscales = np.zeros(self.filters, dtype)
         dbiases = np.zeros(self.filters, dtype)
         batchnorm.backward_scale_normalize(dy, y, xhat, self._code, scales, inv_std, batch_mode,
                                            dz, dscales, dbiases)
+        dweights, dx = self.backward_products(dz, input_gradient)
+        self.grads = {"biases": dbiases, "weights": dweights}
+        if self.batch_normalize:
+            self.grads["scales"] = dscales
+        return dx
+
+    def backward_products(self, dz, input_gradient=True):
+        """The adjoints of :meth:`products`: dL/dz (N, M, OH*OW) -> ``(dL/dweights, dL/dx)``.
+
+        dL/dweights (M, C, size, size) = sum over images n of dz[n] (M, S) @ cols[n]^T (S, K),
+        added in image order; dL/dx (N, C, H, W) = col2im(weights^T (K, M) @ dz[n]), or None with
+        ``input_gradient=False``. Uses the columns of the last :meth:`products`.
+        """
+        input_shape, cols = self._columns
+        n_batch = input_shape[0]
+        dtype = dz.dtype
         weights = self.params["weights"]
         # dL/dweights = sum over images of dz (M, S) @ cols^T (S, K): the images' products in
         # parallel, then added in image order (the sums of a loop over images, bit for bit)
@@ -354,16 +381,14 @@ class ConvolutionalLayer:
                     dweights = product.copy()
                 else:
                     dweights += product
-        self.grads = {"biases": dbiases, "weights": dweights.reshape(weights.shape)}
-        if self.batch_normalize:
-            self.grads["scales"] = dscales
+        dweights = dweights.reshape(weights.shape)
         if not input_gradient:
-            return None
+            return dweights, None
         matrix_t = weights.reshape(self.filters, -1).T
         dcols = np.empty_like(cols)
         if self.size == 1 and self.stride == 1 and self.padding == 0:
             threads.for_each(lambda n: np.matmul(matrix_t, dz[n], out=dcols[n]), n_batch)
-            return col2im(dcols, input_shape, 1, 1, 0)
+            return dweights, col2im(dcols, input_shape, 1, 1, 0)
         out_h = convolution_output_size(input_shape[2], self.size, self.stride, self.padding)
         out_w = convolution_output_size(input_shape[3], self.size, self.stride, self.padding)
         dx = np.empty(input_shape, dtype=dcols.dtype)
@@ -375,4 +400,4 @@ class ConvolutionalLayer:
             _col2im_image(dcols, n, self.size, self.stride, self.padding, out_h, out_w, dx)
 
         threads.for_each(image, n_batch)
-        return dx
+        return dweights, dx

@@ -196,7 +196,7 @@ class Network:
             raise ValueError(f"{self.name}: backward reached no path to the input from the given gradients")
         return (input_delta, deltas) if return_all else input_delta
 
-    _CACHE_ATTRIBUTES = ("_cache", "_y", "_input_shape", "_channels", "input", "output", "_workspace")
+    _CACHE_ATTRIBUTES = ("_cache", "_columns", "_y", "_input_shape", "_channels", "input", "output", "_workspace")
     """Layer attributes that only hold what a forward pass keeps for backward (or scratch space)."""
 
     def clear_caches(self):
