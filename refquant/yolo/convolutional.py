@@ -48,13 +48,15 @@ groups of images (at least one per thread)."""
 _scratch = threading.local()
 
 
-def _products_buffer(count, shape, dtype):
-    """A (count, *shape) array of this thread's scratch (reused from layer to layer, never shrunk)."""
-    size = count * math.prod(shape)
-    buffer = getattr(_scratch, "products", None)
+def _scratch_buffer(name, shape, dtype):
+    """A ``shape`` array of this thread's scratch called ``name`` (reused from layer to layer and step to
+    step, never shrunk: a fresh array of tens of MB each time costs its page faults on first touch)."""
+    size = math.prod(shape)
+    buffer = getattr(_scratch, name, None)
     if buffer is None or buffer.dtype != dtype or buffer.size < size:
-        buffer = _scratch.products = np.empty(size, dtype)
-    return buffer[:size].reshape((count,) + tuple(shape))
+        buffer = np.empty(size, dtype)
+        setattr(_scratch, name, buffer)
+    return buffer[:size].reshape(tuple(shape))
 
 
 @numba.njit(cache=True, inline="always")
@@ -374,7 +376,7 @@ class ConvolutionalLayer:
         group = min(n_batch, max(threads.current(), PRODUCTS_BYTES // (math.prod(product_shape) * dtype.itemsize)))
         dweights = None
         for start in range(0, n_batch, group):
-            products = _products_buffer(min(group, n_batch - start), product_shape, dtype)
+            products = _scratch_buffer("products", (min(group, n_batch - start),) + product_shape, dtype)
             threads.for_each(lambda i: np.matmul(dz[start + i], cols[start + i].T, out=products[i]), len(products))
             for product in products:
                 if dweights is None:
@@ -385,19 +387,20 @@ class ConvolutionalLayer:
         if not input_gradient:
             return dweights, None
         matrix_t = weights.reshape(self.filters, -1).T
-        dcols = np.empty_like(cols)
         if self.size == 1 and self.stride == 1 and self.padding == 0:
+            dcols = np.empty_like(cols)
             threads.for_each(lambda n: np.matmul(matrix_t, dz[n], out=dcols[n]), n_batch)
             return dweights, col2im(dcols, input_shape, 1, 1, 0)
         out_h = convolution_output_size(input_shape[2], self.size, self.stride, self.padding)
         out_w = convolution_output_size(input_shape[3], self.size, self.stride, self.padding)
-        dx = np.empty(input_shape, dtype=dcols.dtype)
+        dx = np.empty(input_shape, dtype=cols.dtype)
 
         def image(n):
-            # the image's columns' gradient, then summed back into its pixels (as :func:`col2im`)
-            # while they are still in cache
-            np.matmul(matrix_t, dz[n], out=dcols[n])
-            _col2im_image(dcols, n, self.size, self.stride, self.padding, out_h, out_w, dx)
+            # the image's columns' gradient in this thread's scratch, then summed back into its
+            # pixels (as :func:`col2im`) while they are still in cache
+            dcols = _scratch_buffer("dcols", (1,) + cols.shape[1:], cols.dtype)
+            np.matmul(matrix_t, dz[n], out=dcols[0])
+            _col2im_image(dcols, 0, self.size, self.stride, self.padding, out_h, out_w, dx[n:n + 1])
 
         threads.for_each(image, n_batch)
         return dweights, dx
