@@ -32,7 +32,7 @@ REQUIRED_MODULES = [
     "refquant/yolo/activations.py", "refquant/yolo/network.py", "refquant/detection/boxes.py",
     "refquant/detection/decode.py", "refquant/detection/metrics.py", "refquant/train.py",
     "refquant/golden/format.py", "refquant/golden/export.py", "refquant/golden/check.py",
-    "refquant/validate.py", "refquant/atomic.py",
+    "refquant/validate.py", "refquant/atomic.py", "refquant/export/onnx.py",
 ]
 
 
