@@ -38,7 +38,8 @@ INTEGER_ACTIVATIONS = ("linear", "leaky", "relu")
 PLAN_FORMAT = "refquant-quantization-plan"
 
 
-LAYER_ENTRY_KEYS = ("weight_shape", "weights", "activations", "weights_density", "activations_density")
+LAYER_ENTRY_KEYS = ("weight_shape", "weights", "weight_channel_steps", "activations", "weights_density",
+                    "activations_density")
 """The optional keys of a plan's layer entry (:meth:`QuantizationPlan.to_dict`)."""
 
 
@@ -128,7 +129,10 @@ class QuantizationPlan:
     ({conv index: (M, C, k, k)}) identify the network the plan belongs to (:meth:`check`);
     ``method`` and ``options`` (the widths and flags it was made with) let a plan be refitted;
     ``densities``: {(``"weights"`` or ``"activations"``, index): PiecewiseGaussian} fitted by
-    the ``"pgm"`` method; ``network``: the network's name. Saved as JSON (:meth:`save`).
+    the ``"pgm"`` method; ``network``: the network's name; ``channel_steps``: {conv index: (M,)
+    tuple of per-output-channel weight steps} for the layers whose weights are quantized per
+    channel (codes and zero point those of ``weights[index]``, one step per output channel; absent:
+    the layer's one step, :meth:`weight_steps`). Saved as JSON (:meth:`save`).
     """
 
     input: UniformQuantizer
@@ -140,6 +144,7 @@ class QuantizationPlan:
     options: dict = dataclasses.field(default_factory=dict)
     densities: dict = dataclasses.field(default_factory=dict)
     network: str = ""
+    channel_steps: dict = dataclasses.field(default_factory=dict)
 
     @classmethod
     def for_network(cls, net, weights, activations, input=None, method="manual", options=None,
@@ -188,8 +193,23 @@ class QuantizationPlan:
         extra = set(self.weights) - set(conv_indices(net))
         if extra:
             raise ValueError(f"plan: weight quantizers for layers {sorted(extra)}, which are not convolutions")
+        for index, steps in self.channel_steps.items():
+            where = f"plan: layer {index} [{types[index] if 0 <= index < len(types) else '?'}] weight_channel_steps"
+            if index not in self.weights:
+                raise ValueError(f"{where}: only a convolution with a weight quantizer has per-channel steps")
+            steps = np.asarray(steps, np.float64)
+            if steps.shape != self.weight_shapes[index][:1] or not np.all(np.isfinite(steps)) or not np.all(steps > 0):
+                raise ValueError(f"{where}: expected {self.weight_shapes[index][0]} finite steps > 0 (one per "
+                                 f"output channel), got shape {steps.shape}")
         _check_code_grid(self.input, "plan: input")
         return self
+
+    def weight_steps(self, index):
+        """(M,) float64: the weight step of every output channel of convolution ``index``:
+        ``channel_steps[index]`` if the layer is quantized per channel, else its one step repeated."""
+        if index in self.channel_steps:
+            return np.asarray(self.channel_steps[index], np.float64)
+        return np.full(self.weight_shapes[index][0], self.weights[index].step)
 
     # -- JSON ------------------------------------------------------------------------------------
 
@@ -201,6 +221,8 @@ class QuantizationPlan:
             if index in self.weights:
                 entry["weight_shape"] = list(self.weight_shapes[index])
                 entry["weights"] = _quantizer_to_dict(self.weights[index])
+            if index in self.channel_steps:  # written only when present: per-tensor plans stay as they were
+                entry["weight_channel_steps"] = [float(step) for step in self.channel_steps[index]]
             if index in self.activations:
                 entry["activations"] = _quantizer_to_dict(self.activations[index])
             for kind_name in ("weights", "activations"):
@@ -225,7 +247,7 @@ class QuantizationPlan:
         version = data["version"]
         if isinstance(version, bool) or version != PLAN_VERSION:
             raise validate.InputError(f"{where}: plan version {version!r}, this refquant reads {PLAN_VERSION}")
-        weights, activations, shapes, densities, types = {}, {}, {}, {}, []
+        weights, activations, shapes, densities, types, channel_steps = {}, {}, {}, {}, [], {}
         for position, entry in enumerate(validate.json_list(data["layers"], f"{where}: layers")):
             at = f"{where}: layers[{position}]"
             validate.json_object(entry, at, required=("index", "type"), optional=LAYER_ENTRY_KEYS)
@@ -243,6 +265,14 @@ class QuantizationPlan:
                 shape = validate.json_list(entry["weight_shape"], f"{at}.weight_shape", length=4)
                 shapes[position] = tuple(validate.json_integer(v, f"{at}.weight_shape[{k}]", validate.at_least(1))
                                          for k, v in enumerate(shape))
+            if "weight_channel_steps" in entry:
+                if "weights" not in entry:
+                    raise validate.InputError(f"{at}.weight_channel_steps: needs the layer's weights quantizer")
+                steps = validate.json_list(entry["weight_channel_steps"], f"{at}.weight_channel_steps",
+                                           length=shapes[position][0])
+                channel_steps[position] = tuple(
+                    validate.json_number(v, f"{at}.weight_channel_steps[{k}]", validate.above(0))
+                    for k, v in enumerate(steps))
             if "activations" in entry:
                 if kind not in ("convolutional", "route"):
                     raise validate.InputError(f"{at}.activations: a [{kind}] layer keeps its input's grid")
@@ -256,7 +286,8 @@ class QuantizationPlan:
                    activations=activations, layer_types=types, weight_shapes=shapes,
                    method=validate.json_string(data.get("method", "manual"), f"{where}: method"),
                    options=dict(options), densities=densities,
-                   network=validate.json_string(data.get("network", ""), f"{where}: network"))
+                   network=validate.json_string(data.get("network", ""), f"{where}: network"),
+                   channel_steps=channel_steps)
 
     def save(self, path):
         """Write the plan as JSON to ``path``, all or nothing (:func:`refquant.atomic.write_text`)."""
@@ -274,6 +305,24 @@ class QuantizationPlan:
             except ValueError as error:
                 raise validate.InputError(f"{path}: {error}") from None
         return plan
+
+
+def per_channel_plan(net, plan):
+    """``plan`` with every convolution's weights quantized per output channel, symmetric max-abs
+    (docs/SPECIFICATION.md, section 11.2): ``step[m] = max |W[m]| / qmax_w`` over the output channel's
+    weights of ``net`` (the folded network, float64), ``qmax_w`` the layer's weight grid's largest code;
+    an all-zero channel keeps the layer's step. Codes, zero point (0) and widths stay the plan's; so do
+    every other field. Returns a new plan (``plan`` is unchanged), checked against ``net``.
+    """
+    plan.check(net)
+    channel_steps = {}
+    for index in conv_indices(net):
+        weights = net.layers[index].params["weights"].astype(np.float64)
+        largest = np.abs(weights.reshape(weights.shape[0], -1)).max(axis=1)
+        grid = plan.weights[index]
+        steps = np.where(largest > 0, largest / grid.qmax, grid.step)
+        channel_steps[index] = tuple(float(step) for step in steps)
+    return dataclasses.replace(plan, channel_steps=channel_steps).check(net)
 
 
 def _check_weight_grid(quantizer, where):

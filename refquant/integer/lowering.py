@@ -83,12 +83,13 @@ def requantization_pairs(activation, real_multiplier):
     raise ValueError(f"activation {activation!r} has no integer form (supported: {', '.join(INTEGER_ACTIVATIONS)})")
 
 
-def fixed_point_layers(folded, plan):
-    """Per layer: FixedPointConvolution, FixedPointRoute (multi-input routes) or None.
+def lower_layers(folded, plan, convolution, route):
+    """Per layer of ``folded``: ``convolution(index, layer, input_grid, weight_grid, channel_steps,
+    output_grid, where)`` for a convolution (``channel_steps``: ``plan.channel_steps[index]`` as (M,)
+    float64, or None for a layer quantized per tensor), ``route(index, input_grids, output_grid)``
+    for a multi-input route, None for every other layer: the loop every arithmetic profile lowers with.
 
-    ``folded``: a network without batch norm (:func:`fold_batchnorm`). Each convolution's int32
-    accumulator range is checked here (:func:`refquant.integer.conv.check_accumulator_range`), before
-    anything runs.
+    ``folded``: a network without batch norm (:func:`fold_batchnorm`).
     """
     if not is_folded(folded):
         raise ValueError(f"{folded.name}: fold batch norm first (refquant.folding.fold_batchnorm)")
@@ -98,16 +99,40 @@ def fixed_point_layers(folded, plan):
         sources = [plan.input if j == NETWORK_INPUT else grids[j] for j in folded.inputs[index]]
         where = f"layer {index} [{layer.type}]"
         if layer.type == "convolutional":
-            layers.append(_fixed_point_convolution(index, layer, sources[0], plan.weights[index],
-                                                   grids[index], where))
+            steps = plan.weight_steps(index) if index in plan.channel_steps else None
+            layers.append(convolution(index, layer, sources[0], plan.weights[index], steps, grids[index], where))
         elif layer.type == "route" and len(sources) > 1:
-            rescalings = tuple(None if source == grids[index] else
-                               (source.zero_point,) + quantize_multiplier(source.step / grids[index].step)
-                               for source in sources)
-            layers.append(FixedPointRoute(index, rescalings, grids[index]))
+            layers.append(route(index, sources, grids[index]))
         else:
             layers.append(None)
     return layers
+
+
+def fixed_point_layers(folded, plan):
+    """Per layer: FixedPointConvolution, FixedPointRoute (multi-input routes) or None: the ``exact``
+    profile's parameters of a plan quantized per tensor (a per-channel plan is lowered by
+    ``refquant.integer.profiles.exact``).
+
+    ``folded``: a network without batch norm (:func:`fold_batchnorm`). Each convolution's int32
+    accumulator range is checked here (:func:`refquant.integer.conv.check_accumulator_range`), before
+    anything runs.
+    """
+    return lower_layers(folded, plan, _per_tensor_convolution, fixed_point_route)
+
+
+def fixed_point_route(index, sources, grid):
+    """A multi-input route's rescalings (section 11.5): None for an input on the route's grid, else
+    ``(zero_point, *quantize_multiplier(s_in / s_route))``."""
+    rescalings = tuple(None if source == grid else (source.zero_point,) + quantize_multiplier(source.step / grid.step)
+                       for source in sources)
+    return FixedPointRoute(index, rescalings, grid)
+
+
+def _per_tensor_convolution(index, layer, input_grid, weight_grid, channel_steps, output_grid, where):
+    if channel_steps is not None:
+        raise ValueError(f"{where}: weights quantized per channel; lower the plan with an arithmetic profile "
+                         f"(refquant.integer.profiles.exact)")
+    return _fixed_point_convolution(index, layer, input_grid, weight_grid, output_grid, where)
 
 
 def _fixed_point_convolution(index, layer, input_grid, weight_grid, output_grid, where):
@@ -185,27 +210,33 @@ class LoweredNetwork:
     layer's output, ``forward(images)`` the head's alone, so that
     ``refquant.detection.evaluate.evaluate`` scores it like a float network (``layers``,
     ``input_shape``, ``name`` are the folded network's). Attributes: ``net`` (the folded float
-    network, for its structure and head), ``plan``, ``grids`` (each layer's output grid), ``fixed``
-    (each layer's integer parameters).
+    network, for its structure and head), ``plan``, ``profile`` (the arithmetic profile,
+    ``refquant.integer.profiles``), ``grids`` (each layer's output grid), ``fixed`` (each layer's
+    integer parameters, as the profile lowers them).
     """
 
     KIND = "lowered"
     """How :attr:`name` calls this arithmetic."""
 
-    def __init__(self, folded, plan):
+    def __init__(self, folded, plan, profile="exact"):
+        # imported here: the profiles build on this module (they lower with lower_layers, run with run_codes)
+        from refquant.integer.profiles import get_profile
+        self.profile = get_profile(profile)
         self.net = folded
         self.plan = plan
         self.grids = output_grids(folded, plan)
-        self.fixed = fixed_point_layers(folded, plan)
+        self.fixed = self.profile.lower(folded, plan)
         self.layers = folded.layers
         self.inputs = folded.inputs
         self.input_shape = folded.input_shape
-        self.name = f"{folded.name} ({self.KIND} {plan.method})"
+        arithmetic = plan.method if self.profile.name == "exact" else f"{plan.method}, {self.profile.name} profile"
+        self.name = f"{folded.name} ({self.KIND} {arithmetic})"
 
     @classmethod
-    def build(cls, net, plan):
-        """Fold ``net`` (a copy; ``net`` is unchanged) and derive the fixed-point parameters of ``plan``."""
-        return cls(fold_batchnorm(net), plan)
+    def build(cls, net, plan, profile="exact"):
+        """Fold ``net`` (a copy; ``net`` is unchanged) and derive the fixed-point parameters of ``plan``
+        under the arithmetic ``profile`` (a name of ``refquant.integer.profiles.PROFILES`` or a Profile)."""
+        return cls(fold_batchnorm(net), plan, profile)
 
     def input_codes(self, images):
         """Codes of the input grid for ``images`` (N, C, H, W) float (shape checked per layer)."""

@@ -36,17 +36,22 @@ def integer_convolution(conv, codes, packed_weights=None):
     in one call (``conv2d_requantized``: ``requantize_leaky`` of ``conv2d``'s accumulators, bit for bit).
     ``packed_weights``: ``pack_weights`` of the weight codes if the caller keeps them (default: packed here).
     """
-    zero_point = conv.input_grid.zero_point
-    if codes.dtype == np.uint8 and 0 <= zero_point <= 255:  # the codes as they are, zero point removed inside
-        x, x_zero_point = codes, zero_point
-    else:
-        x, x_zero_point = shifted_codes(codes, zero_point, conv.input_range), 0
+    x, x_zero_point = convolution_input(conv, codes)
     if packed_weights is None:
         packed_weights = weights_of(conv)
     grid = conv.output_grid
     return conv2d_requantized(x, packed_weights, conv.stride, conv.padding, conv.bias, conv.multiplier, conv.shift,
                               conv.negative_multiplier, conv.negative_shift, grid.zero_point, grid.qmin, grid.qmax,
                               x_range=conv.input_range, x_zero_point=x_zero_point)
+
+
+def convolution_input(conv, codes):
+    """``(x, x_zero_point)`` for ``conv2d``: uint8 codes as they are with their zero point (removed
+    inside, as fbgemm takes them), any other codes shifted by :func:`shifted_codes` with zero point 0."""
+    zero_point = conv.input_grid.zero_point
+    if codes.dtype == np.uint8 and 0 <= zero_point <= 255:
+        return codes, zero_point
+    return shifted_codes(codes, zero_point, conv.input_range), 0
 
 
 def weights_of(conv):
@@ -72,8 +77,8 @@ class IntegerNetwork(LoweredNetwork):
 
     KIND = "integer"
 
-    def __init__(self, folded, plan):
-        super().__init__(folded, plan)
+    def __init__(self, folded, plan, profile="exact"):
+        super().__init__(folded, plan, profile)
         self._packed_weights = {}  # layer index -> pack_weights of its codes, made on first use
 
     def run(self, images):
@@ -81,13 +86,13 @@ class IntegerNetwork(LoweredNetwork):
         threads.fit()  # the thread pools sized to the cores free now (refquant.threads)
         grid = self.plan.input
         codes = self.input_codes(images).astype(code_dtype(grid.qmin, grid.qmax))
-        return run_codes(self.net, self.fixed, codes, self._convolution, integer_route, self.grids,
+        return run_codes(self.net, self.fixed, codes, self._convolution, self.profile.integer_route, self.grids,
                          self.plan.input)
 
     def _convolution(self, conv, codes):
         if conv.index not in self._packed_weights:  # packed on first use, as fbgemm packs once
             self._packed_weights[conv.index] = weights_of(conv)
-        return integer_convolution(conv, codes, self._packed_weights[conv.index])
+        return self.profile.integer_convolution(conv, codes, self._packed_weights[conv.index])
 
     def dequantized(self, outputs):
         """Every layer's output as real values: ``step * (codes - zero_point)``; heads unchanged."""
@@ -95,5 +100,6 @@ class IntegerNetwork(LoweredNetwork):
                 for out, grid in zip(outputs, self.grids)]
 
     def simulation(self):
-        """The float64 simulation of the same folded network and plan (``refquant.integer.simulation.SimulatedNetwork``)."""
-        return SimulatedNetwork(self.net, self.plan)
+        """The float64 simulation of the same folded network, plan and profile
+        (``refquant.integer.simulation.SimulatedNetwork``)."""
+        return SimulatedNetwork(self.net, self.plan, self.profile)

@@ -137,19 +137,19 @@ class SimulatedNetwork(LoweredNetwork):
 
     KIND = "simulated"
 
-    def __init__(self, folded, plan):
-        super().__init__(folded, plan)
+    def __init__(self, folded, plan, profile="exact"):
+        super().__init__(folded, plan, profile)
         self._weight_codes = {}  # (M, K) weight codes in the GEMM's dtype, made on first use
 
     def run(self, images):
         """images (N, C, H, W) float -> list of every layer's output: float64 codes; the head's float output."""
         threads.fit()  # the thread pools sized to the cores free now (refquant.threads)
         codes = self.input_codes(images).astype(np.float64)
-        return run_codes(self.net, self.fixed, codes, self._convolution, simulated_route, self.grids,
+        return run_codes(self.net, self.fixed, codes, self._convolution, self.profile.simulated_route, self.grids,
                          self.plan.input)
 
     def _convolution(self, conv, codes):
         if conv.index not in self._weight_codes:
             self._weight_codes[conv.index] = gemm_weight_codes(conv)
-        return simulated_convolution(conv, codes, self._weight_codes[conv.index])
+        return self.profile.simulated_convolution(conv, codes, self._weight_codes[conv.index])
 
