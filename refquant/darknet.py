@@ -401,7 +401,12 @@ def load(cfg_path, weights_path=None, dtype=np.float32, seed=0, check_values=Tru
 
 
 def save_weights(net, path):
-    """Write ``net``'s parameters in Darknet's binary format (see the module docstring).
+    """Write ``net``'s parameters in Darknet's binary format (:func:`weights_bytes`), all or nothing."""
+    atomic.write_bytes(path, weights_bytes(net))
+
+
+def weights_bytes(net):
+    """``net``'s parameters in Darknet's binary format (see the module docstring), as bytes.
 
     The header is ``net.weights_header`` (major, minor, revision; (0, 2, 0) for a new network)
     and ``net.seen``; a file read by :func:`load` is written back byte for byte.
@@ -415,4 +420,4 @@ def save_weights(net, path):
         if _stored_transposed(net.layers[index], name, major, minor):
             values = values.T
         chunks.append(np.ascontiguousarray(values, dtype=FLOAT_DTYPE).tobytes())
-    atomic.write_bytes(path, b"".join(chunks))
+    return b"".join(chunks)

@@ -65,22 +65,42 @@ class ActivationHistogram:
 
     Bin ``j`` is ``[j * bin_width, (j + 1) * bin_width)`` for ``j = first .. first + len(counts) - 1``;
     ``bin_width`` is a power of two, doubled (pairs of bins merged) whenever the range would need
-    more than ``max_bins`` bins. Also kept exactly: ``count``, ``min``, ``max``, ``sum``,
-    ``sum_squares`` (float64).
+    more than ``max_bins`` bins. Also kept exactly: ``count``, ``min``, ``max``; ``sum`` and
+    ``sum_squares`` (float64) add up the batches' own sums in batch order.
+
+    The calibration set's batches are numbered from 0: ``first_batch`` is the number of the first
+    batch this histogram counts, and each :meth:`add` counts the next one. The histogram that starts
+    at batch 0 starts at the width :func:`_initial_bin_width` gives that batch; one that starts later
+    cannot know that width and keeps the finest width that fits its own values
+    (:func:`_finest_bin_width`), never coarser than the whole set's. So histograms of parts of the
+    set :meth:`merge` into the histogram of the whole, bit for bit (:mod:`refquant.distributed`
+    counts the parts on several machines).
     """
 
-    def __init__(self, max_bins=DEFAULT_BINS):
+    def __init__(self, max_bins=DEFAULT_BINS, first_batch=0):
         if isinstance(max_bins, bool) or not isinstance(max_bins, (int, np.integer)) or max_bins < 16:
             raise ValueError(f"ActivationHistogram: max_bins must be an int >= 16, got {max_bins!r}")
+        if isinstance(first_batch, bool) or not isinstance(first_batch, (int, np.integer)) or first_batch < 0:
+            raise ValueError(f"ActivationHistogram: first_batch must be an int >= 0, got {first_batch!r}")
         self.max_bins = int(max_bins)
+        self.first_batch = int(first_batch)
         self.bin_width = None
         self.first = 0
         self.counts = np.zeros(0, np.int64)
         self.count = 0
         self.min = math.inf
         self.max = -math.inf
-        self.sum = 0.0
-        self.sum_squares = 0.0
+        self.batch_sums = {}  # {batch number: (sum, sum of squares) of that batch's values}
+
+    @property
+    def sum(self):
+        """The sum of every value counted: the batches' sums added in batch order."""
+        return _sum_in_batch_order(self.batch_sums, 0)
+
+    @property
+    def sum_squares(self):
+        """The sum of the squares of every value counted, the batches' added in batch order."""
+        return _sum_in_batch_order(self.batch_sums, 1)
 
     @property
     def edges(self):
@@ -88,10 +108,10 @@ class ActivationHistogram:
         return (self.first + np.arange(self.counts.size + 1, dtype=np.float64)) * self.bin_width
 
     def _bins_needed(self, width):
-        return math.floor(self.max / width) - math.floor(self.min / width) + 1
+        return _bins_needed(self.min, self.max, width)
 
     def add(self, values):
-        """Count the values of an array of any shape (floats; NaN or inf is a ValueError)."""
+        """Count the values of an array of any shape as the next batch (floats; NaN or inf is a ValueError)."""
         x = np.asarray(values, dtype=np.float64).ravel()
         if x.size == 0:
             return self
@@ -99,13 +119,20 @@ class ActivationHistogram:
         if not (math.isfinite(lo) and math.isfinite(hi)):
             bad = int(np.count_nonzero(~np.isfinite(x)))
             raise ValueError(f"ActivationHistogram.add: {bad} values are NaN or infinite")
+        held = self.min if self.count and self.min == self.max else None  # the one value counted so far
         self.min, self.max = min(self.min, lo), max(self.max, hi)
-        self.count += x.size
-        self.sum += float(np.sum(x))
-        self.sum_squares += float(np.dot(x, x))
+        batch = max(self.batch_sums, default=self.first_batch - 1) + 1
+        self.batch_sums[batch] = (float(np.sum(x)), float(np.dot(x, x)))
         if self.bin_width is None:
-            self.bin_width = _initial_bin_width(lo, hi, self.max_bins)
+            self.bin_width = (_initial_bin_width(lo, hi, self.max_bins) if self.first_batch == 0
+                              else _finest_bin_width(lo, hi, self.max_bins))
             self.first = math.floor(lo / self.bin_width)
+        elif held is not None and self.first_batch > 0:
+            # a later part that held a single value: any width serves it, so the finest of the new range
+            self.bin_width = _finest_bin_width(self.min, self.max, self.max_bins)
+            self.first = math.floor(held / self.bin_width)
+            self.counts = np.array([self.count], np.int64)
+        self.count += x.size
         while self._bins_needed(self.bin_width) > self.max_bins:
             self._coarsen()
         first = math.floor(self.min / self.bin_width)
@@ -129,6 +156,50 @@ class ActivationHistogram:
         self.counts = counts.reshape(-1, 2).sum(axis=1)
         self.first = first // 2
         self.bin_width *= 2.0
+
+    def merge(self, *others):
+        """The histogram of the batches of this histogram and of ``others`` together: equal, bit for
+        bit, to the histogram that :meth:`add` makes of those batches in batch order, whatever the
+        order and grouping of the parts.
+
+        The merged width is the smallest power of two, at least the width of the part that starts at
+        batch 0 (the set's initial width) and of every part holding more than one value, that fits
+        the merged range in ``max_bins`` bins (a part holding a single value fits any width). Bins of
+        power-of-two widths from 0 nest, so each part's counts move into the merged bins exactly; the
+        batches' sums are kept per batch and added in batch order. ValueError if the parts differ in
+        ``max_bins`` or count a batch twice.
+        """
+        parts = (self, *others)
+        for part in parts:
+            if not isinstance(part, ActivationHistogram) or part.max_bins != self.max_bins:
+                raise ValueError(f"ActivationHistogram.merge: expected histograms of max_bins={self.max_bins}, "
+                                 f"got {getattr(part, 'max_bins', type(part).__name__)!r}")
+        batches = [batch for part in parts for batch in part.batch_sums]
+        if len(set(batches)) != len(batches):
+            twice = sorted({batch for batch in batches if batches.count(batch) > 1})
+            raise ValueError(f"ActivationHistogram.merge: batches {twice} are counted by more than one part")
+        merged = ActivationHistogram(self.max_bins, min(part.first_batch for part in parts))
+        for part in parts:
+            merged.batch_sums.update(part.batch_sums)
+        counted = [part for part in parts if part.count]
+        if not counted:
+            return merged
+        merged.count = sum(part.count for part in counted)
+        merged.min, merged.max = min(part.min for part in counted), max(part.max for part in counted)
+        bounds = [part.bin_width for part in counted if part.first_batch == 0 or part.min < part.max]
+        width = max(bounds) if bounds else _finest_bin_width(merged.min, merged.max, self.max_bins)
+        while merged._bins_needed(width) > self.max_bins:
+            width *= 2.0
+        merged.bin_width, merged.first = width, math.floor(merged.min / width)
+        merged.counts = np.zeros(math.floor(merged.max / width) - merged.first + 1, np.int64)
+        for part in counted:
+            if part.min == part.max:
+                merged.counts[math.floor(part.min / width) - merged.first] += part.count
+            else:  # bin j of width w lies in bin floor(j / r) of width r w (r a power of two)
+                ratio = int(width / part.bin_width)
+                np.add.at(merged.counts, (part.first + np.arange(part.counts.size)) // ratio - merged.first,
+                          part.counts)
+        return merged
 
     def mean(self):
         """The exact mean of every value added."""
@@ -166,14 +237,53 @@ class ActivationHistogram:
         return np.concatenate([np.clip(values, self.min, self.max), [self.min, self.max]])
 
     def to_dict(self):
-        """Plain data (counts, edges and the exact statistics), e.g. for JSON."""
-        return {"bin_width": self.bin_width, "first": self.first, "counts": self.counts.tolist(),
-                "count": self.count, "min": self.min, "max": self.max, "sum": self.sum,
-                "sum_squares": self.sum_squares}
+        """Plain data (counts, edges, the exact statistics and the batches' sums), e.g. for JSON;
+        :meth:`from_dict` rebuilds the histogram bit for bit."""
+        return {"max_bins": self.max_bins, "first_batch": self.first_batch, "bin_width": self.bin_width,
+                "first": self.first, "counts": self.counts.tolist(), "count": self.count, "min": self.min,
+                "max": self.max, "sum": self.sum, "sum_squares": self.sum_squares,
+                "batch_sums": [[batch, *sums] for batch, sums in sorted(self.batch_sums.items())]}
+
+    @classmethod
+    def from_dict(cls, data):
+        """The histogram :meth:`to_dict` described (its float fields are copied, never recomputed)."""
+        histogram = cls(data["max_bins"], data["first_batch"])
+        histogram.bin_width, histogram.first = data["bin_width"], int(data["first"])
+        histogram.counts = np.array(data["counts"], np.int64)
+        histogram.count, histogram.min, histogram.max = int(data["count"]), data["min"], data["max"]
+        histogram.batch_sums = {int(batch): (total, squares) for batch, total, squares in data["batch_sums"]}
+        return histogram
+
+
+def _sum_in_batch_order(batch_sums, which):
+    total = 0.0
+    for batch in sorted(batch_sums):
+        total += batch_sums[batch][which]
+    return total
+
+
+def _bins_needed(lo, hi, width):
+    """Bins of ``width`` (a power of two) from the one holding ``lo`` to the one holding ``hi``."""
+    return math.floor(hi / width) - math.floor(lo / width) + 1
+
+
+def _finest_bin_width(lo, hi, max_bins):
+    """Smallest power of two giving at most ``max_bins`` bins over [lo, hi] (for lo == hi, where any
+    width serves, :func:`_initial_bin_width`'s)."""
+    if hi == lo:
+        return _initial_bin_width(lo, hi, max_bins)
+    # A width below (hi - lo) / max_bins needs more than max_bins bins; start a power of two lower
+    # than that bound (its rounding) and double: the bins needed never grow as the width doubles.
+    width = 2.0 ** (math.floor(math.log2((hi - lo) / max_bins)) - 1)
+    while _bins_needed(lo, hi, width) > max_bins:
+        width *= 2.0
+    return width
 
 
 def _initial_bin_width(lo, hi, max_bins):
-    """Smallest power of two giving at most ``max_bins`` bins over [lo, hi]."""
+    """A power of two giving at most ``max_bins`` bins over [lo, hi]: ``(hi - lo) / (max_bins - 1)``
+    rounded up to one, doubled while too fine (so at most twice :func:`_finest_bin_width`; for
+    lo == hi, the power of two at or below ``|lo|``)."""
     span = hi - lo
     if span == 0.0:
         return 2.0 ** math.floor(math.log2(abs(lo))) if lo != 0.0 else 1.0
@@ -351,26 +461,23 @@ def calibration_statistics(net, images, batch_size=4, max_bins=DEFAULT_BINS, bas
 
 def quantization_plan(statistics, weight_bits, activation_bits, method="pgm",
                       first_bits=DEFAULT_BITS_FIRST_LAST, last_bits=DEFAULT_BITS_FIRST_LAST,
-                      pow2_step=False, progress=False):
-    """The plan of one method and set of widths from :class:`CalibrationStatistics` (docs/SPECIFICATION.md, section 11.3)."""
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
-    if pow2_step and method not in DENSITY_METHODS:
-        raise ValueError(f"pow2_step=True is supported by the density methods {DENSITY_METHODS} "
-                         f"(optimal_quantizer), not {method!r}")
-    if method == "pgm-paper":
-        statistics = statistics.variant(**PAPER_FITS)
+                      pow2_step=False, progress=False, quantizers=None):
+    """The plan of one method and set of widths from :class:`CalibrationStatistics` (docs/SPECIFICATION.md, section 11.3).
+
+    ``quantizers``: {layer index: (weight quantizer or None, output quantizer)} already made by
+    :func:`layer_quantizers` elsewhere (:func:`refquant.distributed.quantization_plan`, whose fits
+    are then in ``statistics``' cache); None makes them here, one layer after the other.
+    """
+    check_plan_method(method, pow2_step)
+    statistics = plan_statistics(statistics, method)
     net = statistics.net
     widths = layer_bits(net, weight_bits, activation_bits, first_bits, last_bits)
     weights, activations, densities = {}, {}, {}
     for index in tqdm(sorted(widths), desc=f"plan ({method})", disable=not progress, leave=False):
-        w_bits, a_bits = widths[index]
-        try:
-            if w_bits is not None:
-                weights[index] = _weight_quantizer(statistics, index, w_bits, method, pow2_step)
-            activations[index] = _activation_quantizer(statistics, index, a_bits, method, pow2_step)
-        except ValueError as error:
-            raise ValueError(f"layer {index} [{net.layers[index].type}], method {method!r}: {error}") from error
+        weight, activations[index] = (quantizers[index] if quantizers is not None else
+                                      layer_quantizers(statistics, index, widths[index], method, pow2_step))
+        if weight is not None:
+            weights[index] = weight
         if method in DENSITY_METHODS:
             for kind in ("weights", "activations"):
                 if (kind, index) in statistics.densities:
@@ -385,6 +492,35 @@ def quantization_plan(statistics, weight_bits, activation_bits, method="pgm",
                "activation_max_pieces": statistics.max_pieces_activations}
     return QuantizationPlan.for_network(net, weights, activations, method=method, options=options,
                                         densities=densities)
+
+
+def check_plan_method(method, pow2_step):
+    """ValueError unless ``method`` is one of :data:`refquant.quantizers.baselines.METHODS` and
+    ``pow2_step`` is False or the method fits a density."""
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    if pow2_step and method not in DENSITY_METHODS:
+        raise ValueError(f"pow2_step=True is supported by the density methods {DENSITY_METHODS} "
+                         f"(optimal_quantizer), not {method!r}")
+
+
+def plan_statistics(statistics, method):
+    """The statistics a plan of ``method`` is made from: for ``"pgm-paper"`` their variant with the
+    paper's fits (:data:`PAPER_FITS`), else ``statistics`` themselves."""
+    return statistics.variant(**PAPER_FITS) if method == "pgm-paper" else statistics
+
+
+def layer_quantizers(statistics, index, bits, method, pow2_step=False):
+    """``(weight quantizer or None, output quantizer)`` of layer ``index`` at ``bits`` = (weight bits
+    or None, output bits), from the statistics of :func:`plan_statistics`; the PGM fits it needs
+    are made once and cached in ``statistics``. ValueError naming the layer and the method."""
+    weight_bits, output_bits = bits
+    try:
+        weight = (None if weight_bits is None else
+                  _weight_quantizer(statistics, index, weight_bits, method, pow2_step))
+        return weight, _activation_quantizer(statistics, index, output_bits, method, pow2_step)
+    except ValueError as error:
+        raise ValueError(f"layer {index} [{statistics.net.layers[index].type}], method {method!r}: {error}") from error
 
 
 def _weight_quantizer(statistics, index, bits, method, pow2_step):

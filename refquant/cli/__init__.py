@@ -94,6 +94,31 @@ SEED = integer(0, 2**63 - 1)
 FRACTION = number(0, 1)
 """A threshold or fraction in [0, 1]."""
 
+WORKERS = integer(1, 1024)
+"""Worker processes of a local Dask cluster (``--workers``)."""
+
+
+SCHEDULER_ADDRESS = re.compile(r"(?:[a-z][a-z0-9+.-]*://)?[A-Za-z0-9._\-\[\]:]+\Z", re.ASCII)
+
+
+def scheduler_address(text):
+    """An argparse type: a Dask scheduler's address, ``[PROTOCOL://]HOST[:PORT]`` (``tcp://10.0.0.5:8786``)."""
+    if not SCHEDULER_ADDRESS.match(text.strip()):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a Dask scheduler address such as tcp://HOST:8786")
+    return text.strip()
+
+
+def add_cluster_arguments(parser):
+    """``--workers N`` and ``--scheduler ADDRESS`` (one or the other): where the per-image and
+    per-layer work runs (:func:`refquant.distributed.connect`); neither runs it in this process."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--workers", type=WORKERS, default=None,
+                       help="run the per-image and per-layer work on a local Dask cluster of N worker processes "
+                            "(pip install refquant[dask]; the same results bit for bit)")
+    group.add_argument("--scheduler", type=scheduler_address, default=None,
+                       help="run it on the Dask cluster whose scheduler is at ADDRESS (tcp://HOST:8786)")
+
+
 SUBCOMMANDS = {
     "demo": ("refquant.cli.demo", "run the paper's experiment on the shipped data and model"),
     "train": ("refquant.cli.train", "train a detector from a Darknet cfg on a VOC-format tree"),

@@ -3,7 +3,7 @@
 import datetime
 from pathlib import Path
 
-from refquant import validate
+from refquant import cli, validate
 from refquant.cli import BITS as WIDTH
 from refquant.cli import COUNT, SEED, default_data, default_names, model_paths, new_output_folder, number, path
 from refquant.demo.experiment import (
@@ -56,6 +56,7 @@ def add_arguments(parser):
     parser.add_argument("--quick", action="store_true",
                         help="tiny budgets (a few images and QAT iterations) for tests and a first look")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    cli.add_cluster_arguments(parser)
 
 
 def _widths(text, option, allow_none=False):
@@ -118,10 +119,12 @@ def settings_from_arguments(args):
 def run(args):
     from refquant.demo import run_experiment
     from refquant.demo.report import summary_lines
+    from refquant.distributed import connect
     settings = settings_from_arguments(args)
     out = new_output_folder(settings.out)
     print(f"refquant demo: {settings.cfg} with {settings.weights}; results in {out}/")
-    results = run_experiment(settings)
+    with connect(args.workers, args.scheduler) as client:
+        results = run_experiment(settings, client)
     print()
     print("\n".join(summary_lines(results)))
     print(f"report: {out / 'report.md'}")

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from refquant import atomic, darknet
-from refquant.cli import COUNT, FRACTION, default_data, default_names, model_paths, number, path
+from refquant import atomic, darknet, distributed
+from refquant.cli import COUNT, FRACTION, add_cluster_arguments, default_data, default_names, model_paths, number, path
 from refquant.data.voc import load_voc, read_names
 from refquant.detection.decode import NMS_THRESHOLD, VALIDATION_THRESHOLD
 from refquant.detection.evaluate import SHIPPED_MODEL, check_names, evaluate, format_table
@@ -29,6 +29,7 @@ def add_arguments(parser):
     parser.add_argument("--limit", type=COUNT, default=None, help="evaluate only the first N images of the split")
     parser.add_argument("--json", type=path, default=None, help="also write the APs to this JSON file")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_cluster_arguments(parser)
 
 
 def run(args):
@@ -44,8 +45,14 @@ def run(args):
     records = load_voc(data, args.split, names)
     if args.limit is not None:
         records = records[:args.limit]
-    ap, found = evaluate(net, records, names, thresh=args.thresh, nms=args.nms, iou_threshold=args.iou,
-                         use_07=args.use_07, letterbox=not args.no_letterbox, progress=not args.no_progress)
+    options = {"thresh": args.thresh, "nms": args.nms, "iou_threshold": args.iou, "use_07": args.use_07,
+               "letterbox": not args.no_letterbox, "progress": not args.no_progress}
+    with distributed.connect(args.workers, args.scheduler) as client:
+        if client is None:
+            ap, found = evaluate(net, records, names, **options)
+        else:
+            files = distributed.network_files(net, Path(cfg).read_text(encoding="utf-8"))
+            ap, found = distributed.evaluate(client, files, net, records, names, **options)
     rule = "VOC2007 11-point" if args.use_07 else "VOC2010 area"
     print(f"{weights} on {data} split {args.split} ({len(records)} images, {len(found)} detections, "
           f"IoU >= {args.iou}, {rule} rule)")

@@ -49,12 +49,16 @@ from refquant.demo.plots import write_figures
 from refquant.demo.report import report_markdown, results_dict
 
 
-def run_experiment(settings):
-    """Run every step of the module docstring and write the outputs; returns the results dict."""
+def run_experiment(settings, client=None):
+    """Run every step of the module docstring and write the outputs; returns the results dict.
+
+    ``client``: a Dask client whose cluster runs the calibration, the plans and the evaluations
+    (``--workers``, ``--scheduler``: :mod:`refquant.distributed`; the same results bit for bit), or
+    None to run everything in this process."""
     start = time.perf_counter()
     out = Path(settings.out)
     out.mkdir(parents=True, exist_ok=True)
-    experiment = Experiment(settings)
+    experiment = Experiment(settings, client)
     experiment.load_images()
     experiment.float_row()
     experiment.calibrate()

@@ -145,15 +145,25 @@ def paired_head_outputs(integer, simulation, inputs, batch_size, description, pr
 
 def mean_average_precision(outputs, records, net, names):
     """``(mAP in percent, detections)`` of region-head ``outputs`` for ``records`` (module docstring)."""
-    from refquant.data.voc import ground_truth
+    found = region_detections(outputs, records, net, names)
+    return percent_map(found, records), found
+
+
+def region_detections(outputs, records, net, names):
+    """The detections of region-head ``outputs`` (N, ...) of the N ``records``: Darknet's
+    ``validate_detector`` decoding, threshold 0.005, NMS 0.45, letterboxed images."""
     from refquant.detection.decode import NMS_THRESHOLD, VALIDATION_THRESHOLD, detections
-    from refquant.detection.metrics import average_precision
     head = net.layers[-1]
-    found = detections(outputs, head.anchors.ravel(), names, [r["id"] for r in records],
-                       [(r["width"], r["height"]) for r in records], net.input_shape[2], net.input_shape[1],
-                       thresh=VALIDATION_THRESHOLD, nms=NMS_THRESHOLD, letterbox=True)
-    scores = average_precision(found, ground_truth(records), iou_threshold=0.5, use_07_metric=False)
-    return 100.0 * scores["mAP"], found
+    return detections(outputs, head.anchors.ravel(), names, [r["id"] for r in records],
+                      [(r["width"], r["height"]) for r in records], net.input_shape[2], net.input_shape[1],
+                      thresh=VALIDATION_THRESHOLD, nms=NMS_THRESHOLD, letterbox=True)
+
+
+def percent_map(found, records):
+    """mAP in percent of detections ``found`` on ``records`` (IoU >= 0.5, the VOC2010 area rule)."""
+    from refquant.data.voc import ground_truth
+    from refquant.detection.metrics import average_precision
+    return 100.0 * average_precision(found, ground_truth(records), iou_threshold=0.5, use_07_metric=False)["mAP"]
 
 
 def row(name, method, mode, weight_bits, activation_bits, mAP, integer_mAP, costs, seconds):
@@ -181,12 +191,19 @@ def quantized_name(method, bits, mode):
 
 
 class Experiment:
-    """The state of one run: the model, the data, the rows, the timings (see :func:`run_experiment`)."""
+    """The state of one run: the model, the data, the rows, the timings (see :func:`run_experiment`).
 
-    def __init__(self, settings):
+    ``client``: a Dask client (:func:`refquant.distributed.connect`) on whose cluster the
+    calibration, the plans and every row's evaluation run, the same values bit for bit; None runs
+    everything in this process.
+    """
+
+    def __init__(self, settings, client=None):
         from refquant import darknet
         from refquant.data.voc import load_voc, read_names
         self.settings = settings
+        self.client = client
+        self._files = {}
         self.out = Path(settings.out)
         self.names = read_names(settings.names)
         self.net = darknet.load(settings.cfg, settings.weights)
@@ -243,6 +260,17 @@ class Experiment:
     def progress(self, message):
         tqdm.write(message, file=sys.stdout)
 
+    def files(self, net):
+        """``net`` as the files a cluster's tasks receive (:func:`refquant.distributed.network_files`):
+        the float network with its own cfg, a folded one with the folded cfg."""
+        from refquant import distributed
+        from refquant.folding import folded_cfg_text
+        if id(net) not in self._files:
+            cfg = Path(self.settings.cfg)
+            text = cfg.read_text(encoding="utf-8") if net is self.net else folded_cfg_text(cfg)
+            self._files[id(net)] = (net, distributed.network_files(net, text))  # net kept: its id stays its own
+        return self._files[id(net)][1]
+
     def timed(self, key, function, *args, **kwargs):
         start = time.perf_counter()
         value = function(*args, **kwargs)
@@ -253,8 +281,10 @@ class Experiment:
 
     def load_images(self):
         s, (_, height, width) = self.settings, self.net.input_shape
-        self.test_inputs = self.timed("load images", letterboxed_inputs, self.test_records, width, height,
-                                      s.progress, "test images")
+        self.test_inputs = None  # with a cluster, its workers load the test images
+        if self.client is None:
+            self.test_inputs = self.timed("load images", letterboxed_inputs, self.test_records, width, height,
+                                          s.progress, "test images")
         calibration = self.train_records[:s.calibration_images]
         self.calibration_inputs = self.timed("load images", letterboxed_inputs, calibration, width, height,
                                              s.progress, "calibration images")
@@ -263,9 +293,15 @@ class Experiment:
     def float_row(self):
         s = self.settings
         start = time.perf_counter()
-        outputs = head_outputs(lambda x: self.net.forward(x, training=False), self.test_inputs, s.evaluation_batch,
-                               "FP32", s.progress)
-        mAP, found = mean_average_precision(outputs, self.test_records, self.net, self.names)
+        if self.client is None:
+            outputs = head_outputs(lambda x: self.net.forward(x, training=False), self.test_inputs,
+                                   s.evaluation_batch, "FP32", s.progress)
+            mAP, found = mean_average_precision(outputs, self.test_records, self.net, self.names)
+        else:
+            from refquant import distributed
+            found = distributed.float_detections(self.client, self.files(self.net), self.test_records, self.names,
+                                                 s.evaluation_batch, progress=s.progress)
+            mAP = percent_map(found, self.test_records)
         seconds = time.perf_counter() - start
         self.timings["FP32"] = seconds
         self.detections["float"] = found
@@ -276,11 +312,17 @@ class Experiment:
                       f"{self.where('float')}")
 
     def calibrate(self):
-        from refquant import ptq
+        from refquant import distributed, ptq
         s = self.settings
-        self.statistics = self.timed("calibration", ptq.calibration_statistics, self.net, self.calibration_inputs,
-                                     batch_size=16, progress=s.progress,
-                                     activation_breakpoints=s.activation_breakpoints)
+        if self.client is None:
+            self.statistics = self.timed("calibration", ptq.calibration_statistics, self.net,
+                                         self.calibration_inputs, batch_size=16, progress=s.progress,
+                                         activation_breakpoints=s.activation_breakpoints)
+        else:
+            self.statistics = self.timed("calibration", distributed.calibration_statistics, self.client, self.net,
+                                         self.files(self.net), self.train_records[:s.calibration_images],
+                                         batch_size=16, progress=s.progress,
+                                         activation_breakpoints=s.activation_breakpoints)
         self.folded = self.statistics.net
         self._last_row_end = time.perf_counter()  # calibration is shared: no PTQ row's time
 
@@ -290,8 +332,14 @@ class Experiment:
         s = self.settings
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            plan = self.timed("plans", ptq.quantization_plan, self.statistics, bits, bits, method,
-                              first_bits=s.first_bits, last_bits=s.last_bits, progress=s.progress)
+            if self.client is None:
+                plan = self.timed("plans", ptq.quantization_plan, self.statistics, bits, bits, method,
+                                  first_bits=s.first_bits, last_bits=s.last_bits, progress=s.progress)
+            else:
+                from refquant import distributed
+                plan = self.timed("plans", distributed.quantization_plan, self.client, self.statistics,
+                                  self.files(self.folded), bits, bits, method, first_bits=s.first_bits,
+                                  last_bits=s.last_bits, progress=s.progress)
         for warning in caught:
             self.fit_warnings[f"{method} {bits}-bit"] = str(warning.message)
         self.plans[(method, bits)] = plan
@@ -305,11 +353,18 @@ class Experiment:
         from refquant.integer.network import IntegerNetwork
         s = self.settings
         start = time.perf_counter()
-        integer = IntegerNetwork(folded, plan)
-        integer_outputs, simulated_outputs = paired_head_outputs(integer, integer.simulation(), self.test_inputs,
-                                                                 s.evaluation_batch, name, s.progress)
-        mAP, found = mean_average_precision(simulated_outputs, self.test_records, folded, self.names)
-        integer_mAP, _ = mean_average_precision(integer_outputs, self.test_records, folded, self.names)
+        if self.client is None:
+            integer = IntegerNetwork(folded, plan)
+            integer_outputs, simulated_outputs = paired_head_outputs(integer, integer.simulation(), self.test_inputs,
+                                                                     s.evaluation_batch, name, s.progress)
+            mAP, found = mean_average_precision(simulated_outputs, self.test_records, folded, self.names)
+            integer_mAP, _ = mean_average_precision(integer_outputs, self.test_records, folded, self.names)
+        else:
+            from refquant import distributed
+            integer_found, found = distributed.quantized_detections(
+                self.client, self.files(folded), plan, self.test_records, self.names, s.evaluation_batch, name,
+                progress=s.progress)
+            mAP, integer_mAP = percent_map(found, self.test_records), percent_map(integer_found, self.test_records)
         if integer_mAP != mAP:
             raise IntegerMismatchError(f"{name}: integer mAP {integer_mAP!r} != simulated mAP {mAP!r}")
         seconds = time.perf_counter() - start

@@ -69,10 +69,16 @@ def evaluate(net, records, names, thresh=VALIDATION_THRESHOLD, nms=NMS_THRESHOLD
     height, width = net.input_shape[1], net.input_shape[2]
     found = detect_records(predictor(net), records, head.anchors.ravel(), names, width, height, thresh=thresh,
                            nms=nms, letterbox=letterbox, batch_size=batch_size, progress=progress)
+    return score_detections(found, records, names, iou_threshold, use_07), found
+
+
+def score_detections(found, records, names, iou_threshold=0.5, use_07=False):
+    """The ``ap`` dict of :func:`evaluate` for detections ``found`` on ``records`` (the VOC devkit's rule,
+    :func:`refquant.detection.metrics.average_precision`)."""
     scores = average_precision(found, ground_truth(records), iou_threshold=iou_threshold, use_07_metric=use_07)
     ap = {name: scores.get(name, math.nan) for name in names}
     ap["mAP"] = scores["mAP"]
-    return ap, found
+    return ap
 
 
 def format_table(ap, names):
