@@ -3,20 +3,22 @@ ONNX graph that onnxruntime runs with its integer kernels, in the arithmetic of 
 ``float-scale`` profile (:mod:`refquant.integer.profiles.float_scale`), so that onnxruntime's codes
 equal ``IntegerNetwork.build(net, plan, profile="float-scale")``'s.
 
-The graph is built from the folded network's fixed-point parameters exactly as the integer network
-lowers them (:func:`refquant.integer.lowering.fixed_point_layers`: the weight codes, the int32
-biases of :func:`refquant.integer.requantize.quantize_bias`, the grids); every scale is stored as
-the float32 the profile uses (:func:`refquant.integer.profiles.float_scale.engine_step`). Layer by
-layer (default domain at opset :data:`OPSET`, ``com.microsoft`` at version 1):
+The graph is built from the parameters the integer network runs, the folded network lowered by
+the float-scale profile (``LoweredNetwork.build(net, plan, profile="float-scale")``: the weight
+codes, the int32 biases of :func:`refquant.integer.requantize.quantize_bias`, the pre-activation
+grids, the weight steps per tensor or per output channel); every scale is stored as the float32 the
+profile uses (:func:`refquant.integer.profiles.float_scale.engine_step`). Layer by layer (default
+domain at opset :data:`OPSET`, ``com.microsoft`` at version 1):
 
 - input: uint8 codes (N, C, H, W) of the plan's input grid, ``plan.input.quantize(images)``
   (section 11.5), named :data:`INPUT`. Codes, not float images: the input's rounding is then
   refquant's (a float64 division by ``1/255``), not a float32 ``QuantizeLinear``'s;
 - convolution: ``QLinearConv`` with int8 weight codes (zero point 0; one scale per tensor, or one
-  per output channel with ``per_channel=True``) and the int32 bias. Linear: onto the output grid.
-  Leaky: onto the pre-activation grid (:func:`refquant.integer.profiles.float_scale.preactivation_grid`),
-  then ``com.microsoft.QLinearLeakyRelu`` (alpha 0.1) onto the output grid. Relu: onto the output
-  grid, then ``Max`` with the zero point's code;
+  per output channel with ``per_channel=True``, which a plan with per-channel steps needs) and the
+  int32 bias. Linear: onto the output grid. Leaky: onto the pre-activation grid
+  (:func:`refquant.integer.profiles.float_scale.preactivation_grid`), then
+  ``com.microsoft.QLinearLeakyRelu`` (alpha 0.1) onto the output grid. Relu: onto the output grid,
+  then ``Max`` with the zero point's code (the profile's clamp at the zero point);
 - maxpool: ``MaxPool`` on the codes, pads ``[p // 2, p // 2, p - p // 2, p - p // 2]`` for Darknet's total
   padding p (section 8.5: padded positions never win);
 - reorg: ``Reshape``, ``Transpose``, ``Reshape`` in Darknet's index order (section 8.6);
@@ -35,10 +37,14 @@ import numpy as np
 import refquant
 from refquant import atomic
 from refquant.integer.lowering import LoweredNetwork
-from refquant.integer.profiles.float_scale import engine_step, preactivation_grid
+from refquant.integer.profiles.float_scale import engine_step
 from refquant.integer.requantize import LEAKY_SLOPE
 from refquant.plan import HEAD_LAYERS
 from refquant.yolo.network import NETWORK_INPUT
+
+PROFILE = "float-scale"
+"""The arithmetic profile whose lowering the graph is built from, and whose codes onnxruntime reproduces."""
+
 
 OPSET = 13
 """Opset of the default ONNX domain: ``MaxPool``, ``Clip`` and ``Max`` take uint8 from opset 12 on,
@@ -98,7 +104,7 @@ def onnx_model(net, plan, per_channel=False, layer_codes=False):
     ValueError naming the layer for what the export cannot express (a grid outside uint8 codes).
     """
     onnx = _onnx()
-    network = LoweredNetwork.build(net, plan)
+    network = LoweredNetwork.build(net, plan, profile=PROFILE)
     graph = _Graph(onnx)
     shapes = network.net.output_shapes()
     graph.code_input(INPUT, network.plan.input, ("N",) + tuple(network.input_shape), "the network's input")
@@ -131,10 +137,12 @@ def convolution_model(net, plan, index, per_channel=False):
     the codes of ``QLinearConv`` on the pre-activation grid. The same nodes as in :func:`onnx_model`.
     """
     onnx = _onnx()
-    folded = LoweredNetwork.build(net, plan)
-    conv = folded.fixed[index]
-    if folded.layers[index].type != "convolutional":
-        raise ValueError(f"layer {index} [{folded.layers[index].type}] is not a convolution")
+    network = LoweredNetwork.build(net, plan, profile=PROFILE)
+    kind = network.layers[index].type if 0 <= index < len(network.layers) else None
+    if kind != "convolutional":
+        raise ValueError(f"{network.net.name}: layer {index} {f'[{kind}] ' if kind else ''}is not a convolution "
+                         f"(convolutions: {[i for i, layer in enumerate(network.layers) if layer.type == 'convolutional']})")
+    conv = network.fixed[index]
     graph = _Graph(onnx)
     channels = conv.weight_codes.shape[1]
     graph.code_input(INPUT, conv.input_grid, ("N", channels, "H", "W"), f"layer {index}'s input")
@@ -144,7 +152,7 @@ def convolution_model(net, plan, index, per_channel=False):
         outputs.append(("preactivation", f"layer{index}_preactivation"))
     for name, tensor in outputs:
         graph.code_output(tensor, name, ("N", conv.weight_codes.shape[0], "H_out", "W_out"))
-    return graph.model(f"{folded.net.name} layer {index}", _description(folded, per_channel))
+    return graph.model(f"{network.net.name} layer {index}", _description(network, per_channel))
 
 
 def _description(network, per_channel):
@@ -167,7 +175,7 @@ def _layer(graph, network, index, sources, input_shape, per_channel):
             return sources[0]
         return _route(graph, network.fixed[index], sources, name)
     if kind == "maxpool":
-        return _maxpool(graph, layer, sources[0], name)
+        return _maxpool(graph, layer, sources[0], name, f"layer {index} [maxpool]")
     if kind == "reorg":
         return _reorg(graph, layer.stride, sources[0], input_shape, name)
     if kind == "upsample":
@@ -176,19 +184,21 @@ def _layer(graph, network, index, sources, input_shape, per_channel):
 
 
 def _convolution(graph, conv, source, name, per_channel):
-    """``QLinearConv`` (+ ``QLinearLeakyRelu`` or ``Max``) of a FixedPointConvolution."""
+    """``QLinearConv`` (+ ``QLinearLeakyRelu`` or ``Max``) of a convolution as the float-scale profile
+    lowers it (``refquant.integer.profiles.lowered.ProfileConvolution``)."""
     where = f"layer {conv.index} [convolutional]"
     weights = graph.constant(f"{name}_weights", conv.weight_codes.astype(np.int8))
-    steps = np.asarray(conv.weight_grid.step, np.float64)
-    if per_channel:
-        steps = np.broadcast_to(steps, conv.weight_codes.shape[:1])
-    elif steps.ndim:
-        raise ValueError(f"{where}: per-channel weight steps need per_channel=True")
+    steps = np.asarray(conv.weight_steps, np.float64)
+    if not per_channel:
+        if np.any(steps != steps[0]):
+            raise ValueError(f"{where}: the plan quantizes the weights per output channel; export with "
+                             f"per_channel=True (refquant export onnx --per-channel)")
+        steps = steps[0]
     weight_scale = graph.constant(f"{name}_weights_scale", engine_step(steps))
     weight_zero_point = graph.constant(f"{name}_weights_zero_point", np.zeros(steps.shape, np.int8))
     bias = graph.constant(f"{name}_bias", conv.bias.astype(np.int32))
     leaky = conv.activation == "leaky"
-    linear_grid = preactivation_grid(conv.output_grid, LEAKY_SLOPE) if leaky else conv.output_grid
+    linear_grid = conv.linear_grid  # the pre-activation grid of a leaky layer, else the output grid
     linear = {"leaky": f"{name}_preactivation", "relu": f"{name}_linear"}.get(conv.activation, name)
     padding = [conv.padding] * 4
     graph.codes_node("QLinearConv", [source, *graph.grid_constants(source), weights, weight_scale, weight_zero_point,
@@ -213,12 +223,12 @@ def _route(graph, route, sources, name):
                             domain="com.microsoft", axis=1)
 
 
-def _maxpool(graph, layer, source, name):
+def _maxpool(graph, layer, source, name, where):
     """``MaxPool`` with Darknet's total padding p split ``p // 2`` before, the rest after."""
     before, after = layer.padding // 2, layer.padding - layer.padding // 2
     if after >= layer.size:  # onnxruntime refuses a pad as large as the kernel
-        raise ValueError(f"{name} [maxpool]: padding {layer.padding} leaves a pad of {after} >= size "
-                         f"{layer.size}, which ONNX's MaxPool cannot express")
+        raise ValueError(f"{where}: padding {layer.padding} puts {after} rows after the image, not fewer than "
+                         f"size {layer.size}, which ONNX's MaxPool cannot pad")
     graph.same_grid(name, source)
     return graph.node("MaxPool", [source], name, kernel_shape=[layer.size, layer.size],
                       strides=[layer.stride, layer.stride], pads=[before, before, after, after])
