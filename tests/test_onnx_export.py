@@ -6,6 +6,7 @@ onnxruntime runs every model with one thread and at both ends of its graph optim
 (ORT_DISABLE_ALL: the nodes as written; ORT_ENABLE_ALL: its fusions and layout changes, e.g. the
 NHWC QLinearConv), and the codes must be equal at both. Truths: onnxruntime's outputs; for the
 float32 head input, the ONNX DequantizeLinear formula ``(code - zero_point) * scale`` in float32."""
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -22,7 +23,8 @@ from refquant.demo.experiment import letterboxed_inputs
 from refquant.detection.evaluate import shipped_model
 from refquant.export.onnx import HEAD_CODES, HEAD_INPUT, INPUT, LAYER_CODES, convolution_model, onnx_model
 from refquant.folding import fold_batchnorm
-from refquant.integer.network import IntegerNetwork
+from refquant.integer.network import IntegerNetwork, weights_of
+from refquant.integer.profiles import get_profile
 from refquant.integer.profiles.float_scale import engine_step
 from refquant.quantizers.uniform import UniformQuantizer
 from refquant.testing import (
@@ -52,11 +54,15 @@ def session(model, level):
     return onnxruntime.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
-def run(model, level, codes):
-    """{output name: array} of ``model`` on uint8 ``codes``."""
-    runner = session(model, level)
+def outputs_of(runner, codes):
+    """{output name: array} of an onnxruntime session on uint8 ``codes``."""
     names = [output.name for output in runner.get_outputs()]
     return dict(zip(names, runner.run(None, {INPUT: np.ascontiguousarray(codes, np.uint8)})))
+
+
+def run(model, level, codes):
+    """{output name: array} of ``model`` on uint8 ``codes`` (:func:`session` at ``level``)."""
+    return outputs_of(session(model, level), codes)
 
 
 def differing(a, b):
@@ -82,13 +88,14 @@ def head_input_index(net):
 def shipped():
     """The shipped detector (data/models/shapes-tiny-yolo), its PGM plans at 8 and 4 bits (first and
     last layers at 8) calibrated on 8 training images, each also with per-channel weight steps
-    (``refquant.plan.per_channel_plan``), and 32 test images of the shapes data set, letterboxed."""
+    (``refquant.plan.per_channel_plan``), the 500 test images of the shapes data set letterboxed, and
+    the profile network's outputs on the first 32 of them."""
     net = darknet.load(shipped_model(".cfg"), shipped_model(".weights"))
     names = read_names(shipped_model(".names"))
     root = shapes_dataset(progress=False)
     _, height, width = net.input_shape
     calibration = letterboxed_inputs(load_voc(root, "train", names)[:8], width, height, progress=False)
-    images = letterboxed_inputs(load_voc(root, "test", names)[:32], width, height, progress=False)
+    images = letterboxed_inputs(load_voc(root, "test", names), width, height, progress=False)
     statistics = ptq.calibration_statistics(net, calibration, batch_size=4, baseline_samples=4096, progress=False)
     folded = fold_batchnorm(net)
     plans = {}
@@ -96,11 +103,18 @@ def shipped():
         plan = quiet_plan(statistics, bits, bits, "pgm")
         plans[(bits, "per-tensor")] = plan
         plans[(bits, "per-channel")] = plan_module.per_channel_plan(folded, plan)
-    outputs = {key: profile_outputs(net, plan, images) for key, plan in plans.items()}
+    outputs = {key: profile_outputs(net, plan, images[:32]) for key, plan in plans.items()}
     return net, plans, images, outputs
 
 
 PLANS = [(8, "per-tensor"), (8, "per-channel"), (4, "per-tensor"), (4, "per-channel")]
+
+
+def preactivation_codes(conv, codes):
+    """The profile's codes of a leaky convolution before its QLinearLeakyRelu: the same lowered
+    convolution without its activation stage, run by the float-scale profile's integer kernel."""
+    linear = dataclasses.replace(conv, activation_stage=None)
+    return get_profile(PROFILE).integer_convolution(linear, codes, weights_of(linear))
 
 
 @pytest.mark.slow
@@ -109,42 +123,55 @@ PLANS = [(8, "per-tensor"), (8, "per-channel"), (4, "per-tensor"), (4, "per-chan
 def test_every_convolution_alone_equals_the_float_scale_profile(shipped, key, level):
     """Each convolution of the shipped model exported alone (``convolution_model``: QLinearConv, and
     for a leaky layer QLinearLeakyRelu) and run by onnxruntime on the codes the profile network feeds
-    it gives that network's output codes, every code of 32 images."""
+    it on 32 test images: its output codes equal that network's, and a leaky layer's QLinearConv codes
+    equal the profile's pre-activation codes, every code."""
     net, plans, images, outputs = shipped
     plan = plans[key]
-    codes_in = plan.input.quantize(images)
+    codes_in = plan.input.quantize(images[:32])
+    lowered = IntegerNetwork.build(net, plan, profile=PROFILE)
     for index, layer in enumerate(net.layers):
         if layer.type != "convolutional":
             continue
         j = net.inputs[index][0]
         source = codes_in if j < 0 else outputs[key][j]
-        model = convolution_model(net, plan, index, per_channel=key[1] == "per-channel")
-        got = run(model, level, source)["codes"]
-        assert differing(got, outputs[key][index]) == 0, f"layer {index}"
+        got = run(convolution_model(net, plan, index, per_channel=key[1] == "per-channel"), level, source)
+        assert differing(got["codes"], outputs[key][index]) == 0, f"layer {index}"
+        if layer.activation == "leaky":
+            expected = preactivation_codes(lowered.fixed[index], source)
+            assert differing(got["preactivation"], expected) == 0, f"layer {index} before its leaky ReLU"
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("level", list(LEVELS))
 @pytest.mark.parametrize("key", PLANS, ids=[f"{bits}bit-{kind}" for bits, kind in PLANS])
-def test_whole_network_equals_the_float_scale_profile_at_the_head_input(shipped, key, level):
-    """The whole exported network on 32 shipped test images: the codes at the region head's input,
-    and every layer's on the way, equal the profile network's; the float32 head input is the ONNX
-    DequantizeLinear of those codes, ``(code - zero_point) * float32(step)``, and within float32
-    rounding of refquant's float64 dequantization (the region head's input in refquant)."""
-    net, plans, images, outputs = shipped
+def test_whole_network_equals_the_float_scale_profile_at_the_head_input(shipped, key):
+    """The whole exported network on the 500 shipped test images (100 at a time), at both
+    optimisation levels: the codes at the region head's input, and every layer's on the way, equal the
+    profile network's; the float32 head input is the ONNX DequantizeLinear of those codes,
+    ``(code - zero_point) * float32(step)``, and within float32 rounding of refquant's float64
+    dequantization (the region head's input in refquant)."""
+    net, plans, images, _ = shipped
     plan = plans[key]
-    got = run(onnx_model(net, plan, per_channel=key[1] == "per-channel", layer_codes=True), level,
-              plan.input.quantize(images))
-    expected = outputs[key]
-    for index, layer in enumerate(net.layers[:-1]):
-        assert differing(got[LAYER_CODES.format(index=index)], expected[index]) == 0, f"layer {index} [{layer.type}]"
+    model = onnx_model(net, plan, per_channel=key[1] == "per-channel", layer_codes=True)
+    sessions = {level: session(model, level) for level in LEVELS}
+    network = IntegerNetwork.build(net, plan, profile=PROFILE)
     index = head_input_index(net)
-    assert differing(got[HEAD_CODES], expected[index]) == 0
     grid = plan.activations[index]
-    exact = (expected[index].astype(np.float32) - np.float32(grid.zero_point)) * engine_step(grid.step)
-    assert got[HEAD_INPUT].dtype == np.float32 and np.array_equal(got[HEAD_INPUT], exact)
-    np.testing.assert_allclose(got[HEAD_INPUT], grid.dequantize(expected[index].astype(np.int64)), rtol=2**-22,
-                               atol=0)
+    compared = 0
+    for start in range(0, len(images), 100):
+        chunk = images[start:start + 100]
+        expected = network.run(chunk)
+        for level, runner in sessions.items():
+            got = outputs_of(runner, plan.input.quantize(chunk))
+            for layer_index, layer in enumerate(net.layers[:-1]):
+                assert differing(got[LAYER_CODES.format(index=layer_index)], expected[layer_index]) == 0, \
+                    f"images {start}+, layer {layer_index} [{layer.type}], {level}"
+            assert differing(got[HEAD_CODES], expected[index]) == 0
+            head = expected[index].astype(np.int64)
+            exact = (head - grid.zero_point).astype(np.float32) * engine_step(grid.step)
+            assert got[HEAD_INPUT].dtype == np.float32 and np.array_equal(got[HEAD_INPUT], exact)
+            np.testing.assert_allclose(got[HEAD_INPUT], grid.dequantize(head), rtol=2**-22, atol=0)
+        compared += len(chunk)
+    assert compared == len(images) == 500
 
 
 # ------------------------------------------------------------------------------------------------

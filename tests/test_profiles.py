@@ -19,7 +19,8 @@ import torch
 from refquant import darknet, ptq
 from refquant.data.shapes import shapes_dataset
 from refquant.data.voc import load_voc, read_names
-from refquant.demo.experiment import letterboxed_inputs
+from refquant.demo.experiment import letterboxed_inputs, mean_average_precision
+from refquant.demo.profiles import profile_lines, profile_rows
 from refquant.detection.evaluate import shipped_model
 from refquant.integer import lowering
 from refquant.integer.conv import pack_weights
@@ -379,12 +380,13 @@ def shipped():
     net = darknet.load(shipped_model(".cfg"), shipped_model(".weights"))
     tree = shapes_dataset(progress=False)
     calibration = letterboxed_inputs(load_voc(tree, "train", names)[:8], 128, 128, False)
-    images = letterboxed_inputs(load_voc(tree, "val", names)[:4], 128, 128, False)
+    records = load_voc(tree, "val", names)[:4]
+    images = letterboxed_inputs(records, 128, 128, False)
     statistics = ptq.calibration_statistics(net, calibration, progress=False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         plans = {bits: ptq.quantization_plan(statistics, bits, bits, "pgm") for bits in (8, 4)}
-    return statistics, plans, images
+    return statistics, plans, images, records, names
 
 
 @pytest.mark.slow
@@ -394,7 +396,7 @@ def test_shipped_model_integer_equals_simulation_under_every_profile(shipped, bi
     """Truth: the float64 simulation of each profile (SimulatedNetwork) against the integer network, every
     layer's codes and the head's output, on the shipped model's 8-bit and 4-bit PGM plans, per tensor and
     per channel (``per_channel_plan``). The exact profile of a per-tensor plan is today's network, bit for bit."""
-    statistics, plans, images = shipped
+    statistics, plans, images, _, _ = shipped
     plan = per_channel_plan(statistics.net, plans[bits]) if per_channel else plans[bits]
     outputs = {}
     for name in PROFILES:
@@ -444,3 +446,41 @@ def test_profile_convolution_fields():
         conv = lower(0, layer, UniformQuantizer(1 / 255, 0, 0, 255), UniformQuantizer(0.001, 0, -127, 127), None,
                      grid, "layer 0")
         assert isinstance(conv, ProfileConvolution) and conv.linear_grid == float_scale.preactivation_grid(grid)
+
+
+@pytest.mark.slow
+def test_demo_profile_rows(shipped):
+    """Truth: the exact profile's row is today's integer network's mAP (IntegerNetwork without a profile,
+    scored by the demo's own mean_average_precision), its head differs from itself nowhere; every profile
+    has a row at 8 and 4 bits; the report's section lists them."""
+    statistics, plans, images, records, names = shipped
+    rows = profile_rows(statistics.net, plans, images, records, names, 2, progress=False)
+    assert [(r["bits"], r["profile"]) for r in rows] == [(b, p) for b in (8, 4) for p in PROFILES]
+    for bits in (8, 4):
+        today = IntegerNetwork(statistics.net, plans[bits]).forward(images)
+        exact = next(r for r in rows if r["bits"] == bits and r["profile"] == "exact")
+        assert exact["mAP"] == mean_average_precision(today, records, statistics.net, names)[0]
+        assert exact["head_outputs_differing_from_exact"] == 0.0
+    assert any(r["head_outputs_differing_from_exact"] > 0 for r in rows)
+    lines = profile_lines(rows)
+    assert len(lines) == 1 + len(PROFILES) and lines[1].startswith("exact")
+
+
+@pytest.mark.slow
+def test_golden_export_under_a_profile_checks(tmp_path, golden_export):
+    """Truth: ``refquant golden check`` recomputing the vectors. An export under the float-scale profile
+    names the profile and its rules in the manifest and checks without a mismatch; the same files read
+    as the gemmlowp profile's (the manifest's profile changed) mismatch in the integer_network vector;
+    the default export (exact) names no profile, as before profiles existed."""
+    import json
+
+    from refquant.golden.check import check
+    from refquant.golden.export import export
+    manifest = export(tmp_path, progress=False, profile="float-scale")
+    assert manifest["profile"]["name"] == "float-scale" and "nearbyintf" in manifest["profile"]["rules"]
+    assert manifest["vectors"]["integer_network"]["parameters"]["profile"] == "float-scale"
+    assert check(tmp_path, vectors=["integer_network"], progress=False) == []
+    manifest["profile"]["name"] = "gemmlowp"
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    assert any(m.vector == "integer_network" for m in check(tmp_path, vectors=["integer_network"], progress=False))
+    assert "profile" not in json.loads((golden_export / "manifest.json").read_text())

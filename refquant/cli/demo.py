@@ -55,6 +55,9 @@ def add_arguments(parser):
     parser.add_argument("--seed", type=SEED, default=0, help="seed of the QAT batches and augmentation (default 0)")
     parser.add_argument("--quick", action="store_true",
                         help="tiny budgets (a few images and QAT iterations) for tests and a first look")
+    parser.add_argument("--profiles", action="store_true",
+                        help="also score the 8-bit and 4-bit PGM models under every arithmetic profile (exact, "
+                             "gemmlowp, gemmlowp-single, float-scale: docs/SPECIFICATION.md, section 11.8)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     cli.add_cluster_arguments(parser)
 
@@ -113,7 +116,8 @@ def settings_from_arguments(args):
                     first_bits=args.first_bits, last_bits=args.last_bits, qat_learning_rate=args.qat_learning_rate,
                     qat_step_at=args.qat_step_at,
                     activation_breakpoints=args.activation_breakpoints,
-                    seed=args.seed, quick=args.quick, progress=not args.no_progress, **budget)
+                    seed=args.seed, quick=args.quick, progress=not args.no_progress, profiles=args.profiles,
+                    **budget)
 
 
 def run(args):

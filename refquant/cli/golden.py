@@ -8,6 +8,7 @@ from refquant.cli import path
 from refquant.golden.check import check
 from refquant.golden.export import export
 from refquant.golden.vectors import VECTORS
+from refquant.integer.profiles import PROFILES
 
 
 def add_arguments(parser):
@@ -16,6 +17,9 @@ def add_arguments(parser):
     exporter = sub.add_parser("export", help="write the golden vectors and their manifest into DIR",
                               description="Write the golden vectors (.npz), the network files and manifest.json.")
     exporter.add_argument("directory", type=path, metavar="DIR")
+    exporter.add_argument("--profile", choices=list(PROFILES), default="exact",
+                          help="arithmetic profile of the integer_network vector (default: exact, refquant's "
+                               "own; gemmlowp, gemmlowp-single: TFLite's; float-scale: onnxruntime's and fbgemm's)")
     checker = sub.add_parser("check", help="recompute the golden vectors in DIR and report every mismatch",
                              description="Recompute every golden vector in DIR with this refquant; exit status 1 "
                                          "and one line per mismatch (vector, array, index, expected, got) if any.")
@@ -30,7 +34,7 @@ def run(args):
     """Run ``export`` or ``check``; the exit status (0 when everything matches)."""
     progress = False if args.no_progress else None
     if args.golden_command == "export":
-        manifest = export(args.directory, progress=progress)
+        manifest = export(args.directory, progress=progress, profile=args.profile)
         count = sum(len(v["arrays"]) for v in manifest["vectors"].values())
         print(f"golden vectors: {len(manifest['vectors'])} vectors, {count} arrays, "
               f"{len(manifest['files'])} files in {args.directory}")

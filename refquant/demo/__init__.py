@@ -46,6 +46,7 @@ import numpy as np
 from refquant import atomic
 from refquant.demo.experiment import Experiment
 from refquant.demo.plots import write_figures
+from refquant.demo.profiles import profile_section
 from refquant.demo.report import report_markdown, results_dict
 
 
@@ -64,6 +65,7 @@ def run_experiment(settings, client=None):
     experiment.calibrate()
     experiment.post_training()
     experiment.quantization_aware()
+    experiment.profiles = profile_section(experiment) if settings.profiles else None
     if experiment.plans:
         experiment.float_costs()
     plot_start = time.perf_counter()

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from refquant.demo.experiment import METHOD_NAMES, TARGETS, qat_schedule
+from refquant.demo.profiles import profile_lines
 
 
 def machine_description():
@@ -78,6 +79,7 @@ def results_dict(experiment, figures):
         "fit_warnings": experiment.fit_warnings,
         "timings_seconds": {key: round(value, 2) for key, value in experiment.timings.items()},
         "figures": figures,
+        "profiles": experiment.profiles,
     }
     results["targets"] = target_checks(results["rows"])
     return results
@@ -233,6 +235,15 @@ def report_markdown(results):
                "float64 simulation of the same plan, on every test image: `integer_mAP` equals `mAP` in every row."
                if results["integer_equals_simulation"] else
                "**The integer network and the simulation disagreed in some row; see results.json.**"), ""]
+    if results.get("profiles"):
+        lines += ["## Arithmetic profiles", "",
+                  "The PGM PTQ models run as the integer network under each arithmetic profile "
+                  "(docs/SPECIFICATION.md, section 11.8): `exact` is refquant's rule; `gemmlowp` and "
+                  "`gemmlowp-single` TFLite's (Q31 multiplier, two roundings or one; leaky ReLU a separate "
+                  "LEAKY_RELU op on a pre-activation grid); `float-scale` onnxruntime's and fbgemm's (float32 "
+                  "scale, round half to even; leaky ReLU a separate lookup table). Each profile's integer "
+                  "network equalled its own simulation on every image.", "", "```",
+                  *profile_lines(results["profiles"]), "```", ""]
     if results["fit_warnings"]:
         lines += ["## Fit warnings", ""] + [f"- {key}: {value}" for key, value in results["fit_warnings"].items()] + [""]
     lines += ["## Plots", ""] + [f"![{name}]({name})" for name in results["figures"]] + [""]

@@ -32,7 +32,8 @@ from refquant.golden.format import (
     tolerance_of,
 )
 from refquant.golden.network_vectors import NETWORK_CFG, PLANS, network_from, plan_arrays
-from refquant.golden.vectors import VECTORS
+from refquant.golden.vectors import VECTORS, vectors_for
+from refquant.integer.profiles import PROFILES
 
 
 class ManifestError(validate.InputError):
@@ -57,6 +58,7 @@ def check(directory, vectors=None, progress=None):
         raise ValueError(f"golden check: unknown vectors {unknown}; known: {', '.join(VECTORS)}")
     manifest_path = directory / MANIFEST
     manifest = read_manifest(directory)
+    profile_vectors = vectors_for(manifest.get("profile", {}).get("name", "exact"))
     mismatches = _vector_names(manifest, manifest_path)
     if mismatches:
         return mismatches
@@ -71,7 +73,7 @@ def check(directory, vectors=None, progress=None):
                                        "modified after export"))
     for name in tqdm(selected, desc="golden check", unit="vector",
                      disable=None if progress is None else not progress, leave=False):
-        mismatches += _check_vector(directory, manifest["vectors"][name], VECTORS[name], corrupt)
+        mismatches += _check_vector(directory, manifest["vectors"][name], profile_vectors[name], corrupt)
     if "network" in selected:
         mismatches += _check_network_files(directory, corrupt)
     return mismatches
@@ -104,6 +106,11 @@ def _check_manifest(manifest, path, directory):
     if found[0] != FORMAT or isinstance(version, bool) or version != FORMAT_VERSION:
         raise ManifestError(f"{path}: not a golden-vector manifest this refquant reads (format {found[0]!r} "
                             f"version {found[1]!r}, expected {FORMAT!r} version {FORMAT_VERSION})")
+    if "profile" in manifest:  # written by 'golden export --profile NAME' for a profile other than exact
+        profile = validate.json_object(manifest["profile"], f"{path}: profile", closed=False)
+        if profile.get("name") not in PROFILES:
+            raise ManifestError(f"{path}: profile.name: expected one of {', '.join(PROFILES)}, "
+                                f"got {profile.get('name')!r}")
     files = validate.json_object(manifest.get("files"), f"{path}: files")
     for name, entry in files.items():
         where = f"{path}: files[{name!r}]"

@@ -21,7 +21,8 @@ from refquant.golden.format import (
     write_npz,
 )
 from refquant.golden.network_vectors import NETWORK_CFG, PLANS, network_from, plan_from
-from refquant.golden.vectors import VECTORS
+from refquant.golden.vectors import VECTORS, vectors_for
+from refquant.integer.profiles import get_profile
 
 
 def _array_entry(vector, name, value, role):
@@ -37,8 +38,14 @@ def _json_ready(value):
     return value
 
 
-def export(directory, progress=None):
-    """Write every vector, the network files and the manifest into ``directory``; returns the manifest."""
+def export(directory, progress=None, profile="exact"):
+    """Write every vector, the network files and the manifest into ``directory``; returns the manifest.
+
+    ``profile``: the arithmetic profile of the ``integer_network`` vector (``refquant.integer.profiles``);
+    any other than ``exact`` is named in the manifest with its rules and sources (``exact``'s
+    manifest is the same as before profiles existed)."""
+    chosen = get_profile(profile)
+    vectors = vectors_for(chosen)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     # The manifest is written last: a killed export leaves none, so it never looks complete.
@@ -50,7 +57,10 @@ def export(directory, progress=None):
                 "comparison": "shapes and dtypes equal; |got - expected| <= atol + rtol * |expected| element by "
                               "element, NaN only where NaN is expected; rtol = atol = 0 means equality",
                 "files": {}, "vectors": {}}
-    for vector in tqdm(VECTORS.values(), desc="golden export", unit="vector",
+    if chosen.name != "exact":
+        manifest["profile"] = {"name": chosen.name, "rules": chosen.rules, "sources": list(chosen.sources),
+                               "vectors": ["integer_network"]}
+    for vector in tqdm(vectors.values(), desc="golden export", unit="vector",
                        disable=None if progress is None else not progress, leave=False):
         inputs = vector.inputs()
         outputs = _memoised_outputs(vector.name, vector.outputs, inputs)

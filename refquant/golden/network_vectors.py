@@ -15,6 +15,7 @@ from refquant.golden.format import DRAWN, Tolerance, _memoised_outputs
 from refquant.golden.numeric_vectors import _density_arrays, _scalar
 from refquant.integer import lowering
 from refquant.integer.network import IntegerNetwork
+from refquant.integer.profiles.lowered import ProfileConvolution
 from refquant.quantizers import uniform
 from refquant.testing import cfg_section, cfg_text, convolutional, load_cfg, maxpool, net_section, randomize_batchnorm
 from refquant.train import sgd_update, trainable
@@ -310,15 +311,18 @@ def _integer_inputs():
     return arrays
 
 
-def _integer_outputs(inputs):
+def _integer_outputs(inputs, profile="exact"):
     net = network_from(inputs)
     out = {}
     for name in PLANS:
         plan = plan_from(f"plans/{name}", inputs, net, name)
-        integer = IntegerNetwork.build(net, plan)
+        integer = IntegerNetwork.build(net, plan, profile)
         for index, fixed in enumerate(integer.fixed):
             prefix = f"{name}/fixed/{index}"
-            if isinstance(fixed, lowering.FixedPointConvolution):
+            if isinstance(fixed, ProfileConvolution) or (isinstance(fixed, lowering.FixedPointRoute)
+                                                         and integer.profile.name != "exact"):
+                out.update(_profile_arrays(prefix, fixed, integer.profile.name))
+            elif isinstance(fixed, lowering.FixedPointConvolution):
                 out[f"{prefix}/weight_codes"] = fixed.weight_codes
                 out[f"{prefix}/bias"] = fixed.bias
                 out[f"{prefix}/real_multiplier"] = np.array(fixed.real_multiplier)
@@ -339,10 +343,41 @@ def _integer_outputs(inputs):
     return out
 
 
+def _profile_arrays(prefix, fixed, profile):
+    """The parameters of a convolution or route lowered by an arithmetic profile other than ``exact``'s
+    per-tensor form (``refquant.integer.profiles``), as golden arrays named under ``prefix``."""
+    if isinstance(fixed, lowering.FixedPointRoute):
+        if profile == "float-scale":  # QLinearConcat: a table per rescaled input
+            return {f"{prefix}/concat_table_{j}": table[1] for j, table in enumerate(fixed.rescalings)
+                    if table is not None}
+        return {f"{prefix}/concatenation_scaling": np.array(  # ConcatenationWithScaling: (1, scale, bias) or zeros
+            [[0, 0, 0] if r is None else [1, r[0], r[1]] for r in fixed.rescalings], dtype=np.float32)}
+    grid = fixed.linear_grid
+    arrays = {f"{prefix}/weight_codes": fixed.weight_codes, f"{prefix}/bias": fixed.bias,
+              f"{prefix}/linear_grid": np.array([grid.step, grid.zero_point, grid.qmin, grid.qmax], np.float64)}
+    if profile == "float-scale":
+        scale, lo, hi = fixed.requantization
+        arrays[f"{prefix}/float32_scales"] = scale
+    elif profile.startswith("gemmlowp"):
+        multiplier, shift, _, lo, hi = fixed.requantization
+        arrays[f"{prefix}/q31_multipliers"] = np.stack([multiplier, shift], axis=1)
+    else:  # exact, per channel
+        arrays[f"{prefix}/channel_requantization"] = np.stack(fixed.requantization, axis=1)
+        lo, hi = fixed.output_grid.qmin, fixed.output_grid.qmax
+    arrays[f"{prefix}/clamp"] = np.array([lo, hi], np.int64)
+    if fixed.activation_stage is not None:
+        key = "leaky_table" if profile == "float-scale" else "leaky_relu"
+        arrays[f"{prefix}/{key}"] = np.asarray(fixed.activation_stage, np.int64)
+    return arrays
+
+
 INTEGER_TOLERANCES = dict(NETWORK_TOLERANCES)
 
 INTEGER_TOLERANCES.update({
     "real_multiplier": Tolerance(0.0, 0.0, "exact: step_in * step_w / step_out in float64, in that order"),
+    "linear_grid": Tolerance(0.0, 0.0, "exact: the plan's grid, or preactivation_grid of it (float64 rule)"),
+    "float32_scales": Tolerance(0.0, 0.0, "exact: float32 product then float32 quotient of float32 steps"),
+    "concatenation_scaling": Tolerance(0.0, 0.0, "exact: float32 operations on float32 steps"),
     "head": Tolerance(1e-12, 1e-12, "float64 logistic and softmax of step * (codes - zero_point)"),
 })
 

@@ -5,6 +5,9 @@ A meaning is one line saying what an array is (units, order, conventions), found
 tolerance is (:func:`refquant.golden.format.stated_for`): by its full name, a trailing part of it, or
 its first component. Sections are those of docs/SPECIFICATION.md.
 """
+import dataclasses
+import functools
+
 from refquant.golden.format import DRAWN, EXACT, Vector
 from refquant.golden.network_vectors import (
     _FOLD_CFG,
@@ -54,6 +57,7 @@ from refquant.golden.numeric_vectors import (
     _rounding_inputs,
     _rounding_outputs,
 )
+from refquant.integer.profiles import get_profile
 
 
 def _density(whose, bounded=True):
@@ -388,6 +392,30 @@ for _plan in PLANS:
     })
 
 
+INTEGER_NETWORK_MEANINGS.update({
+    "linear_grid": "float64 (step, zero_point, qmin, qmax) of the grid the layer's accumulators are requantized to: "
+                   "its output grid, or for a leaky layer its pre-activation grid (section 11.8)",
+    "float32_scales": "float32 (M,) requantization scale per output channel, f32(f32(s_in) * f32(s_w)) / f32(s_lin) "
+                      "(float-scale profile, section 11.8)",
+    "q31_multipliers": "int64 (M, 2) rows (multiplier, shift) of TFLite's QuantizeMultiplier per output channel, shift "
+                       "> 0 a left shift (gemmlowp profiles, section 11.8)",
+    "channel_requantization": "int64 (M, 4) rows (multiplier, shift, negative_multiplier, negative_shift) per output "
+                              "channel (exact profile, per-channel weights, section 11.8)",
+    "clamp": "int64 (lo, hi): the codes the requantized accumulators are clamped to (lo the zero point's code for "
+             "relu; section 11.8)",
+    "leaky_relu": "int64 (z_in, identity, identity_shift, alpha, alpha_shift, z_out, qmin, qmax) of TFLite's "
+                  "LEAKY_RELU from the pre-activation grid to the output grid (section 11.8)",
+    "leaky_table": "int64 output code of QLinearLeakyRelu for every pre-activation code qmin..qmax, in order "
+                   "(float-scale profile, section 11.8)",
+    "concatenation_scaling": "float32 one row per route input: (1, scale, bias) of ConcatenationWithScaling, or "
+                             "(0, 0, 0) for an input copied (gemmlowp profiles, section 11.8)",
+})
+for _j in range(2):  # route 10's inputs
+    INTEGER_NETWORK_MEANINGS[f"concat_table_{_j}"] = (
+        f"int64 route code for every code qmin..qmax of the route's input {_j}, in order: QLinearConcat's table "
+        f"(float-scale profile, section 11.8)")
+
+
 _AREA = "AP per label index by the area rule (VOC2010 and later), NaN for a label without non-difficult objects"
 _ELEVEN = "AP per label index by the 11-point rule (VOC2007), NaN for a label without non-difficult objects"
 
@@ -522,3 +550,17 @@ VECTORS = {vector.name: vector for vector in [
 ]}
 
 
+
+
+def vectors_for(profile="exact"):
+    """:data:`VECTORS` with the ``integer_network`` vector computed under the arithmetic ``profile``
+    (``refquant.integer.profiles``); ``exact`` gives :data:`VECTORS` itself, so its export is today's."""
+    chosen = get_profile(profile)
+    if chosen.name == "exact":
+        return VECTORS
+    vector = VECTORS["integer_network"]
+    return {**VECTORS, "integer_network": dataclasses.replace(
+        vector, description=f"{vector.description} Under the {chosen.name} arithmetic profile.",
+        definitions=vector.definitions + ("refquant.integer.profiles.PROFILES",),
+        parameters={**vector.parameters, "profile": chosen.name},
+        outputs=functools.partial(_integer_outputs, profile=chosen.name))}
