@@ -107,7 +107,7 @@ def connect(workers=None, scheduler=None, threads_per_worker=None, timeout=None)
     environment = {threads.ENVIRONMENT_VARIABLE: str(count), "NUMBA_NUM_THREADS": str(count),
                    "OMP_NUM_THREADS": str(count), "OPENBLAS_NUM_THREADS": str(count), "MKL_NUM_THREADS": str(count)}
     with distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                  dashboard_address=None, env=environment) as cluster, \
+                                  dashboard_address=":0", env=environment) as cluster, \
             distributed.Client(cluster) as client:
         yield client
 
