@@ -105,6 +105,7 @@ class Settings:
     seed: int = 0
     quick: bool = False
     progress: bool = True
+    profiles: bool = False
 
 
 def letterboxed_inputs(records, width, height, progress=True, description="load"):
