@@ -26,7 +26,7 @@ from refquant.folding import fold_batchnorm
 from refquant.integer.network import IntegerNetwork, weights_of
 from refquant.integer.profiles import get_profile
 from refquant.integer.profiles.float_scale import engine_step
-from refquant.quantizers.uniform import UniformQuantizer
+from refquant.quantizers.uniform import UniformQuantizer, signed_quantizer, unsigned_quantizer
 from refquant.testing import (
     cfg_section,
     cfg_text,
@@ -215,6 +215,57 @@ def test_every_layer_kind_equals_the_float_scale_profile(name, bits):
                     continue
                 assert differing(got[LAYER_CODES.format(index=index)], expected[index]) == 0, \
                     f"{name}, layer {index} [{layer.type}], per_channel={per_channel}, {level}"
+
+
+def random_convolution(seed):
+    """A one-convolution network and a hand-made plan drawn from ``seed``: C in {1, 3, 4, 8, 13, 32}
+    input channels, M in {1, 5, 8, 16, 24} filters, size 1, 3 or 5, stride 1 or 2, padded or not,
+    5..19 pixels a side, linear, leaky or relu, batch norm or not; weights at 2..8 bits, outputs at
+    2..8 bits over the float outputs' range shrunk by up to half (so some codes saturate), an input
+    grid of step 1/255 or 2**-8 with a zero point in 0..64, steps rounded to powers of two for half
+    the seeds (exact products: ties of the rounding). Returns (net, plan, codes (2, C, H, W))."""
+    rng = np.random.default_rng(seed)
+    channels, filters = int(rng.choice([1, 3, 4, 8, 13, 32])), int(rng.choice([1, 5, 8, 16, 24]))
+    size, stride, pad = int(rng.choice([1, 3, 5])), int(rng.integers(1, 3)), int(rng.integers(0, 2))
+    height, width = (int(v) for v in rng.integers(size, 20, 2).clip(5))
+    activation = str(rng.choice(["linear", "leaky", "relu"]))
+    options = {"batch_normalize": 1} if rng.random() < 0.5 else {}
+    net = load_cfg(cfg_text(net_section(width, channels=channels, height=height),
+                            cfg_section("convolutional", **options, filters=filters, size=size, stride=stride,
+                                        pad=pad, activation=activation)), f"conv{seed}.cfg", seed=seed)
+    randomize_batchnorm(net, rng)
+    pow2 = seed % 2 == 1
+
+    def snapped(step):
+        return 2.0 ** np.ceil(np.log2(step)) if pow2 else step
+    input_grid = UniformQuantizer(2.0**-8 if pow2 else 1 / 255, int(rng.integers(0, 65)), 0, 255)
+    codes = rng.integers(0, 256, (2, channels, height, width))
+    folded = fold_batchnorm(net)
+    weights = folded.layers[0].params["weights"].astype(np.float64)
+    weight_bits, output_bits = int(rng.integers(2, 9)), int(rng.integers(2, 9))
+    weight_grid = signed_quantizer(weight_bits, snapped(np.abs(weights).max() / (2 ** (weight_bits - 1) - 1)))
+    outputs = folded.forward(input_grid.dequantize(codes).astype(np.float32))
+    lo, hi = min(float(outputs.min()), 0.0), max(float(outputs.max()), 0.0)
+    step = snapped((hi - lo) / (2**output_bits - 1) * rng.uniform(0.5, 1.0))
+    zero_point = int(np.clip(np.rint(-lo / step), 0, 2**output_bits - 1))
+    plan = plan_module.QuantizationPlan.for_network(net, {0: weight_grid},
+                                                    {0: unsigned_quantizer(output_bits, step, zero_point)},
+                                                    input=input_grid)
+    return net, plan, codes
+
+
+@pytest.mark.parametrize("seed", range(64))
+def test_random_convolutions_equal_the_float_scale_profile(seed):
+    """64 random convolutions (:func:`random_convolution`: shapes that take onnxruntime's different
+    kernels, odd input channels, strides, paddings, every width, power-of-two steps with exact ties),
+    per tensor and per channel, both optimisation levels: onnxruntime's codes equal the profile
+    network's, every code."""
+    net, plan, codes = random_convolution(seed)
+    for per_channel, chosen in ((False, plan), (True, plan_module.per_channel_plan(fold_batchnorm(net), plan))):
+        expected = profile_outputs(net, chosen, chosen.input.dequantize(codes))[0]
+        for level in LEVELS:
+            got = run(convolution_model(net, chosen, 0, per_channel=per_channel), level, codes)["codes"]
+            assert differing(got, expected) == 0, (per_channel, level)
 
 
 def test_accumulators_beyond_float32_integers_round_as_in_onnxruntime():
