@@ -375,6 +375,7 @@ def test_cli_writes_a_model_onnxruntime_runs(tmp_path, capsys):
     (["export", "onnx", "--plan", DEMO_PLAN, "--output", "{missing}/m.onnx"], "--output: the folder {missing} does"),
     (["export", "onnx", "--cfg", "{missing}", "--plan", DEMO_PLAN, "--output", "{out}"], "--cfg: {missing} does"),
     (["export", "tflite", "--plan", DEMO_PLAN, "--output", "{out}"], "invalid choice: 'tflite'"),
+    (["export"], "the following arguments are required: FORMAT"),
     (["export", "onnx", "--plan", "{wrong}", "--output", "{out}"], "{wrong}: plan for"),
 ])
 def test_cli_refuses_bad_arguments_in_one_line_with_status_2(tiny, tmp_path, capsys, argv, expected):

@@ -11,7 +11,7 @@ from refquant.plan import QuantizationPlan
 
 def add_arguments(parser):
     """``refquant export onnx --plan PLAN --output FILE [--cfg CFG --weights WEIGHTS] [--per-channel]``."""
-    sub = parser.add_subparsers(dest="export_format", required=True)
+    sub = parser.add_subparsers(dest="export_format", required=True, metavar="FORMAT")
     exporter = sub.add_parser(
         "onnx", help="the plan's integer network as an ONNX model (QLinearConv, uint8 codes in, float32 head input out)",
         description="Write the quantized network (the model folded, then lowered by the plan) as an ONNX model that "
@@ -33,7 +33,7 @@ def run(args):
     """``refquant export onnx``: 0 on success (bad input is reported by :func:`refquant.cli.main`)."""
     cfg, weights = model_paths(args)
     if not Path(args.plan).is_file():
-        raise FileNotFoundError(f"--plan: {args.plan} does not exist")
+        raise FileNotFoundError(f"--plan: {args.plan} does not exist or is not a file")
     output = Path(args.output)
     if not output.parent.is_dir():
         raise FileNotFoundError(f"--output: the folder {output.parent} does not exist")
