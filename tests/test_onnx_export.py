@@ -363,7 +363,8 @@ DEMO_PLAN = str(Path(__file__).resolve().parent.parent / "docs" / "demo" / "plan
 def test_cli_writes_a_model_onnxruntime_runs(tmp_path, capsys):
     """``refquant export onnx`` on the shipped model and a committed plan writes a file onnxruntime
     loads and runs: its head codes equal the profile network's on 2 random images, and the region
-    head run on them (docs/onnx.md's recipe) equals that network's output bit for bit."""
+    head run on them (docs/onnx.md's recipe) equals that network's output bit for bit; its metadata
+    name the profile, the weight scales and the plan's input grid exactly."""
     output = tmp_path / "model.onnx"
     assert cli.main(["export", "onnx", "--plan", DEMO_PLAN, "--output", str(output), "--per-channel"]) == 0
     assert str(output) in capsys.readouterr().out
@@ -373,6 +374,10 @@ def test_cli_writes_a_model_onnxruntime_runs(tmp_path, capsys):
     import onnx
     got = run(onnx.load(str(output)), "enable-all", plan.input.quantize(images))
     assert differing(got[HEAD_CODES], profile_outputs(net, plan, images)[head_input_index(net)]) == 0
+    metadata = {entry.key: entry.value for entry in onnx.load(str(output)).metadata_props}
+    assert metadata["refquant.profile"] == PROFILE and metadata["refquant.weight_scales"] == "per-channel"
+    assert UniformQuantizer(float(metadata["refquant.input_step"]), int(metadata["refquant.input_zero_point"]),
+                            int(metadata["refquant.input_qmin"]), int(metadata["refquant.input_qmax"])) == plan.input
     # docs/onnx.md's recipe: the region head on the float64 dequantized codes is the profile network's output
     grid = plan.activations[head_input_index(net)]
     head = net.layers[-1].forward(grid.dequantize(got[HEAD_CODES].astype(np.int64)))

@@ -126,7 +126,8 @@ def onnx_model(net, plan, per_channel=False, layer_codes=False):
         for index, name in enumerate(names):
             if name is not None:
                 graph.code_output(name, LAYER_CODES.format(index=index), ("N",) + tuple(shapes[index]))
-    return graph.model(network.net.name, _description(network, per_channel))
+    return graph.model(network.net.name, _description(network, per_channel, network.plan.input),
+                       _metadata(network, per_channel, network.plan.input))
 
 
 def convolution_model(net, plan, index, per_channel=False):
@@ -152,14 +153,25 @@ def convolution_model(net, plan, index, per_channel=False):
         outputs.append(("preactivation", f"layer{index}_preactivation"))
     for name, tensor in outputs:
         graph.code_output(tensor, name, ("N", conv.weight_codes.shape[0], "H_out", "W_out"))
-    return graph.model(f"{network.net.name} layer {index}", _description(network, per_channel))
+    return graph.model(f"{network.net.name} layer {index}", _description(network, per_channel, conv.input_grid),
+                       _metadata(network, per_channel, conv.input_grid))
 
 
-def _description(network, per_channel):
+def _description(network, per_channel, input_grid):
     return (f"refquant {refquant.__version__}: {network.name}, plan method {network.plan.method!r}, "
             f"{'per-channel' if per_channel else 'per-tensor'} weight scales; the float-scale profile's "
             f"arithmetic (docs/SPECIFICATION.md, sections 11.8-11.9). Input {INPUT}: uint8 codes of the "
-            f"input grid (step {network.plan.input.step!r}, zero point {network.plan.input.zero_point}).")
+            f"grid of step {input_grid.step!r}, zero point {input_grid.zero_point}.")
+
+
+def _metadata(network, per_channel, input_grid):
+    """The model's ``metadata_props``: what produced it, and the input grid (float64 step written
+    exactly, ``repr``) that turns images into :data:`INPUT` codes, ``quantize`` of section 4."""
+    return {"refquant.version": refquant.__version__, "refquant.profile": PROFILE,
+            "refquant.plan_method": network.plan.method,
+            "refquant.weight_scales": "per-channel" if per_channel else "per-tensor",
+            "refquant.input_step": repr(float(input_grid.step)), "refquant.input_zero_point": str(input_grid.zero_point),
+            "refquant.input_qmin": str(input_grid.qmin), "refquant.input_qmax": str(input_grid.qmax)}
 
 
 def _layer(graph, network, index, sources, input_shape, per_channel):
@@ -340,7 +352,7 @@ class _Graph:
         self.outputs.append(self.onnx.helper.make_tensor_value_info(name, self.onnx.TensorProto.FLOAT, list(shape)))
         self.code_output(tensor, codes_name, shape)
 
-    def model(self, name, description):
+    def model(self, name, description, metadata):
         helper = self.onnx.helper
         graph = helper.make_graph(self.nodes, name, self.inputs, self.outputs, self.initializers)
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET),
@@ -348,5 +360,6 @@ class _Graph:
                                   producer_name="refquant", producer_version=refquant.__version__,
                                   doc_string=description)
         model.ir_version = IR_VERSION
+        helper.set_model_props(model, metadata)
         self.onnx.checker.check_model(model)
         return model
