@@ -484,3 +484,21 @@ def test_golden_export_under_a_profile_checks(tmp_path, golden_export):
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
     assert any(m.vector == "integer_network" for m in check(tmp_path, vectors=["integer_network"], progress=False))
     assert "profile" not in json.loads((golden_export / "manifest.json").read_text())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("bits", [8, 4])
+def test_per_channel_with_equal_steps_is_per_tensor(shipped, bits):
+    """Truth: the per-tensor arithmetic (for exact, today's kernels). A plan whose per-channel steps all
+    equal the layer's step goes through every profile's per-channel path (one multiplier or scale per
+    channel, the exact profile's per-channel Numba kernel) and must give the per-tensor plan's codes at
+    every layer."""
+    import dataclasses
+    statistics, plans, images, _, _ = shipped
+    plan = plans[bits]
+    equal = dataclasses.replace(plan, channel_steps={index: tuple(plan.weight_steps(index)) for index in plan.weights})
+    for name in PROFILES:
+        per_channel = IntegerNetwork(statistics.net, equal, name)
+        assert any(isinstance(fixed, ProfileConvolution) for fixed in per_channel.fixed)
+        for index, (a, b) in enumerate(zip(per_channel.run(images), IntegerNetwork(statistics.net, plan, name).run(images))):
+            np.testing.assert_array_equal(a, b, err_msg=f"{name}: layer {index}")

@@ -75,10 +75,15 @@ Q31_BITS = 31
 """TFLite's multiplier: a Q0.31 fixed-point number in [2**30, 2**31)."""
 
 
+@numba.extending.register_jitable
 def round_half_away(value):
-    """C's ``round`` (TFLite's ``TfLiteRound``) on a float64: the nearest integer, ties away from zero."""
-    whole = math.floor(abs(value))
-    return math.copysign(whole + (1.0 if abs(value) - whole >= 0.5 else 0.0), value)
+    """C's ``round`` (TFLite's ``TfLiteRound``) on a float scalar: the nearest integer, ties away from
+    zero, as a float. Exact: ``|v| - floor(|v|)`` is a float's fraction, held exactly (no ``+ 0.5``
+    that would round 0.49999997 up). A plain function in Python, and callable from Numba kernels."""
+    magnitude = np.abs(value)
+    whole = np.floor(magnitude)
+    rounded = whole + (1.0 if magnitude - whole >= 0.5 else 0.0)
+    return -rounded if value < 0 else rounded
 
 
 def quantize_multiplier(real_multiplier, single_rounding=False):
@@ -93,7 +98,7 @@ def quantize_multiplier(real_multiplier, single_rounding=False):
     if not (math.isfinite(real) and real > 0):
         raise ValueError(f"real_multiplier must be finite and > 0, got {real_multiplier!r}")
     fraction, shift = math.frexp(real)
-    fixed = int(round_half_away(fraction * 2.0**Q31_BITS))
+    fixed = int(round_half_away(fraction * 2.0**Q31_BITS))  # exact scaling by a power of two
     if fixed == 2**Q31_BITS:
         fixed, shift = fixed // 2, shift + 1
     if shift < -31:
@@ -188,12 +193,8 @@ def _concatenation_rescale(codes, scale, bias, zero_point, qmin, qmax, out):
     """ConcatenationWithScaling on flat codes: ``round(float32(c) * scale + bias) + z_out``, float32,
     ``round`` half away from zero (C's ``round``), clamped."""
     for index in numba.prange(codes.size):
-        value = np.float32(codes[index]) * scale + bias
-        magnitude = abs(value)
-        whole = np.floor(magnitude)
-        rounded = whole + (np.float32(1.0) if magnitude - whole >= np.float32(0.5) else np.float32(0.0))
-        signed = -rounded if value < 0 else rounded
-        out[index] = min(max(np.int64(signed) + zero_point, qmin), qmax)
+        value = np.float32(codes[index]) * scale + bias  # float32 product, then float32 sum
+        out[index] = min(max(np.int64(round_half_away(value)) + zero_point, qmin), qmax)
 
 
 # -- the simulation: the same rules from their definitions, vectorised (int64 and float32 NumPy) --

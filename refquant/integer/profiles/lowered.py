@@ -24,9 +24,11 @@ class ProfileConvolution:
     in ``weight_grid``'s range); ``bias`` (M,) int32 at scale ``s_in * weight_steps[m]``;
     ``linear_grid``: the grid the requantized accumulator lands on (``output_grid``, or for a leaky
     ReLU the engine runs as a separate op, its pre-activation grid); ``requantization``: the
-    profile's per-channel parameters (a tuple of (M,) arrays); ``activation_stage``: the profile's
-    parameters of a separate activation (None when it is fused); ``size``, ``stride``, ``padding``
-    as in the float layer.
+    profile's parameters of the accumulator's requantization, a tuple led by its (M,) per-channel
+    arrays (exact: ``(multiplier, shift, negative_multiplier, negative_shift)``; gemmlowp:
+    ``(multiplier, shift, single_rounding, lo, hi)``; float-scale: ``(scale, lo, hi)``);
+    ``activation_stage``: the profile's parameters of a separate activation (None when it is fused or
+    absent); ``size``, ``stride``, ``padding`` as in the float layer.
     """
 
     index: int
