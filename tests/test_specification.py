@@ -33,6 +33,9 @@ REQUIRED_MODULES = [
     "refquant/detection/decode.py", "refquant/detection/metrics.py", "refquant/train.py",
     "refquant/golden/format.py", "refquant/golden/export.py", "refquant/golden/check.py",
     "refquant/validate.py", "refquant/atomic.py", "refquant/export/onnx.py",
+    "refquant/integer/profiles/__init__.py", "refquant/integer/profiles/lowered.py",
+    "refquant/integer/profiles/exact.py", "refquant/integer/profiles/gemmlowp.py",
+    "refquant/integer/profiles/float_scale.py",
 ]
 
 
