@@ -279,7 +279,11 @@ class FakeQuantNetwork(Network):
         self.folded.seen = value
 
     def set_plan(self, plan):
-        """Install ``plan``'s grids in every wrapper (checked against the network)."""
+        """Install ``plan``'s grids in every wrapper (checked against the network). Weights quantized per
+        channel (``plan.channel_steps``) are refused: fake quantization here has one weight step per layer."""
+        if plan.channel_steps:
+            raise ValueError(f"QAT: the plan quantizes the weights of layers {sorted(plan.channel_steps)} per channel; "
+                             f"quantization-aware training takes one weight step per layer (a per-tensor plan)")
         grids = output_grids(self.folded, plan)
         for index, layer in enumerate(self.layers):
             if isinstance(layer, FakeQuantConvolution):

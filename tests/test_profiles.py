@@ -502,3 +502,17 @@ def test_per_channel_with_equal_steps_is_per_tensor(shipped, bits):
         assert any(isinstance(fixed, ProfileConvolution) for fixed in per_channel.fixed)
         for index, (a, b) in enumerate(zip(per_channel.run(images), IntegerNetwork(statistics.net, plan, name).run(images))):
             np.testing.assert_array_equal(a, b, err_msg=f"{name}: layer {index}")
+
+
+def test_qat_refuses_a_per_channel_plan():
+    """Truth: the QAT network's contract (one fake-quantized weight step per layer). A per-channel plan
+    is refused by name rather than trained with its per-tensor steps silently."""
+    from refquant.folding import fold_batchnorm
+    from refquant.qat import FakeQuantNetwork
+    net = fold_batchnorm(darknet.load("refquant/cfg/yolov2-tiny-voc.cfg", seed=1))
+    weights = {i: UniformQuantizer(0.01, 0, -127, 127) for i, layer in enumerate(net.layers)
+               if layer.type == "convolutional"}
+    plan = QuantizationPlan.for_network(net, weights, {i: UniformQuantizer(0.1, 3, 0, 255) for i in weights})
+    FakeQuantNetwork(net, plan)  # per tensor: accepted
+    with pytest.raises(ValueError, match="per channel"):
+        FakeQuantNetwork(net, per_channel_plan(net, plan))
