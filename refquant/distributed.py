@@ -115,9 +115,11 @@ def connect(workers=None, scheduler=None, threads_per_worker=None, timeout=None)
 # -- what travels: a network's files ------------------------------------------------------------
 
 def network_files(net, cfg_text):
-    """A network as its own files, plain data: ``{"name", "cfg", "weights"}`` (the cfg's text,
-    Darknet weights bytes of ``net``'s parameters, :func:`refquant.darknet.weights_bytes`)."""
-    return {"name": net.name, "cfg": cfg_text, "weights": darknet.weights_bytes(net)}
+    """A network as its own files, plain data: ``{"name", "cfg", "weights", "digest"}`` (the cfg's
+    text, Darknet weights bytes of ``net``'s parameters, :func:`refquant.darknet.weights_bytes`,
+    and the SHA-256 of both, by which a worker keeps the network it built)."""
+    weights = darknet.weights_bytes(net)
+    return {"name": net.name, "cfg": cfg_text, "weights": weights, "digest": _digest(cfg_text, weights)}
 
 
 def shared_files(client, files):
@@ -158,7 +160,7 @@ def load_network(files):
             with open(weights, "wb") as out:
                 out.write(files["weights"])
             return darknet.load(cfg, weights)
-    return _cached(("network", _digest(files["cfg"], files["weights"])), build)
+    return _cached(("network", files["digest"]), build)
 
 
 def load_integer_network(files, plan_json):
@@ -169,7 +171,7 @@ def load_integer_network(files, plan_json):
         plan = QuantizationPlan.from_dict(json.loads(plan_json), where="plan").check(folded)
         integer = IntegerNetwork(folded, plan)
         return integer, integer.simulation()
-    return _cached(("integer", _digest(files["cfg"], files["weights"], plan_json)), build)
+    return _cached(("integer", files["digest"], plan_json), build)
 
 
 # -- tasks (run on the workers) -----------------------------------------------------------------
@@ -206,7 +208,7 @@ def histogram_task(files, records, first_batch, batch_size, max_bins):
     """{layer index: [ActivationHistogram.to_dict() of each batch]} of the float network's ``files``
     folded, over ``records`` cut into batches numbered from ``first_batch`` (the values of
     :func:`refquant.ptq.calibration_values`)."""
-    folded = _cached(("folded", _digest(files["cfg"], files["weights"])), lambda: fold_batchnorm(load_network(files)))
+    folded = _cached(("folded", files["digest"]), lambda: fold_batchnorm(load_network(files)))
     inputs = letterboxed_inputs(records, folded.input_shape[2], folded.input_shape[1], progress=False)
     parts = {index: [] for index in quantized_outputs(folded)}
     for number, batch in enumerate(ptq.image_batches(inputs, batch_size)):
