@@ -1,7 +1,7 @@
 """The ``float-scale`` arithmetic profile: onnxruntime's and fbgemm's requantization
 (docs/SPECIFICATION.md, section 11.8).
 
-Sources followed (onnxruntime read at microsoft/onnxruntime's main branch, 2026):
+Sources followed (onnxruntime read at microsoft/onnxruntime 1272a013e7c98aa0f0ea15874f00e18372b42f66):
 
 - onnxruntime ``QLinearConv`` (onnxruntime/core/providers/cpu/quantization/qlinearconv.cc): every
   scale is a float32 tensor and the output scale of channel o is computed in float32 as
