@@ -517,3 +517,32 @@ def test_qat_refuses_a_per_channel_plan():
     FakeQuantNetwork(net, plan)  # per tensor: accepted
     with pytest.raises(ValueError, match="per channel"):
         FakeQuantNetwork(net, per_channel_plan(net, plan))
+
+
+@pytest.mark.slow
+def test_demo_profiles_option_end_to_end(tmp_path):
+    """Truth: the demo's own PTQ rows. ``refquant demo --quick --profiles`` on a tiny configuration (random
+    weights, a few generated shapes images): results.json has a row per profile and width, the exact
+    profile's mAP equals the PGM PTQ row's of the same width (computed by the demo's main path), and
+    report.md has the section."""
+    import contextlib
+    import io
+    import json
+
+    from refquant import cli
+    from refquant.testing import randomize_batchnorm, tiny_yolo_cfg, write_cfg
+    root = shapes_dataset(tmp_path / "shapes", size=64, train=8, val=0, test=6, progress=False)
+    cfg = write_cfg(tmp_path, tiny_yolo_cfg(anchors="2,2,3.5,3.5"))
+    weights = tmp_path / "tiny.weights"
+    darknet.save_weights(randomize_batchnorm(darknet.load(cfg, seed=4), 4), weights)
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert cli.main(["demo", "--cfg", str(cfg), "--weights", str(weights), "--data", str(root), "--quick",
+                         "--bits", "8,4", "--methods", "pgm", "--qat-bits", "none", "--profiles",
+                         "--out", str(tmp_path / "out"), "--no-progress"]) == 0
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert [(r["bits"], r["profile"]) for r in results["profiles"]] == [(b, p) for b in (8, 4) for p in PROFILES]
+    for bits in (8, 4):
+        ptq_row = next(r for r in results["rows"] if r["method"] == "pgm" and r["weight_bits"] == bits)
+        exact = next(r for r in results["profiles"] if r["bits"] == bits and r["profile"] == "exact")
+        assert exact["mAP"] == ptq_row["mAP"]
+    assert "## Arithmetic profiles" in (tmp_path / "out" / "report.md").read_text()
