@@ -546,3 +546,16 @@ def test_demo_profiles_option_end_to_end(tmp_path):
         exact = next(r for r in results["profiles"] if r["bits"] == bits and r["profile"] == "exact")
         assert exact["mAP"] == ptq_row["mAP"]
     assert "## Arithmetic profiles" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_sensitivity_refuses_a_per_channel_plan():
+    """Truth: the diagnosis' contract (one step per weight tensor): a per-channel plan is refused by name,
+    before any pass runs."""
+    from refquant.diagnosis.sensitivity import sensitivity
+    net = darknet.load("refquant/cfg/yolov2-tiny-voc.cfg", seed=1)
+    weights = {i: UniformQuantizer(0.01, 0, -127, 127) for i, layer in enumerate(net.layers)
+               if layer.type == "convolutional"}
+    plan = per_channel_plan(net, QuantizationPlan.for_network(net, weights,
+                                                              {i: UniformQuantizer(0.1, 3, 0, 255) for i in weights}))
+    with pytest.raises(ValueError, match="per channel"):
+        sensitivity(types.SimpleNamespace(net=net), plan, np.zeros((1, 3, 64, 64), np.float32), lambda heads: 0.0)

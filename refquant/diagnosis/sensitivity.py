@@ -108,8 +108,12 @@ def sensitivity(statistics, plan, inputs, score, batch_size=50, progress=True):
     ``statistics``: the :class:`refquant.ptq.CalibrationStatistics` the plan was made from (its
     folded network; the densities are the plan's own); ``score(head outputs) -> mAP``
     in percent (e.g. :func:`refquant.demo.experiment.mean_average_precision` on the images'
-    records). One float pass, then one pass per quantized tensor (a tqdm bar counts them).
+    records). One float pass, then one pass per quantized tensor (a tqdm bar counts them). A plan with
+    per-channel weight steps is refused: each tensor is fake-quantized here with its one step.
     """
+    if plan.channel_steps:
+        raise ValueError(f"sensitivity: the plan quantizes the weights of layers {sorted(plan.channel_steps)} per "
+                         f"channel; the diagnosis quantizes each weight tensor with its one step (a per-tensor plan)")
     folded = statistics.net
     float_heads, references, measured = _float_pass(folded, inputs, batch_size, plan.activations)
     signal = float(np.mean(references ** 2))
