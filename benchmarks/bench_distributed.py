@@ -141,7 +141,7 @@ def main():
     print(f"  in this process ({refquant.threads.current()} threads): {seconds['in-process']:8.1f} s  "
           f"(mAP {reference:.2f}; {load_average()})")
     for workers in (1, 2):
-        with distributed.connect(workers=workers, threads_per_worker=1) as client:
+        with distributed.connect(workers=workers, numba_threads=1) as client:
             client.wait_for_workers(workers, timeout=120)
             cluster_row(client, files, plan, records[:WARM_UP_IMAGES * workers], names, WARM_UP_IMAGES)  # a chunk each
             key = f"{workers} worker{'s' if workers > 1 else ''}"

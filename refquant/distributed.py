@@ -78,12 +78,12 @@ def worker_threads(workers):
 
 
 @contextlib.contextmanager
-def connect(workers=None, scheduler=None, threads_per_worker=None, timeout=None):
+def connect(workers=None, scheduler=None, numba_threads=None, timeout=None):
     """A Dask client for the run, closed on exit: None with neither argument (the in-process run).
 
     ``workers``: start a ``LocalCluster`` of that many worker processes on this machine, each
     running one task at a time with :func:`worker_threads` Numba and BLAS threads
-    (``threads_per_worker`` to choose; passed as ``REFQUANT_THREADS``, refquant.threads);
+    (``numba_threads`` to choose; passed as ``REFQUANT_THREADS``, refquant.threads);
     ``scheduler``: the address of a running scheduler (``tcp://host:8786``), waited for at most
     ``timeout`` seconds (:data:`CONNECT_TIMEOUT` by default; OSError then). ValueError if both are given.
     """
@@ -103,7 +103,7 @@ def connect(workers=None, scheduler=None, threads_per_worker=None, timeout=None)
         with client:
             yield client
         return
-    count = threads_per_worker or worker_threads(workers)
+    count = numba_threads or worker_threads(workers)
     environment = {threads.ENVIRONMENT_VARIABLE: str(count), "NUMBA_NUM_THREADS": str(count),
                    "OMP_NUM_THREADS": str(count), "OPENBLAS_NUM_THREADS": str(count), "MKL_NUM_THREADS": str(count)}
     with distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,

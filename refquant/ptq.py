@@ -122,7 +122,9 @@ class ActivationHistogram:
         held = self.min if self.count and self.min == self.max else None  # the one value counted so far
         self.min, self.max = min(self.min, lo), max(self.max, hi)
         batch = max(self.batch_sums, default=self.first_batch - 1) + 1
-        self.batch_sums[batch] = (float(np.sum(x)), float(np.dot(x, x)))
+        # NumPy's pairwise sums, not np.dot: the BLAS's dot product adds in an order that depends on
+        # its thread count, which refquant.threads sets from the machine's load
+        self.batch_sums[batch] = (float(np.sum(x)), float(np.sum(np.square(x))))
         if self.bin_width is None:
             self.bin_width = (_initial_bin_width(lo, hi, self.max_bins) if self.first_batch == 0
                               else _finest_bin_width(lo, hi, self.max_bins))

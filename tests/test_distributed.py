@@ -148,10 +148,20 @@ PLANS = [("pgm", 4), ("pgm", 6), ("pgm-paper", 4), ("aciq", 6), ("percentile", 8
 
 @pytest.fixture(scope="module", params=[1, 2, 3], ids=lambda n: f"{n}-workers")
 def client(request):
-    """A local cluster of 1, 2 and 3 single-threaded worker processes, closed after its tests."""
-    with distributed.connect(workers=request.param, threads_per_worker=1) as client:
+    """A local cluster of 1, 2 and 3 worker processes (one task at a time, their share of the cores
+    for Numba and the BLAS), closed after its tests."""
+    with distributed.connect(workers=request.param) as client:
         client.wait_for_workers(request.param, timeout=60)
         yield client
+
+
+@pytest.mark.slow
+def test_workers_share_the_cores(client):
+    """Truth: the cores this process may use, split between the workers (at least one each)."""
+    workers = len(client.nthreads())
+    assert set(client.nthreads().values()) == {1}
+    cores = len(os.sched_getaffinity(0))
+    assert set(client.run(lambda: os.environ["REFQUANT_THREADS"]).values()) == {str(max(1, cores // workers))}
 
 
 def float_files(net):
@@ -198,7 +208,7 @@ def test_a_killed_worker_changes_nothing_but_the_time(reference):
     names, test = reference["names"], reference["test"]
     folded = reference["statistics"].net
     files = distributed.network_files(folded, folded_cfg_text(CFG))
-    with distributed.connect(workers=2, threads_per_worker=1) as client:
+    with distributed.connect(workers=2, numba_threads=1) as client:
         client.wait_for_workers(2, timeout=60)
         pids = client.run(os.getpid)
         killed = {}
@@ -246,7 +256,7 @@ def test_demo_with_workers_writes_the_in_process_results(tree, tmp_path):
     settings = {"cfg": str(CFG), "weights": str(WEIGHTS), "names": str(NAMES), "data": str(tree), "quick": True,
                 "progress": False, "bits": (4,), "methods": ("pgm", "aciq"), **QUICK}
     alone = run_experiment(Settings(out=str(tmp_path / "alone"), **settings))
-    with distributed.connect(workers=2, threads_per_worker=1) as client:
+    with distributed.connect(workers=2, numba_threads=1) as client:
         clustered = run_experiment(Settings(out=str(tmp_path / "cluster"), **settings), client)
     keys = ("name", "mAP", "integer_mAP", "model_bytes", "bops")
     assert [[row[k] for k in keys] for row in clustered["rows"]] == [[row[k] for k in keys] for row in alone["rows"]]
