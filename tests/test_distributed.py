@@ -90,6 +90,18 @@ def test_merge_of_parts_in_any_order_and_grouping_is_the_sequential_histogram(se
     assert as_data(rebuilt) == as_data(sequential)
 
 
+def test_sums_do_not_depend_on_the_blas_threads():
+    """Truth: the same histogram counted with the BLAS on 1 thread and on 2 (refquant.threads
+    changes the count with the machine's load; a worker may have fewer threads than the client)."""
+    from threadpoolctl import threadpool_limits
+    values = np.random.default_rng(3).normal(0.0, 3.0, 1_000_003)
+    found = []
+    for count in (1, 2):
+        with threadpool_limits(count, user_api="blas"):
+            found.append(as_data(ptq.ActivationHistogram().add(values)))
+    assert found[0] == found[1]
+
+
 def test_merge_refuses_a_batch_twice_and_other_bins():
     part = ptq.ActivationHistogram(64, 2).add(np.arange(5.0))
     with pytest.raises(ValueError, match=r"batches \[2\] are counted by more than one part"):
