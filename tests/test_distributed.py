@@ -241,13 +241,13 @@ def test_a_killed_worker_changes_nothing_but_the_time(reference):
 
         killer = threading.Thread(target=kill_a_busy_worker, daemon=True)
         killer.start()
-        integer, simulated = distributed.quantized_detections(client, files, reference["plans"][("pgm", 4)], test,
-                                                              names, 4, "PGM 4-bit", images_per_chunk=1,
-                                                              progress=False)
+        integer, simulated = distributed.quantized_detections(client, files, reference["plans"][("pgm", 4)],
+                                                              test * 3, names, 4, "PGM 4-bit", images_per_chunk=1,
+                                                              progress=False)  # 30 tasks: time to kill one
         killer.join(timeout=10)
-        assert killed and 1 <= killed["done"] < len(test), f"the worker was not killed mid-run: {killed}"
+        assert killed and 1 <= killed["done"] < 3 * len(test), f"the worker was not killed mid-run: {killed}"
         assert pids[killed["worker"]] not in client.run(os.getpid).values()
-    assert integer == reference["integer"] and simulated == reference["simulated"]
+    assert integer == 3 * reference["integer"] and simulated == 3 * reference["simulated"]
 
 
 # -- the command line -----------------------------------------------------------------------------
