@@ -262,6 +262,16 @@ def test_eval_with_workers_prints_the_in_process_table(tree, capsys):
 
 
 @pytest.mark.slow
+def test_eval_with_a_scheduler_prints_the_in_process_table(client, tree, capsys):
+    """``--scheduler`` connects to a running cluster (here the fixture's, by its address)."""
+    arguments = ["eval", "--data", str(tree), "--names", str(NAMES), "--no-progress"]
+    assert cli.main(arguments) == 0
+    in_process = capsys.readouterr().out
+    assert cli.main(arguments + ["--scheduler", client.scheduler.address]) == 0
+    assert capsys.readouterr().out == in_process
+
+
+@pytest.mark.slow
 def test_demo_with_workers_writes_the_in_process_results(tree, tmp_path):
     """The quick demo on the small tree (4 bits, PGM and ACIQ, and QAT), in-process and on 2 workers:
     every row, every plan file and the QAT model's files equal."""
