@@ -313,13 +313,14 @@ class Experiment:
                       f"{self.where('float')}")
 
     def calibrate(self):
-        from refquant import distributed, ptq
+        from refquant import ptq
         s = self.settings
         if self.client is None:
             self.statistics = self.timed("calibration", ptq.calibration_statistics, self.net,
                                          self.calibration_inputs, batch_size=16, progress=s.progress,
                                          activation_breakpoints=s.activation_breakpoints)
         else:
+            from refquant import distributed
             self.statistics = self.timed("calibration", distributed.calibration_statistics, self.client, self.net,
                                          self.files(self.net), self.train_records[:s.calibration_images],
                                          batch_size=16, progress=s.progress,
