@@ -42,9 +42,14 @@ from refquant.detection.decode import detect_records
 from refquant.detection.evaluate import check_names, predictor, region_head, score_detections
 from refquant.folding import fold_batchnorm
 from refquant.integer.network import IntegerNetwork
-from refquant.plan import QuantizationPlan, check_supported, layer_bits, quantized_outputs
-from refquant.plan import _quantizer_from_dict as quantizer_from_dict  # the plan JSON's own reader and writer
-from refquant.plan import _quantizer_to_dict as quantizer_to_dict
+from refquant.plan import (
+    QuantizationPlan,
+    check_supported,
+    layer_bits,
+    quantized_outputs,
+    quantizer_from_dict,
+    quantizer_to_dict,
+)
 
 INSTALL_HINT = "pip install refquant[dask]"
 

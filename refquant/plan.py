@@ -60,7 +60,8 @@ def quantizer_bits(quantizer):
     return int(math.ceil(math.log2(quantizer.num_levels)))
 
 
-def _quantizer_to_dict(quantizer):
+def quantizer_to_dict(quantizer):
+    """A UniformQuantizer as its plan JSON object (section 11.2), read back by :func:`quantizer_from_dict`."""
     return {"step": quantizer.step, "zero_point": quantizer.zero_point,
             "qmin": quantizer.qmin, "qmax": quantizer.qmax}
 
@@ -68,7 +69,7 @@ def _quantizer_to_dict(quantizer):
 QUANTIZER_KEYS = ("step", "zero_point", "qmin", "qmax")
 
 
-def _quantizer_from_dict(data, where):
+def quantizer_from_dict(data, where):
     """A UniformQuantizer from its JSON object, every field type- and range-checked (the JSON
     schema of section 11.2): step a finite number > 0, zero_point a finite number, qmin < qmax
     integers of int32 codes; ValueError naming ``where`` and the key."""
@@ -220,11 +221,11 @@ class QuantizationPlan:
             entry = {"index": index, "type": kind}
             if index in self.weights:
                 entry["weight_shape"] = list(self.weight_shapes[index])
-                entry["weights"] = _quantizer_to_dict(self.weights[index])
+                entry["weights"] = quantizer_to_dict(self.weights[index])
             if index in self.channel_steps:  # written only when present: per-tensor plans stay as they were
                 entry["weight_channel_steps"] = [float(step) for step in self.channel_steps[index]]
             if index in self.activations:
-                entry["activations"] = _quantizer_to_dict(self.activations[index])
+                entry["activations"] = quantizer_to_dict(self.activations[index])
             for kind_name in ("weights", "activations"):
                 density = self.densities.get((kind_name, index))
                 if density is not None:
@@ -232,7 +233,7 @@ class QuantizationPlan:
             layers.append(entry)
         return {"format": PLAN_FORMAT, "version": PLAN_VERSION, "network": self.network,
                 "method": self.method, "options": dict(self.options),
-                "input": _quantizer_to_dict(self.input), "layers": layers}
+                "input": quantizer_to_dict(self.input), "layers": layers}
 
     @classmethod
     def from_dict(cls, data, where="plan"):
@@ -261,7 +262,7 @@ class QuantizationPlan:
             if ("weights" in entry) != ("weight_shape" in entry) or ("weights" in entry and kind != "convolutional"):
                 raise validate.InputError(f"{at}: weights and weight_shape go together, on a convolutional layer only")
             if "weights" in entry:
-                weights[position] = _quantizer_from_dict(entry["weights"], f"{at}.weights")
+                weights[position] = quantizer_from_dict(entry["weights"], f"{at}.weights")
                 shape = validate.json_list(entry["weight_shape"], f"{at}.weight_shape", length=4)
                 shapes[position] = tuple(validate.json_integer(v, f"{at}.weight_shape[{k}]", validate.at_least(1))
                                          for k, v in enumerate(shape))
@@ -276,13 +277,13 @@ class QuantizationPlan:
             if "activations" in entry:
                 if kind not in ("convolutional", "route"):
                     raise validate.InputError(f"{at}.activations: a [{kind}] layer keeps its input's grid")
-                activations[position] = _quantizer_from_dict(entry["activations"], f"{at}.activations")
+                activations[position] = quantizer_from_dict(entry["activations"], f"{at}.activations")
             for kind_name in ("weights", "activations"):
                 if f"{kind_name}_density" in entry:
                     densities[(kind_name, position)] = _density_from_dict(entry[f"{kind_name}_density"],
                                                                           f"{at}.{kind_name}_density")
         options = validate.json_object(data.get("options", {}), f"{where}: options")
-        return cls(input=_quantizer_from_dict(data["input"], f"{where}: input"), weights=weights,
+        return cls(input=quantizer_from_dict(data["input"], f"{where}: input"), weights=weights,
                    activations=activations, layer_types=types, weight_shapes=shapes,
                    method=validate.json_string(data.get("method", "manual"), f"{where}: method"),
                    options=dict(options), densities=densities,
