@@ -47,8 +47,7 @@ class FixedPointConvolution:
     @property
     def input_range(self):
         """``(qmin - z_in, qmax - z_in)``: the values of ``codes - z_in`` entering the convolution."""
-        grid = self.input_grid
-        return grid.qmin - grid.zero_point, grid.qmax - grid.zero_point
+        return centred_codes(self.input_grid)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,14 +146,25 @@ def _fixed_point_convolution(index, layer, input_grid, weight_grid, output_grid,
         pairs = requantization_pairs(layer.activation, real)
     except ValueError as error:
         raise ValueError(f"{where}: multiplier {real!r}: {error}") from None
-    conv = FixedPointConvolution(index, weight_codes, bias, input_grid, weight_grid, output_grid, real,
+    checked_accumulator_range(input_grid, weight_grid, weights, bias, where)
+    return FixedPointConvolution(index, weight_codes, bias, input_grid, weight_grid, output_grid, real,
                                  *pairs, layer.activation, layer.size, layer.stride, layer.padding)
+
+
+def centred_codes(grid):
+    """``(qmin - z, qmax - z)``: the values ``codes - zero_point`` of ``grid``'s codes, what a
+    convolution multiplies (its ``input_range``)."""
+    return grid.qmin - grid.zero_point, grid.qmax - grid.zero_point
+
+
+def checked_accumulator_range(input_grid, weight_grid, weights, bias, where):
+    """:func:`refquant.integer.conv.check_accumulator_range` of a convolution with ``weights``
+    (M, C, k, k) and int32 ``bias`` (M,) on these grids, before anything runs; ValueError naming ``where``."""
     try:
-        check_accumulator_range(conv.input_range, (weight_grid.qmin, weight_grid.qmax), weights[0].size,
+        check_accumulator_range(centred_codes(input_grid), (weight_grid.qmin, weight_grid.qmax), weights[0].size,
                                 (int(bias.min()), int(bias.max())))
     except ValueError as error:
         raise ValueError(f"{where}: {error}") from None
-    return conv
 
 
 def run_codes(net, fixed, input_codes, convolution, route, grids, input_grid):

@@ -8,7 +8,8 @@ import dataclasses
 
 import numpy as np
 
-from refquant.integer.conv import accumulator_chunks, check_accumulator_range, pixel_view
+from refquant.integer.conv import accumulator_chunks, pixel_view
+from refquant.integer.lowering import centred_codes, checked_accumulator_range
 from refquant.integer.network import convolution_input
 from refquant.integer.requantize import code_dtype, quantize_bias
 from refquant.integer.simulation import simulated_accumulator
@@ -49,8 +50,7 @@ class ProfileConvolution:
     @property
     def input_range(self):
         """``(qmin - z_in, qmax - z_in)``: the values of ``codes - z_in`` entering the convolution."""
-        grid = self.input_grid
-        return grid.qmin - grid.zero_point, grid.qmax - grid.zero_point
+        return centred_codes(self.input_grid)
 
 
 def channel_weight_codes(weights, weight_grid, weight_steps):
@@ -70,11 +70,9 @@ def lowered_weights(layer, input_grid, weight_grid, weight_steps, where):
     weight_codes = channel_weight_codes(weights, weight_grid, weight_steps)
     try:
         bias = quantize_bias(layer.params["biases"], input_grid.step, weight_steps)
-        check_accumulator_range((input_grid.qmin - input_grid.zero_point, input_grid.qmax - input_grid.zero_point),
-                                (weight_grid.qmin, weight_grid.qmax), weights[0].size,
-                                (int(bias.min()), int(bias.max())))
     except ValueError as error:
         raise ValueError(f"{where}: {error}") from None
+    checked_accumulator_range(input_grid, weight_grid, weights, bias, where)
     return weight_codes, bias
 
 
