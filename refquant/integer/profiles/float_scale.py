@@ -188,29 +188,45 @@ def lower(folded, plan):
     return lowering.lower_layers(folded, plan, lower_convolution, lower_route)
 
 
-def lower_convolution(index, layer, input_grid, weight_grid, channel_steps, output_grid, where):
-    """QLinearConv's parameters (and QLinearLeakyRelu's table for a leaky layer); module docstring."""
+def separate_activation_layout(layer, input_grid, weight_grid, channel_steps, output_grid, where):
+    """What an engine with a separate activation op (onnxruntime, TFLite) makes of a convolution before
+    its own requantization rule: ``(steps, weight_codes, bias, linear_grid, lo)``.
+
+    ``steps`` (M,) float64 the weight steps (``channel_steps``, or the layer's step repeated);
+    ``weight_codes, bias`` from ``refquant.integer.profiles.lowered.lowered_weights``; ``linear_grid``
+    the grid the accumulator is requantized to (:func:`preactivation_grid` of the output grid for a
+    leaky layer, else the output grid); ``lo`` the clamp's lower code (the zero point's for relu, a
+    Relu fused into the clamp). ValueError naming ``where`` for an activation with no integer form.
+    """
     steps = np.full(layer.params["weights"].shape[0], weight_grid.step) if channel_steps is None else channel_steps
+    steps = np.asarray(steps, np.float64)
     weight_codes, bias = lowered_weights(layer, input_grid, weight_grid, steps, where)
     if layer.activation not in lowering.INTEGER_ACTIVATIONS:
         raise ValueError(f"{where}: activation {layer.activation!r} has no integer form")
     linear_grid = preactivation_grid(output_grid) if layer.activation == "leaky" else output_grid
-    scale = requantization_scale(input_grid.step, np.asarray(steps, np.float64), linear_grid.step)
     lo = max(output_grid.qmin, output_grid.zero_point) if layer.activation == "relu" else linear_grid.qmin
+    return steps, weight_codes, bias, linear_grid, lo
+
+
+def lower_convolution(index, layer, input_grid, weight_grid, channel_steps, output_grid, where):
+    """QLinearConv's parameters (and QLinearLeakyRelu's table for a leaky layer); module docstring."""
+    steps, weight_codes, bias, linear_grid, lo = separate_activation_layout(layer, input_grid, weight_grid,
+                                                                            channel_steps, output_grid, where)
+    scale = requantization_scale(input_grid.step, steps, linear_grid.step)
     stage = lookup_table(linear_grid, output_grid, leaky) if layer.activation == "leaky" else None
-    return ProfileConvolution(index, weight_codes, bias, input_grid, weight_grid, np.asarray(steps, np.float64),
-                              output_grid, linear_grid, (scale, lo, linear_grid.qmax), stage, layer.activation,
-                              layer.size, layer.stride, layer.padding)
+    return ProfileConvolution(index, weight_codes, bias, input_grid, weight_grid, steps, output_grid, linear_grid,
+                              (scale, lo, linear_grid.qmax), stage, layer.activation, layer.size, layer.stride,
+                              layer.padding)
 
 
-def _same_engine_grid(source, grid):
-    """Equal float32 steps and zero points: the engine copies the input (no table)."""
+def same_engine_grid(source, grid):
+    """Equal float32 steps and zero points: the engine copies the input (no table, no rescaling)."""
     return engine_step(source.step) == engine_step(grid.step) and source.zero_point == grid.zero_point
 
 
 def lower_route(index, sources, grid):
     """QLinearConcat's per-input tables (None for an input already on the route's float32 grid)."""
-    tables = tuple(None if _same_engine_grid(source, grid) else
+    tables = tuple(None if same_engine_grid(source, grid) else
                    (source, lookup_table(source, grid, lambda values: values)) for source in sources)
     return lowering.FixedPointRoute(index, tables, grid)
 

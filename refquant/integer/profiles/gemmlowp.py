@@ -44,11 +44,10 @@ import numpy as np
 
 from refquant.integer import lowering
 from refquant.integer.conv import INT32_MAX, INT32_MIN
-from refquant.integer.profiles.float_scale import engine_step, preactivation_grid
+from refquant.integer.profiles.float_scale import engine_step, same_engine_grid, separate_activation_layout
 from refquant.integer.profiles.lowered import (
     ProfileConvolution,
     accumulator_bound,
-    lowered_weights,
     requantized_accumulators,
     simulated_accumulators,
 )
@@ -263,24 +262,20 @@ def lower(folded, plan, single_rounding=False):
 def lower_convolution(index, layer, input_grid, weight_grid, channel_steps, output_grid, where,
                       single_rounding=False):
     """TFLite's CONV_2D parameters (and LEAKY_RELU's for a leaky layer); see the module docstring."""
-    steps = np.full(layer.params["weights"].shape[0], weight_grid.step) if channel_steps is None else channel_steps
-    weight_codes, bias = lowered_weights(layer, input_grid, weight_grid, steps, where)
-    if layer.activation not in lowering.INTEGER_ACTIVATIONS:
-        raise ValueError(f"{where}: activation {layer.activation!r} has no integer form")
-    linear_grid = preactivation_grid(output_grid) if layer.activation == "leaky" else output_grid
+    steps, weight_codes, bias, linear_grid, lo = separate_activation_layout(layer, input_grid, weight_grid,
+                                                                            channel_steps, output_grid, where)
     pairs = [quantize_multiplier(convolution_multiplier(input_grid.step, step, linear_grid.step), single_rounding)
              for step in steps]
     multiplier, shift = (np.array(column, np.int64) for column in zip(*pairs))
-    lo = max(output_grid.qmin, output_grid.zero_point) if layer.activation == "relu" else linear_grid.qmin
     stage = None
     if layer.activation == "leaky":
         identity, alpha = leaky_multipliers(linear_grid, output_grid)
         stage = ((linear_grid.zero_point,) + quantize_multiplier(identity, single_rounding)
                  + quantize_multiplier(alpha, single_rounding)
                  + (output_grid.zero_point, output_grid.qmin, output_grid.qmax))
-    conv = ProfileConvolution(index, weight_codes, bias, input_grid, weight_grid, np.asarray(steps, np.float64),
-                              output_grid, linear_grid, (multiplier, shift, single_rounding, lo, linear_grid.qmax),
-                              stage, layer.activation, layer.size, layer.stride, layer.padding)
+    conv = ProfileConvolution(index, weight_codes, bias, input_grid, weight_grid, steps, output_grid, linear_grid,
+                              (multiplier, shift, single_rounding, lo, linear_grid.qmax), stage, layer.activation,
+                              layer.size, layer.stride, layer.padding)
     largest_left = int(shift.max())
     if not single_rounding and largest_left > 0 and accumulator_bound(conv) << largest_left > INT32_MAX:
         raise ValueError(f"{where}: a multiplier >= 1 (left shift {largest_left}) could move an accumulator out "
@@ -294,7 +289,7 @@ def lower_route(index, sources, grid):
     inverse = np.float32(1.0) / engine_step(grid.step)
     rescalings = []
     for source in sources:
-        if engine_step(source.step) == engine_step(grid.step) and source.zero_point == grid.zero_point:
+        if same_engine_grid(source, grid):
             rescalings.append(None)
             continue
         scale = engine_step(source.step) * inverse
