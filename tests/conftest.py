@@ -25,3 +25,20 @@ def golden_export(tmp_path_factory):
     directory = tmp_path_factory.mktemp("golden") / "vectors"
     assert cli.main(["golden", "export", str(directory), "--no-progress"]) == 0
     return directory
+
+
+@pytest.fixture(scope="session")
+def shipped_calibration():
+    """The shipped detector calibrated on the first 8 training images of the shapes data set at
+    128x128 (``refquant.ptq.calibration_statistics``), once per run: ``(statistics, tree, names)``.
+    Read-only: the plans made from it only add the fits its cache would make anyway."""
+    from refquant import darknet, ptq
+    from refquant.data.shapes import shapes_dataset
+    from refquant.data.voc import load_voc, read_names
+    from refquant.demo.experiment import letterboxed_inputs
+    from refquant.detection.evaluate import shipped_model
+    names = read_names(shipped_model(".names"))
+    net = darknet.load(shipped_model(".cfg"), shipped_model(".weights"))
+    tree = shapes_dataset(progress=False)
+    calibration = letterboxed_inputs(load_voc(tree, "train", names)[:8], 128, 128, False)
+    return ptq.calibration_statistics(net, calibration, progress=False), tree, names

@@ -11,11 +11,9 @@ import warnings
 import numpy as np
 import pytest
 
-from refquant import cli, darknet, ptq
-from refquant.data.shapes import shapes_dataset
-from refquant.data.voc import load_voc, read_names
+from refquant import cli, ptq
+from refquant.data.voc import load_voc
 from refquant.demo.experiment import letterboxed_inputs, mean_average_precision
-from refquant.detection.evaluate import shipped_model
 from refquant.diagnosis.plots import plot_predicted_errors, plot_sensitivity
 from refquant.diagnosis.sensitivity import partially_quantized_outputs, sensitivity, sensitivity_lines
 from refquant.quantizers.error import empirical_mse, expected_mse
@@ -49,14 +47,10 @@ def test_partially_quantized_outputs_by_hand():
 
 
 @pytest.fixture(scope="module")
-def shipped():
-    names = read_names(shipped_model(".names"))
-    net = darknet.load(shipped_model(".cfg"), shipped_model(".weights"))
-    tree = shapes_dataset(progress=False)
-    calibration = letterboxed_inputs(load_voc(tree, "train", names)[:8], 128, 128, False)
+def shipped(shipped_calibration):
+    statistics, tree, names = shipped_calibration
     records = load_voc(tree, "val", names)[:12]
     inputs = letterboxed_inputs(records, 128, 128, False)
-    statistics = ptq.calibration_statistics(net, calibration, progress=False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         plan = ptq.quantization_plan(statistics, 6, 6, "pgm")

@@ -18,10 +18,9 @@ import torch
 
 from refquant import darknet, ptq
 from refquant.data.shapes import shapes_dataset
-from refquant.data.voc import load_voc, read_names
+from refquant.data.voc import load_voc
 from refquant.demo.experiment import letterboxed_inputs, mean_average_precision
 from refquant.demo.profiles import profile_lines, profile_rows
-from refquant.detection.evaluate import shipped_model
 from refquant.integer import lowering
 from refquant.integer.conv import pack_weights
 from refquant.integer.network import IntegerNetwork
@@ -374,16 +373,13 @@ def test_get_profile_names_the_known_profiles():
 
 
 @pytest.fixture(scope="module")
-def shipped():
-    """The shipped detector, calibrated on 8 training images of the shapes data set; its 8-bit and
-    4-bit PGM plans (as ``refquant.ptq`` makes them for the demo) and 4 validation images."""
-    names = read_names(shipped_model(".names"))
-    net = darknet.load(shipped_model(".cfg"), shipped_model(".weights"))
-    tree = shapes_dataset(progress=False)
-    calibration = letterboxed_inputs(load_voc(tree, "train", names)[:8], 128, 128, False)
+def shipped(shipped_calibration):
+    """The shipped detector, calibrated on 8 training images of the shapes data set (conftest's
+    ``shipped_calibration``); its 8-bit and 4-bit PGM plans (as ``refquant.ptq`` makes them for the
+    demo) and 4 validation images."""
+    statistics, tree, names = shipped_calibration
     records = load_voc(tree, "val", names)[:4]
     images = letterboxed_inputs(records, 128, 128, False)
-    statistics = ptq.calibration_statistics(net, calibration, progress=False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         plans = {bits: ptq.quantization_plan(statistics, bits, bits, "pgm") for bits in (8, 4)}
