@@ -90,7 +90,8 @@ class FakeQuantConvolution:
         bias, activation, ``Q_a`` and its straight-through mask in one pass (:func:`_bias_activate_fake`):
         equal bit for bit to the layer's ``forward`` followed by ``output_grid.fake_with_mask``, in
         one read of the products instead of three full-size passes. ``training`` changes nothing
-        in a folded layer (no batch statistics).
+        in a folded layer (no batch statistics). The returned array (and the output before ``Q_a``,
+        kept for backward) lives in the layer's workspace: the next forward overwrites it.
         """
         params = self.layer.params
         dtype = params["weights"].dtype
@@ -99,7 +100,10 @@ class FakeQuantConvolution:
         biases = (quantize_bias(params["biases"], self.bias_step, 1.0) * self.bias_step).astype(dtype)
         with self._swapped(self._weights_used):
             z = self.layer.products(x)
-        y, out, mask = np.empty_like(z), np.empty_like(z), np.empty(z.shape, np.bool_)
+        # in the layer's workspace, as z is: fresh arrays of this size cost more in page faults than
+        # the pass itself (a training step reuses them; the next forward overwrites them)
+        y, out = self.layer._buffer("unquantized", z.shape, z.dtype), self.layer._buffer("fake", z.shape, z.dtype)
+        mask = self.layer._buffer("output_mask", z.shape, np.bool_)
         nan_at = _bias_activate_fake(z, biases, self.layer._code, *self.output_grid.kernel_arguments(), y, out, mask)
         if nan_at >= 0:
             raise _nan_error(nan_at)
@@ -130,20 +134,23 @@ class FakeQuantConvolution:
 def _fake_plane(z, biases, n, c, code, step, fraction, whole, qmin, qmax, zero_point, lo, hi, y, out, mask):
     """Plane (n, c) of :func:`_bias_activate_fake`; returns the first NaN's position in it or -1."""
     bias = biases[c]
-    spatial = z.shape[2]
+    zp, yp, outp, maskp = z[n, c], y[n, c], out[n, c], mask[n, c]
+    seen_nan = False
+    # one branch-free loop that LLVM vectorises; a NaN's out and mask are put right after it (rare)
+    for s in range(np.uint64(zp.size)):  # unsigned: no wrap-around test, which blocks vectorising
+        yp[s] = activate_value(zp[s] + bias, code)
+        stored = np.float64(yp[s])  # Q_a reads y as stored (the layer's dtype), as fake_with_mask does
+        seen_nan |= stored != stored
+        outp[s] = fake_value(stored, step, fraction, whole, qmin, qmax, zero_point)
+        maskp[s] = straight_through_value(stored, lo, hi)
+    if not seen_nan:
+        return -1
     first_nan = -1
-    for s in range(spatial):
-        value = activate_value(z[n, c, s] + bias, code)
-        y[n, c, s] = value
-        stored = np.float64(y[n, c, s])  # Q_a reads y as stored (the layer's dtype), as fake_with_mask does
-        if stored != stored:
-            if first_nan < 0:
-                first_nan = s
-            out[n, c, s] = 0
-            mask[n, c, s] = False
-            continue
-        out[n, c, s] = fake_value(stored, step, fraction, whole, qmin, qmax, zero_point)
-        mask[n, c, s] = straight_through_value(stored, lo, hi)
+    for s in range(zp.size):
+        if yp[s] != yp[s]:
+            first_nan = s if first_nan < 0 else first_nan
+            outp[s] = 0
+            maskp[s] = False
     return first_nan
 
 
@@ -295,10 +302,17 @@ class FakeQuantNetwork(Network):
         return plan
 
     def forward(self, x, training=False, return_all=False):
-        """``Q_in(x)`` through the fake-quantized layers; the head's output (every layer's with return_all)."""
+        """``Q_in(x)`` through the fake-quantized layers; the head's output (every layer's with return_all).
+
+        The outputs of the fake-quantized convolutions live in their workspaces (the next forward
+        overwrites them): the head's output is returned as a copy when it is one of them; with
+        ``return_all``, use the list before the next forward."""
         x = self._check_input(x)
         quantized, self._input_mask = self.plan.input.fake_with_mask(x)
-        return super().forward(quantized.astype(self.dtype, copy=False), training, return_all)
+        outputs = super().forward(quantized.astype(self.dtype, copy=False), training, return_all)
+        if not return_all and isinstance(self.layers[-1], FakeQuantConvolution):
+            return outputs.copy()
+        return outputs
 
     def backward(self, dout, return_all=False, input_gradient=True):
         """dL/d(output) -> dL/dx (straight-through rule of the input grid too); fills the grads.
