@@ -15,7 +15,7 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
-from refquant.integer import vnni
+from refquant.integer import amx, vnni
 
 INT32_MIN = -(2**31)
 
@@ -407,7 +407,10 @@ class PackedWeights:
     :func:`refquant.integer.vnni.pack_weights`' (O/8, K/4, 8, 4) when ``vnni``, else
     (O padded to 4, K padded to 4), row o = codes[o] flattened (c, i, j), zero-padded;
     ``direct_matrix`` with ``vnni``, the layout of stride-1 convolutions without im2col
-    (:func:`refquant.integer.vnni.pack_direct_weights`), else None.
+    (:func:`refquant.integer.vnni.pack_direct_weights`), else None; ``amx_matrix`` and
+    ``amx_direct_matrix``, where the AMX GEMM runs this layer (:func:`use_amx`), the same two for
+    :mod:`refquant.integer.amx` (:func:`refquant.integer.amx.pack_weights`, ``pack_direct_weights``;
+    the direct one only when C is a multiple of 64), else None.
     """
 
     codes: np.ndarray
@@ -416,6 +419,23 @@ class PackedWeights:
     matrix: np.ndarray
     vnni: bool
     direct_matrix: np.ndarray = None
+    amx_matrix: np.ndarray = None
+    amx_direct_matrix: np.ndarray = None
+
+
+AMX_MIN_K = 256
+"""Products per output (C*kh*kw) from which a layer runs on AMX rather than VNNI: below it, K
+padded to 64 wastes too much of the tiles' work and the VNNI kernel was as fast (measured on the
+benchmark's layers, bench_intconv.py: yolov2-tiny-voc's first three 3x3 layers, K = 27, 144, 288,
+stay on VNNI)."""
+
+
+def use_amx(w_shape):
+    """Whether :func:`pack_weights` lays weights of shape (O, C, kh, kw) out for the AMX GEMM: AMX
+    (:func:`refquant.integer.amx.amx_available`, which implies VNNI here: the VNNI path runs the
+    shapes AMX does not take) and K at least :data:`AMX_MIN_K`."""
+    _, channels, kh, kw = w_shape
+    return channels * kh * kw >= AMX_MIN_K and amx.amx_available()
 
 
 def pack_weights(w, w_range=None):
@@ -423,7 +443,8 @@ def pack_weights(w, w_range=None):
     when the same weights convolve many inputs (a network's layer), to pack them once.
 
     ``w_range`` optionally declares tighter bounds than int8's, checked against ``w``.
-    Which layout is made (VNNI or portable) is decided here, by :func:`refquant.integer.vnni.vnni_available`.
+    Which layout is made (AMX, VNNI or portable) is decided here, by :func:`use_amx` and
+    :func:`refquant.integer.vnni.vnni_available`.
     """
     if not isinstance(w, np.ndarray) or w.dtype not in WEIGHT_DTYPES:
         raise TypeError(f"w must be an int8 numpy array, got {getattr(w, 'dtype', type(w).__name__)}")
@@ -433,13 +454,17 @@ def pack_weights(w, w_range=None):
     n_outputs = w.shape[0]
     flat = w.reshape(n_outputs, -1)
     use_vnni = vnni.vnni_available()
-    direct = None
+    direct = amx_matrix = amx_direct = None
     if use_vnni:
         matrix, direct = vnni.pack_weights(flat), vnni.pack_direct_weights(w)
+        if use_amx(w.shape):
+            amx_matrix = amx.pack_weights(flat)
+            if w.shape[1] % (amx.K_STEP * amx.K_BLOCK) == 0:  # whole blocks of channels: one tile load each
+                amx_direct = amx.pack_direct_weights(w)
     else:
         matrix = np.zeros((_round_up(n_outputs, _RANK), _round_up(flat.shape[1], _RANK)), np.int8)
         matrix[:n_outputs, :flat.shape[1]] = flat
-    return PackedWeights(w, w_range, flat.sum(1, dtype=np.int64), matrix, use_vnni, direct)
+    return PackedWeights(w, w_range, flat.sum(1, dtype=np.int64), matrix, use_vnni, direct, amx_matrix, amx_direct)
 
 
 def conv2d(x, w, stride=1, pad=0, bias=None, x_range=None, w_range=None, x_zero_point=0):
@@ -527,6 +552,15 @@ shapes detector's integer network about 10 % faster than one image at a time), a
 many pixels' columns and accumulators are live at once."""
 
 
+_AMX_NS_PER_MAC = 1 / 1000
+"""One core's AMX GEMM time per product (about 1000 GMAC/s), for :func:`parallel_worth`."""
+
+
+_AMX_DIRECT_WASTE = 8
+"""On AMX, stride-1 convolutions read their columns from the padded input (no im2col) when the
+padded grid's extra columns are at most 1 / this of the GEMM's work."""
+
+
 def _accumulators(x, packed, bias, stride, pad, out_shape, x_bounds, zero_point=0):
     """:func:`conv2d`'s work on a few images at once: x (n, C, H, W) -> ``(acc, (image_size, row_size))``,
     acc int32 (O', P') with O' >= O (see :func:`accumulator_chunks`).
@@ -545,9 +579,19 @@ def _accumulators(x, packed, bias, stride, pad, out_shape, x_bounds, zero_point=
     # without im2col, (kw - 1) / Wp of the GEMM's work is wasted on the padded grid's extra columns:
     # taken when that is at most 1/8 (every 1x1 convolution, 3x3 ones on maps 14 or more wide)
     direct = packed.vnni and stride == 1 and 8 * (kernel_shape[1] - 1) <= out_width + kernel_shape[1] - 1
+    # AMX reads its columns from the padded input when the channels fill whole tiles (C a multiple of
+    # 64) and, like VNNI, when the wasted columns are few; it takes im2col's columns (K padded to 64)
+    # only where VNNI would too: VNNI without im2col was faster than AMX with it (32->64 @ 104x104).
+    amx_direct = (packed.amx_direct_matrix is not None and stride == 1
+                  and _AMX_DIRECT_WASTE * (kernel_shape[1] - 1) <= out_width + kernel_shape[1] - 1)
+    on_amx = packed.amx_matrix is not None and (amx_direct or not direct)
+    if on_amx:
+        direct = amx_direct
     layout = (out_height * out_width, out_width)
     threads = numba.get_num_threads()
-    if packed.vnni:
+    if on_amx:
+        o_padded = packed.amx_matrix.shape[0] * amx.OUTPUT_BLOCK
+    elif packed.vnni:
         o_padded = packed.matrix.shape[0] * vnni.OUTPUT_BLOCK
     else:
         o_padded, k_padded = packed.matrix.shape
@@ -558,7 +602,23 @@ def _accumulators(x, packed, bias, stride, pad, out_shape, x_bounds, zero_point=
     acc = None
     for byte_index in range(n_bytes):
         first = start if byte_index == 0 else np.zeros_like(start)
-        if direct:
+        if on_amx and direct:
+            matrix = packed.amx_direct_matrix
+            words, gemm_layout, image_size, row_size = vnni.direct_columns(
+                x, zero_point + offset, offset, byte_index, pad, *kernel_shape, parallel_worth(0.1 * x.size, threads))
+            macs = o_padded * matrix.shape[1] * 64 * gemm_layout[0] * amx.TILE_PIXELS
+            part = amx.gemm(matrix, words, first, threads, parallel_worth(macs * _AMX_NS_PER_MAC, threads),
+                            layout=gemm_layout, acc_columns=n_images * image_size)
+            layout = (image_size, row_size)
+        elif on_amx:
+            matrix = packed.amx_matrix
+            planes = _padded_byte_planes(x, offset, byte_index, pad, zero_point, threads)
+            k_steps = matrix.shape[1] * amx.K_BLOCK
+            columns = vnni.im2col_tiles(planes, *kernel_shape, stride, out_height, out_width, k_steps,
+                                        parallel_worth(0.4 * k_steps * n_pixels, threads))  # about 0.4 ns a word
+            macs = o_padded * k_steps * 4 * columns.shape[0] * amx.TILE_PIXELS
+            part = amx.gemm(matrix, columns, first, threads, parallel_worth(macs * _AMX_NS_PER_MAC, threads))
+        elif direct:
             k_steps = packed.direct_matrix.shape[1]
             words, gemm_layout, image_size, row_size = vnni.direct_columns(
                 x, zero_point + offset, offset, byte_index, pad, *kernel_shape, parallel_worth(0.1 * x.size, threads))
