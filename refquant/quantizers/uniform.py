@@ -201,17 +201,30 @@ def _fake_quantize_kernel(x, step, fraction, whole, qmin, qmax, zero_point, lo, 
     ``out = step * (code - zero_point)`` (cast to ``out``'s dtype), ``mask = lo <= x <= hi``.
     """
     n = x.size
+    n_blocks = -(-n // _BLOCK)
     nan_at = n
-    for i in numba.prange(n):
-        value = np.float64(x[i])
-        if value != value:
-            nan_at = min(nan_at, i)  # a prange reduction: the smallest index wins
-            out[i] = 0
-            mask[i] = False
-            continue
-        out[i] = fake_value(value, step, fraction, whole, qmin, qmax, zero_point)
-        mask[i] = straight_through_value(value, lo, hi)
+    for block in numba.prange(n_blocks):
+        start, stop = block * _BLOCK, min(n, (block + 1) * _BLOCK)
+        seen_nan = False
+        # branch-free, so that LLVM vectorises it; a NaN's out and mask are put right after (rare)
+        for i in range(np.uint64(start), np.uint64(stop)):  # unsigned: no wrap-around test
+            value = np.float64(x[i])
+            seen_nan |= value != value
+            out[i] = fake_value(value, step, fraction, whole, qmin, qmax, zero_point)
+            mask[i] = straight_through_value(value, lo, hi)
+        first = n
+        if seen_nan:
+            for i in range(start, stop):
+                if x[i] != x[i]:
+                    first = min(first, i)
+                    out[i] = 0
+                    mask[i] = False
+        nan_at = min(nan_at, first)  # a prange reduction (at the loop body's top level): the smallest wins
     return nan_at if nan_at < n else -1
+
+
+_BLOCK = 16384
+"""Elements per parallel task of :func:`_fake_quantize_kernel`."""
 
 
 @numba.njit(cache=True, inline="always")

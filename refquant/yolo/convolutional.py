@@ -21,7 +21,7 @@ import numba
 import numpy as np
 
 from refquant import threads
-from refquant.yolo import batchnorm
+from refquant.yolo import batchnorm, direct
 from refquant.yolo.activations import activation_code
 
 
@@ -302,6 +302,10 @@ class ConvolutionalLayer:
         matrix = weights.reshape(self.filters, -1)
         z = self._buffer("xhat", (n_batch, self.filters, out_h * out_w), weights.dtype)
         x = np.ascontiguousarray(x)
+        if direct.applies(self.size, self.stride, self.padding, x.dtype, out_h, out_w):  # no columns: the padded input in place
+            _, saved = direct.forward(x, weights, self.padding, out=z, buffer=self._buffer)
+            self._columns = (x.shape, saved)
+            return z
         if self.size == 1 and self.stride == 1 and self.padding == 0:  # im2col's columns without a copy
             cols = im2col(x, 1, 1, 0)
             lower = None
@@ -370,6 +374,8 @@ class ConvolutionalLayer:
         n_batch = input_shape[0]
         dtype = dz.dtype
         weights = self.params["weights"]
+        if isinstance(cols, tuple):  # the padded planes of a direct products()
+            return direct.backward(dz, weights, self.padding, input_shape, cols, input_gradient, self._buffer)
         # dL/dweights = sum over images of dz (M, S) @ cols^T (S, K): the images' products in
         # parallel, then added in image order (the sums of a loop over images, bit for bit)
         product_shape = (self.filters, cols.shape[1])

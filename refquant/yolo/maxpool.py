@@ -98,12 +98,13 @@ def windows_inside(size_in, size, stride, padding):
     return out >= 1 and first_start + size > 0 and last_start < size_in
 
 
-def maxpool_forward(x, size, stride, padding):
+def maxpool_forward(x, size, stride, padding, indexes_out=None):
     """Max over each size x size window; x (N, C, H, W) of any real dtype -> (out, indexes).
 
     out (N, C, OH, OW) with OH = :func:`maxpool_output_size`; ``indexes`` (same shape, int64)
     holds the flat position row*W + col of each maximum within its (n, c) plane (the first
-    one in row-major window order on ties, Darknet's ``val > max``).
+    one in row-major window order on ties, Darknet's ``val > max``). ``indexes_out``: an int64
+    array of that shape to fill instead of a fresh one.
     """
     n_batch, channels, height, width = x.shape
     if not (windows_inside(height, size, stride, padding) and windows_inside(width, size, stride, padding)):
@@ -112,7 +113,8 @@ def maxpool_forward(x, size, stride, padding):
     out_h = maxpool_output_size(height, size, stride, padding)
     out_w = maxpool_output_size(width, size, stride, padding)
     out = np.empty((n_batch, channels, out_h, out_w), dtype=x.dtype)
-    indexes = np.empty(out.shape, dtype=np.int64)
+    reuse = indexes_out is not None and indexes_out.shape == out.shape and indexes_out.dtype == np.int64
+    indexes = indexes_out if reuse else np.empty(out.shape, dtype=np.int64)
     _maxpool(np.ascontiguousarray(x), size, stride, -(padding // 2), out, indexes)
     return out, indexes
 
@@ -130,10 +132,12 @@ def _maxpool_backward(dout, indexes, dx_planes):
                 dx_planes[n, c, indexes[n, c, i, j]] += dout[n, c, i, j]
 
 
-def maxpool_backward(dout, indexes, input_shape):
-    """Route each output gradient to its maximum (``backward_maxpool_layer``); -> (N, C, H, W)."""
+def maxpool_backward(dout, indexes, input_shape, out=None):
+    """Route each output gradient to its maximum (``backward_maxpool_layer``); -> (N, C, H, W).
+    ``out``: an (N, C, H*W) array of dout's dtype to fill instead of a fresh one."""
     n_batch, channels, height, width = input_shape
-    dx = np.empty((n_batch, channels, height * width), dtype=dout.dtype)
+    shape = (n_batch, channels, height * width)
+    dx = out if out is not None and out.shape == shape and out.dtype == dout.dtype else np.empty(shape, dout.dtype)
     _maxpool_backward(np.ascontiguousarray(dout), indexes, dx)
     return dx.reshape(input_shape)
 
@@ -160,6 +164,7 @@ class MaxpoolLayer:
         self.params = {}
         self.grads = {}
         self._cache = None
+        self._gradient = None  # dL/dx of the last backward, reused by the next one
 
     def output_shape(self, input_shape):
         """(C, H, W) -> (C, OH, OW); ValueError if the window does not fit."""
@@ -177,11 +182,20 @@ class MaxpoolLayer:
     def forward(self, x, training=False):
         """x (N, C, H, W) -> (N, C, OH, OW), any dtype."""
         self.output_shape(x.shape[1:])
-        out, indexes = maxpool_forward(x, self.size, self.stride, self.padding)
+        # the indexes reused from the last forward (kept for backward only; fresh arrays cost page faults)
+        previous = self._cache[1] if self._cache is not None else None
+        out, indexes = maxpool_forward(x, self.size, self.stride, self.padding, previous)
         self._cache = (x.shape, indexes)
         return out
 
     def backward(self, dout):
-        """dL/dy -> dL/dx: each gradient goes to the input position that was the maximum."""
+        """dL/dy -> dL/dx: each gradient goes to the input position that was the maximum.
+
+        dL/dx lives in the layer (the next backward overwrites it): a fresh array of a training
+        batch's size costs more in page faults than the pass itself."""
         input_shape, indexes = self._cache
-        return maxpool_backward(dout, indexes, input_shape)
+        previous = self._gradient
+        if previous is not None and previous.shape == input_shape:
+            previous = previous.reshape(input_shape[0], input_shape[1], -1)
+        self._gradient = maxpool_backward(dout, indexes, input_shape, previous)
+        return self._gradient
