@@ -3,8 +3,10 @@
 Two kernels side by side, as TFLite keeps reference and optimized kernels:
 :func:`conv2d_reference`, a plain loop that reads as the definition, and :func:`conv2d`, the fast
 kernel, equal bit for bit: the input cut into non-negative byte planes, a GEMM per plane with
-int32 sums (AVX-512 VNNI's ``VPDPBUSD`` where the CPU has it, :mod:`refquant.integer.vnni`; else
-a blocked int32 GEMM that LLVM vectorises, here), parallel over pixels and output channels. Both compute the exact correlation (Darknet's and
+int32 sums (AMX-INT8's ``TDPBSUD`` where the CPU has it and the layer suits it,
+:mod:`refquant.integer.amx`; else AVX-512 VNNI's ``VPDPBUSD`` where the CPU has it,
+:mod:`refquant.integer.vnni`; else a blocked int32 GEMM that LLVM vectorises, here), parallel
+over pixels and output channels. Both compute the exact correlation (Darknet's and
 PyTorch's convolutions do not flip the kernel), zero padding, after the caller removed the zero points.
 """
 import dataclasses
@@ -424,10 +426,12 @@ class PackedWeights:
 
 
 AMX_MIN_K = 256
-"""Products per output (C*kh*kw) from which a layer runs on AMX rather than VNNI: below it, K
-padded to 64 wastes too much of the tiles' work and the VNNI kernel was as fast (measured on the
-benchmark's layers, bench_intconv.py: yolov2-tiny-voc's first three 3x3 layers, K = 27, 144, 288,
-stay on VNNI)."""
+"""Products per output (C*kh*kw) from which a layer is packed for AMX as well as VNNI: below it,
+K padded to whole 64-byte tile rows wastes up to half of the tiles' work (e.g. 144 -> 192,
+72 -> 128) on layers whose GEMM is small anyway. (yolov2-tiny-voc's layers with K < 256, the
+first two, would not take AMX in any case: their channels, 3 and 16, do not fill whole tiles
+and VNNI reads their columns from the padded input, faster than AMX after im2col, as at 32->64
+@ 104x104, K = 288: 1.05 against 1.3 to 1.5 ms.)"""
 
 
 def use_amx(w_shape):
@@ -482,8 +486,9 @@ def conv2d(x, w, stride=1, pad=0, bias=None, x_range=None, w_range=None, x_zero_
     bytes, laid out as the GEMM's columns (im2col, or the padded input itself for stride-1
     convolutions on the VNNI path); an int32 GEMM with the packed weights accumulates each byte
     plane, and ``256**b`` and ``offset * sum(w)`` are added back (see the comment above ``_RANK``).
-    The GEMM is :mod:`refquant.integer.vnni`'s (VPDPBUSD) where the CPU has AVX-512 VNNI, else
-    :func:`_gemm_accumulate`; both sum products in wrap-around int32, so both give the exact sums
+    The GEMM is :mod:`refquant.integer.amx`'s (TDPBSUD) for the layers :func:`pack_weights` lays
+    out for it, else :mod:`refquant.integer.vnni`'s (VPDPBUSD) where the CPU has AVX-512 VNNI, else
+    :func:`_gemm_accumulate`; all sum products in wrap-around int32, so all give the exact sums
     whenever the range check passes. Parallel with Numba's threads.
 
     ``x_zero_point``: the correlation is of ``x - x_zero_point`` (``x_range`` then bounds those
@@ -553,12 +558,15 @@ many pixels' columns and accumulators are live at once."""
 
 
 _AMX_NS_PER_MAC = 1 / 1000
-"""One core's AMX GEMM time per product (about 1000 GMAC/s), for :func:`parallel_worth`."""
+"""One core's AMX GEMM time per product, for :func:`parallel_worth`: 900 to 1400 GMAC/s measured
+on the benchmark's layers (about 3x the VNNI kernel's 300)."""
 
 
 _AMX_DIRECT_WASTE = 8
 """On AMX, stride-1 convolutions read their columns from the padded input (no im2col) when the
-padded grid's extra columns are at most 1 / this of the GEMM's work."""
+padded grid's extra columns are at most 1 / this of the GEMM's work: VNNI's rule, measured right
+for AMX too (at 13 x 13, 2/15 wasted, im2col was faster: the direct layout's 15-wide rows also
+slow the requantization's runs)."""
 
 
 def _accumulators(x, packed, bias, stride, pad, out_shape, x_bounds, zero_point=0):
@@ -568,7 +576,8 @@ def _accumulators(x, packed, bias, stride, pad, out_shape, x_bounds, zero_point=
     ``x_bounds``: (min, max) of ``x - zero_point`` (or bounds containing them, for the byte count).
     Stride-1 convolutions skip im2col where the VNNI GEMM runs
     (:func:`refquant.integer.vnni.direct_columns`) unless the map is so narrow that the padded
-    grid's extra columns would cost more than im2col.
+    grid's extra columns would cost more than im2col. The AMX GEMM runs where the weights were
+    packed for it, on the same two kinds of columns (which: the comment in the code).
     """
     n_images = x.shape[0]
     n_outputs, out_height, out_width = out_shape
