@@ -460,11 +460,10 @@ def direct_columns(x, shift_in, offset, byte_index, pad, kh, kw, parallel=True):
     words = np.zeros((groups, length), np.uint32)
     fill = _fill_direct_parallel if parallel else _fill_direct_serial
     fill(x, shift_in, offset, byte_index, pad, words)
-    step_offsets = np.empty(kh * kw * groups, np.int64)
-    for i in range(kh):
-        for j in range(kw):
-            for group in range(groups):
-                step_offsets[(i * kw + j) * groups + group] = 4 * (group * length + i * padded_width + j)
+    # step (i*kw + j)*C4 + c4 at byte 4 * (c4*length + i*Wp + j) (NumPy: a Python loop over the
+    # steps took longer than the fill itself with 1024 channels)
+    i, j, group = np.meshgrid(np.arange(kh), np.arange(kw), np.arange(groups), indexing="ij")
+    step_offsets = (4 * (group * length + i * padded_width + j)).reshape(-1).astype(np.int64)
     layout = (n_tiles, TILE_PIXELS * K_STEP, step_offsets)
     return words, layout, padded_height * padded_width, padded_width
 
@@ -524,6 +523,12 @@ def _fill_direct_task(x, shift_in, offset, byte_index, pad, words, task):
 @numba.njit(cache=True, inline="always")
 def _interleave_bytes(destination, s0, s1, s2, s3, shift_in, shift):
     """destination[q] = the word whose byte b is byte ``shift / 8`` of ``s_b[q] - shift_in``."""
+    if shift_in == 0 and shift == 0:  # the low bytes as they are (uint8 codes and their zero point):
+        # 32-bit lanes instead of 64-bit ones, about twice as fast
+        for q in range(np.uint64(destination.size)):
+            destination[q] = ((np.uint32(s0[q]) & 255) | ((np.uint32(s1[q]) & 255) << 8)
+                              | ((np.uint32(s2[q]) & 255) << 16) | ((np.uint32(s3[q]) & 255) << 24))
+        return
     for q in range(np.uint64(destination.size)):  # unsigned: no wrap-around test, which blocks vectorising
         b0 = np.uint32(((np.int64(s0[q]) - shift_in) >> shift) & 255)
         b1 = np.uint32(((np.int64(s1[q]) - shift_in) >> shift) & 255)
