@@ -557,9 +557,13 @@ shapes detector's integer network about 10 % faster than one image at a time), a
 many pixels' columns and accumulators are live at once."""
 
 
-_AMX_NS_PER_MAC = 1 / 1000
-"""One core's AMX GEMM time per product, for :func:`parallel_worth`: 900 to 1400 GMAC/s measured
-on the benchmark's layers (about 3x the VNNI kernel's 300)."""
+_AMX_NS_PER_MAC = 1 / 1500
+"""One core's AMX GEMM time per product, for :func:`parallel_worth`: 1500 GMAC/s, the fast end of
+the 900 to 1500 measured on the benchmark's layers (about 4x the VNNI kernel's 300), so that
+a GEMM goes to the threads only from 300 M products. Below, one thread was faster here: 64->128 @
+52x52, 128->256 @ 26x26 and 256->512 @ 13x13 (200 to 230 M) took 0.59, 0.46 and 0.47 ms a layer in
+the calling thread against 0.90, 0.70 and 0.65 ms on two (the threads' wake-up and the second
+core's share of a GEMM this short); 512->1024 @ 13x13 (900 M) 1.2 ms on two against 1.5 on one."""
 
 
 _AMX_DIRECT_WASTE = 8
