@@ -196,7 +196,9 @@ def test_amx_switch_and_fallback(monkeypatch):
     """Truth: the CPU features LLVM reports and the environment. AMX is used exactly where the CPU
     has amx-tile and amx-int8 (and Linux grants the tile state); ``REFQUANT_AMX=0`` turns it off
     and the convolution then runs on VNNI (or the portable kernel), with the same result;
-    a NUMBA_CPU_NAME other than the host counts only the features NUMBA_CPU_FEATURES lists."""
+    a NUMBA_CPU_NAME other than the host counts only the features NUMBA_CPU_FEATURES lists; where
+    Linux refused the tile state, nothing is packed for AMX and its GEMM raises rather than run
+    a tile instruction (SIGILL)."""
     from llvmlite import binding
     features = binding.get_host_cpu_features()
     if not (features.get("amx-tile", False) and features.get("amx-int8", False)):
@@ -219,6 +221,12 @@ def test_amx_switch_and_fallback(monkeypatch):
     assert not amx.amx_available()
     monkeypatch.setattr(amx.numba.config, "CPU_FEATURES", "+amx-tile,+amx-int8")
     assert amx.amx_available() == AMX_HERE  # listed, and still the tile permission
+    monkeypatch.setattr(amx, "_permission", False)  # Linux refused the tile state: no AMX, and no tile instruction
+    assert not amx.amx_available() and pack_weights(w).amx_matrix is None
+    weights = amx.pack_weights(w.reshape(40, -1))
+    columns = np.zeros((1, weights.shape[1] * amx.K_BLOCK, amx.TILE_PIXELS, amx.K_STEP), np.uint8)
+    with pytest.raises(RuntimeError, match="not available"):
+        amx.gemm(weights, columns, np.zeros(64, np.int32), 1)
     monkeypatch.setattr(vnni, "vnni_available", lambda: False)  # no VNNI: neither AMX (the portable kernel)
     portable = pack_weights(w)
     assert not portable.vnni and portable.amx_matrix is None
