@@ -54,3 +54,14 @@ def machine_line():
 
 if __name__ == "__main__":
     print(machine_line())
+
+
+def subprocess_environment(**overrides):
+    """``os.environ`` for a benchmark's subprocess, less what refquant's import put there itself
+    (``refquant.ENVIRONMENT_SET``: its libgomp spin count, which a peer's own OpenMP would read too),
+    plus ``overrides``. A refquant subprocess sets its defaults again when it imports refquant."""
+    import refquant
+
+    env = {name: value for name, value in os.environ.items() if name not in refquant.ENVIRONMENT_SET}
+    env.update(overrides)
+    return env

@@ -23,7 +23,7 @@ import os
 import subprocess
 import sys
 
-from _machine import machine_line
+from _machine import machine_line, subprocess_environment
 
 CFG = os.path.join(os.path.dirname(__file__), "..", "refquant", "cfg", "yolov2-tiny-voc.cfg")
 
@@ -232,9 +232,9 @@ def main(argv=None):
     darknet.save_weights(net, weights)
 
     # REFQUANT_THREADS: refquant's pools stay at N (refquant.threads would size them to the free cores)
-    env = dict(os.environ, OPENBLAS_NUM_THREADS=str(args.threads), NUMBA_NUM_THREADS=str(args.threads),
-               OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads),
-               REFQUANT_THREADS=str(args.threads))
+    env = subprocess_environment(OPENBLAS_NUM_THREADS=str(args.threads), NUMBA_NUM_THREADS=str(args.threads),
+                                 OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads),
+                                 REFQUANT_THREADS=str(args.threads))
     results = {}
     for name in ("refquant", "torch", "opencv"):
         command = [sys.executable, __file__, "--only", name, "--weights", weights, "--threads", str(args.threads),

@@ -28,7 +28,7 @@ import os
 import subprocess
 import sys
 
-from _machine import machine_line
+from _machine import machine_line, subprocess_environment
 from bench_engine import _Region, best_time
 
 FAKE_STEP, FAKE_ZERO_POINT, FAKE_BITS = 2.0 ** -4, 3, 4
@@ -194,9 +194,9 @@ def main(argv=None):
     plan.save(plan_path)
 
     # REFQUANT_THREADS: refquant's pools stay at N (refquant.threads would size them to the free cores)
-    env = dict(os.environ, OPENBLAS_NUM_THREADS=str(args.threads), NUMBA_NUM_THREADS=str(args.threads),
-               OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads),
-               REFQUANT_THREADS=str(args.threads))
+    env = subprocess_environment(OPENBLAS_NUM_THREADS=str(args.threads), NUMBA_NUM_THREADS=str(args.threads),
+                                 OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads),
+                                 REFQUANT_THREADS=str(args.threads))
     results = {}
     for name in ("refquant", "torch"):
         command = [sys.executable, __file__, "--only", name, "--plan", plan_path, "--threads", str(args.threads),

@@ -32,10 +32,21 @@ def cache_dir():
 if not os.environ.get("NUMBA_CACHE_DIR"):
     numba.config.CACHE_DIR = str(cache_dir() / "numba")
 
-# Numba's default OpenMP threading layer keeps its threads spinning after each parallel
-# kernel, where they fight OpenBLAS's threads for the cores: on 2 cores that made tiny YOLO
-# inference 1.8x slower than with the work-queue layer (benchmarks/bench_engine.py). The
-# work-queue layer forbids launching parallel kernels from two Python threads at once, which
-# refquant never does. An explicit NUMBA_THREADING_LAYER in the environment wins.
+# Numba's thread pool: OpenMP (GNU libgomp) where Numba has it, else the work-queue layer.
+# Starting a parallel loop costs about 1 to 2 microseconds with OpenMP and 130 with the work-queue
+# layer on a 2-core virtual machine (its workers sleep between loops and a sleeping vCPU wakes
+# slowly), and a training step or an integer network starts dozens of loops (benchmarks/bench_qat.py,
+# bench_integer_network.py). But libgomp's threads spin after each loop (300000 turns by default),
+# where they fight OpenBLAS's threads and other processes for the cores: that made tiny YOLO inference
+# 1.8x slower. GOMP_SPINCOUNT=10000 (tens of microseconds) keeps the quick start between the loops of
+# a pass and lets the cores go soon after (benchmarks/bench_sharing.py). libgomp reads it when it is
+# loaded, i.e. at the first parallel loop. NUMBA_THREADING_LAYER or GOMP_SPINCOUNT in the environment win.
+ENVIRONMENT_SET = []
+"""Names of the environment variables refquant itself put in ``os.environ`` at import (they reach
+child processes too: a benchmark removes them from a peer's environment)."""
 if "NUMBA_THREADING_LAYER" not in os.environ:
-    numba.config.THREADING_LAYER = "workqueue"
+    if "GOMP_SPINCOUNT" not in os.environ:
+        os.environ["GOMP_SPINCOUNT"] = "10000"
+        ENVIRONMENT_SET.append("GOMP_SPINCOUNT")
+    numba.config.THREADING_LAYER = "default"
+    numba.config.THREADING_LAYER_PRIORITY = ["omp", "workqueue", "tbb"]

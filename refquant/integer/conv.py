@@ -237,9 +237,10 @@ _mac = _multiply_accumulate_int32
 
 SERIAL_BELOW_NS = 200_000
 """Work estimated below this many nanoseconds of one core runs in the calling thread: starting a
-Numba parallel loop wakes its worker threads, 15 to 100 microseconds on a shared 2-core virtual
-machine (the workqueue layer sleeps between loops rather than spin; the most when the other core
-is busy), and two threads at best halve the work, so the loop must take about twice that alone.
+Numba parallel loop wakes its worker threads, 15 to 130 microseconds on a shared 2-core virtual
+machine once they sleep (the work-queue layer always sleeps between loops; OpenMP, refquant's
+choice where Numba has it, spins a few tens of microseconds first, see ``refquant/__init__.py``),
+and two threads at best halve the work, so the loop must take about twice that alone.
 The estimates per unit of work below were measured on one core of the machine in docs/benchmarks.md."""
 
 
