@@ -21,7 +21,6 @@ one at a time, so a thread that another process delays takes fewer of them, and 
 sleeps, leaving its core free (the BLAS's own threads split each product evenly and spin while they
 wait for the slowest share).
 """
-import contextlib
 import os
 import threading
 import time
@@ -154,21 +153,12 @@ def for_each(function, count):
     restored after; the calling thread takes part, and each thread takes the next index when it
     is done with one. A plain loop with one thread, before any :func:`fit`, or without threadpoolctl.
     The first exception raised is re-raised after every started call has returned.
-
-    A single call (``count`` 1) runs in the calling thread, the BLAS on one thread too: OpenBLAS's
-    threads spin for a long while after a product of theirs, where they would take the cores from
-    the Numba loops and products that follow (measured: a QAT step 87 -> 130 ms from one such call).
     """
     workers = min(current(), count)
-    libraries = _blas_libraries() if current() > 1 else []
+    libraries = _blas_libraries() if workers > 1 else []
     if not libraries:
         for index in range(count):
             function(index)
-        return
-    if workers == 1:
-        with _one_blas_thread(libraries):
-            for index in range(count):
-                function(index)
         return
     if _executor["workers"] != workers - 1:
         if _executor["pool"] is not None:
@@ -192,7 +182,10 @@ def for_each(function, count):
                     position[0] = count  # the others stop at their next index
                 raise
 
-    with _one_blas_thread(libraries):
+    saved = [library.get_num_threads() for library in libraries]
+    for library in libraries:
+        library.set_num_threads(1)
+    try:
         futures = [_executor["pool"].submit(drain) for _ in range(workers - 1)]
         try:
             drain()
@@ -201,16 +194,6 @@ def for_each(function, count):
                 future.exception()  # wait for every helper before anything is restored or raised
         for future in futures:
             future.result()
-
-
-@contextlib.contextmanager
-def _one_blas_thread(libraries):
-    """The BLAS libraries on one thread inside the ``with``, their counts restored after."""
-    saved = [library.get_num_threads() for library in libraries]
-    for library in libraries:
-        library.set_num_threads(1)
-    try:
-        yield
     finally:
         for library, threads in zip(libraries, saved):
             library.set_num_threads(threads)
