@@ -27,8 +27,8 @@ and two input loads; K in Darknet's order (c, i, j), one FMA per step, so each v
 sequential float32 sum over K. The tile goes to a small scratch, then the valid positions' runs are
 copied to the output. Weight gradient (:func:`weight_gradient`): per task (8 outputs, a chunk of
 grid positions) 24 accumulator vectors for 8 outputs by 3 steps of K, sequential over the chunk's
-positions in each of 16 lanes, then the lanes added in order; the chunks' partial sums are added
-in chunk order.
+positions in each of 16 lanes, then the lanes added as a halving tree (:func:`_lane_sum`); the
+chunks' partial sums are added in chunk order.
 
 LLVM refuses an AVX-512 instruction the CPU lacks, so nothing here is compiled unless
 :func:`available` says the CPU has AVX-512F.
@@ -223,13 +223,15 @@ def kernel_offsets(channels, size, plane_length, grid_w, base=0):
     return (base + c * plane_length + i * grid_w + j).reshape(-1).astype(np.int64)
 
 
-def correlate(packed, planes, offsets, n_outputs, n_images, grid_h, grid_w, out_h, out_w):
+def correlate(packed, planes, offsets, n_outputs, n_images, grid_h, grid_w, out_h, out_w, out=None):
     """out (N, O, out_h*out_w) float32: out[n, o, y*out_w + x] = sum over steps k of
     W[o, k] * planes[offsets[k] + p], p = (n*grid_h + y)*grid_w + x, K in order (one FMA a step).
 
     ``packed`` from :func:`pack_weights`, ``offsets`` from :func:`kernel_offsets`; ``planes`` must
-    hold every position a tile reads (:func:`padded_planes`' ``extra`` >= max offset + TILE)."""
-    out = np.empty((n_images, n_outputs, out_h * out_w), np.float32)
+    hold every position a tile reads (:func:`padded_planes`' ``extra`` >= max offset + TILE).
+    ``out``: an array of that shape to fill instead of a fresh one."""
+    if out is None:
+        out = np.empty((n_images, n_outputs, out_h * out_w), np.float32)
     n_tiles = -(-(n_images * grid_h * grid_w) // TILE)
     _correlate(packed, planes, offsets, n_tiles, grid_h, grid_w, out_h, out_w, out)
     return out
@@ -343,7 +345,7 @@ def weight_gradient(gradient_planes, gradient_length, planes, offsets, n_outputs
 
     ``gradient_planes``: the output gradient on the input's grid (zero at padding positions), O
     rounded up to a multiple of 8 planes of ``gradient_length`` (the extra ones zero). Per task
-    (8 outputs, :data:`CHUNK` positions) the lanes' sequential sums, then the 16 lanes added in order;
+    (8 outputs, :data:`CHUNK` positions) the lanes' sequential sums, then the 16 lanes by :func:`_lane_sum`;
     the chunks' sums added in chunk order."""
     k_total = offsets.shape[0]
     n_blocks = -(-n_outputs // BLOCK)
@@ -423,10 +425,7 @@ def forward(x, weights, padding, out=None, buffer=_fresh):
     planes, length = padded_planes(x, padding, _extra(size, grid_w), buffer)
     offsets = kernel_offsets(channels, size, length, grid_w)
     packed = pack_weights(np.ascontiguousarray(weights, np.float32).reshape(n_outputs, -1))
-    if out is None:
-        out = np.empty((n_images, n_outputs, height * width), np.float32)
-    n_tiles = -(-(n_images * grid_h * grid_w) // TILE)
-    _correlate(packed, planes, offsets, n_tiles, grid_h, grid_w, height, width, out)
+    out = correlate(packed, planes, offsets, n_outputs, n_images, grid_h, grid_w, height, width, out)
     return out, (planes, length)
 
 
@@ -454,10 +453,8 @@ def backward(dz, weights, padding, input_shape, saved, input_gradient=True, buff
     # weights flipped and transposed, over the gradient's planes (base: the margin's shift cancels)
     flipped = np.ascontiguousarray(weights[:, :, ::-1, ::-1].transpose(1, 0, 2, 3), np.float32)
     packed = pack_weights(flipped.reshape(channels, -1))
-    dx = buffer("direct_dx", (n_images, channels, height * width), np.float32)
-    n_tiles = -(-n_positions // TILE)
-    _correlate(packed, gradient, kernel_offsets(n_outputs, size, gradient_length, grid_w), n_tiles,
-               grid_h, grid_w, height, width, dx)
+    dx = correlate(packed, gradient, kernel_offsets(n_outputs, size, gradient_length, grid_w), channels, n_images,
+                   grid_h, grid_w, height, width, buffer("direct_dx", (n_images, channels, height * width), np.float32))
     return dweights, dx.reshape(input_shape)
 
 
