@@ -171,35 +171,29 @@ def _release(typingctx):
 
 
 # The tile numbers are immediates of the instructions: literal integers in the calling code.
-@intrinsic(prefer_literal=True)
-def _tile_load(typingctx, tile, array, byte_offset, stride):
-    """TILELOADD: tile ``tile``'s 16 rows of 64 bytes from ``array``, row r at byte
-    ``byte_offset + r * stride``."""
-    if not isinstance(tile, types.IntegerLiteral):
-        return None
-    number = tile.literal_value
+def _tile_transfer(llvm_name):
+    """The intrinsic of TILELOADD or TILESTORED (``llvm_name``): tile ``tile``'s 16 rows of 64 bytes
+    from or to ``array``, row r at byte ``byte_offset + r * stride``."""
+    @intrinsic(prefer_literal=True)
+    def transfer(typingctx, tile, array, byte_offset, stride):
+        if not isinstance(tile, types.IntegerLiteral):
+            return None
+        number = tile.literal_value
 
-    def codegen(context, builder, signature, args):
-        pointer = _byte_pointer(context, builder, signature.args[1], args[1], args[2])
-        stride_value = context.cast(builder, args[3], signature.args[3], types.int64)
-        _call(builder, "llvm.x86.tileloadd64", [_I8, _BYTE_POINTER, _I64], [ir.Constant(_I8, number), pointer, stride_value])
-        return context.get_dummy_value()
-    return types.void(tile, array, byte_offset, stride), codegen
+        def codegen(context, builder, signature, args):
+            pointer = _byte_pointer(context, builder, signature.args[1], args[1], args[2])
+            stride_value = context.cast(builder, args[3], signature.args[3], types.int64)
+            _call(builder, llvm_name, [_I8, _BYTE_POINTER, _I64], [ir.Constant(_I8, number), pointer, stride_value])
+            return context.get_dummy_value()
+        return types.void(tile, array, byte_offset, stride), codegen
+    return transfer
 
 
-@intrinsic(prefer_literal=True)
-def _tile_store(typingctx, tile, array, byte_offset, stride):
-    """TILESTORED: tile ``tile``'s 16 rows of 64 bytes to ``array``, row r at byte ``byte_offset + r * stride``."""
-    if not isinstance(tile, types.IntegerLiteral):
-        return None
-    number = tile.literal_value
+_tile_load = _tile_transfer("llvm.x86.tileloadd64")
+"""TILELOADD: tile ``tile``'s 16 rows of 64 bytes from ``array``, row r at byte ``byte_offset + r * stride``."""
 
-    def codegen(context, builder, signature, args):
-        pointer = _byte_pointer(context, builder, signature.args[1], args[1], args[2])
-        stride_value = context.cast(builder, args[3], signature.args[3], types.int64)
-        _call(builder, "llvm.x86.tilestored64", [_I8, _BYTE_POINTER, _I64], [ir.Constant(_I8, number), pointer, stride_value])
-        return context.get_dummy_value()
-    return types.void(tile, array, byte_offset, stride), codegen
+_tile_store = _tile_transfer("llvm.x86.tilestored64")
+"""TILESTORED: tile ``tile``'s 16 rows of 64 bytes to ``array``, row r at byte ``byte_offset + r * stride``."""
 
 
 @intrinsic(prefer_literal=True)
