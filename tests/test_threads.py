@@ -167,3 +167,38 @@ def test_for_each_reraises_after_every_call_has_returned(monkeypatch, restore_th
     with pytest.raises(KeyError):
         threads.for_each(call, 50)
     assert len(started) == len(finished) + 1 and len(started) < 50
+
+
+THREADING_PROBE = """
+import json, os, numba, numpy as np
+import refquant
+@numba.njit(parallel=True)
+def double(a):
+    for i in numba.prange(a.size):
+        a[i] *= 2
+double(np.ones(8))
+print(json.dumps({"layer": numba.threading_layer(), "spin": os.environ.get("GOMP_SPINCOUNT"),
+                  "set": refquant.ENVIRONMENT_SET}))
+"""
+
+
+@pytest.mark.parametrize("environment,layer,spin,recorded", [
+    ({}, "omp", "10000", ["GOMP_SPINCOUNT"]),                    # refquant's defaults
+    ({"GOMP_SPINCOUNT": "500"}, "omp", "500", []),                # the user's spin count wins
+    ({"NUMBA_THREADING_LAYER": "workqueue"}, "workqueue", None, []),  # the user's layer wins, nothing set
+])
+def test_threading_layer_and_spin_count(environment, layer, spin, recorded):
+    """Truth: Numba's own report of the layer that ran a parallel loop (numba.threading_layer()) and
+    the environment a fresh interpreter sees after importing refquant. OpenMP is refquant's choice
+    where Numba can load it (here it can: libgomp is on the machine); GOMP_SPINCOUNT is set only when
+    neither it nor NUMBA_THREADING_LAYER was, and refquant.ENVIRONMENT_SET says what it set."""
+    import json
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "NUMBA_THREADING_LAYER")}
+    env.update(environment)
+    output = subprocess.run([sys.executable, "-c", THREADING_PROBE], env=env, check=True, capture_output=True,
+                            text=True).stdout
+    report = json.loads(output.strip().splitlines()[-1])
+    assert report == {"layer": layer, "spin": spin, "set": recorded}
