@@ -50,12 +50,12 @@ import sys
 
 import numba
 import numpy as np
-from llvmlite import binding as llvm_binding
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from refquant.cpu import compiles_for
 from refquant.integer import vnni
 
 K_STEP = 4
@@ -99,8 +99,8 @@ def _request_permission():
 def amx_available():
     """Whether :func:`gemm` may run here: the CPU Numba compiles for has AMX-INT8 and Linux grants it.
 
-    Features as :func:`refquant.integer.vnni.vnni_available`: the host's unless ``NUMBA_CPU_NAME``
-    names another CPU, then only those ``NUMBA_CPU_FEATURES`` lists. And the process must be on
+    Features by :func:`refquant.cpu.compiles_for` (the host's, or those ``NUMBA_CPU_FEATURES``
+    lists when ``NUMBA_CPU_NAME`` names another CPU). And the process must be on
     Linux x86_64 with the tile state granted (arch_prctl ``ARCH_REQ_XCOMP_PERM``, asked here).
     ``REFQUANT_AMX=0`` in the environment turns this path off (the VNNI or portable kernel runs).
     """
@@ -111,15 +111,7 @@ def amx_available():
 
 def _cpu_ready():
     """:func:`amx_available` without the environment switch: whether a tile instruction may run."""
-    if numba.config.CPU_NAME and numba.config.CPU_NAME != "host":
-        listed = set((numba.config.CPU_FEATURES or "").split(","))
-        if not all(f"+{feature}" in listed for feature in _REQUIRED_FEATURES):
-            return False
-    else:
-        features = llvm_binding.get_host_cpu_features()
-        if not all(features.get(feature, False) for feature in _REQUIRED_FEATURES):
-            return False
-    return _request_permission()
+    return compiles_for(*_REQUIRED_FEATURES) and _request_permission()
 
 
 def tile_config():
@@ -139,13 +131,6 @@ _I8, _I64 = ir.IntType(8), ir.IntType(64)
 _BYTE_POINTER = _I8.as_pointer()
 
 
-def _byte_pointer(context, builder, array_type, array, byte_offset):
-    """Pointer to byte ``byte_offset`` of a C-contiguous array's data (no bounds check: callers index
-    inside arrays they sized)."""
-    data = context.make_array(array_type)(context, builder, array).data
-    return builder.gep(builder.bitcast(data, _BYTE_POINTER), [byte_offset])
-
-
 def _call(builder, name, argument_types, arguments):
     function = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), argument_types), name)
     builder.call(function, arguments)
@@ -155,7 +140,7 @@ def _call(builder, name, argument_types, arguments):
 def _load_config(typingctx, config):
     """LDTILECFG from the 64 bytes of ``config`` (:func:`tile_config`): this thread's tile shapes."""
     def codegen(context, builder, signature, args):
-        pointer = _byte_pointer(context, builder, signature.args[0], args[0], ir.Constant(_I64, 0))
+        pointer = vnni.byte_pointer(context, builder, signature.args[0], args[0], ir.Constant(_I64, 0))
         _call(builder, "llvm.x86.ldtilecfg", [_BYTE_POINTER], [pointer])
         return context.get_dummy_value()
     return types.void(config), codegen
@@ -181,7 +166,7 @@ def _tile_transfer(llvm_name):
         number = tile.literal_value
 
         def codegen(context, builder, signature, args):
-            pointer = _byte_pointer(context, builder, signature.args[1], args[1], args[2])
+            pointer = vnni.byte_pointer(context, builder, signature.args[1], args[1], args[2])
             stride_value = context.cast(builder, args[3], signature.args[3], types.int64)
             _call(builder, llvm_name, [_I8, _BYTE_POINTER, _I64], [ir.Constant(_I8, number), pointer, stride_value])
             return context.get_dummy_value()

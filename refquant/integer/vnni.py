@@ -32,11 +32,12 @@ import os
 
 import numba
 import numpy as np
-from llvmlite import binding as llvm_binding
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic, models, register_model
+
+from refquant.cpu import compiles_for
 
 TILE_PIXELS = 32
 """Output pixels per micro-kernel tile: two vectors of 16 int32 lanes."""
@@ -53,17 +54,13 @@ _REQUIRED_FEATURES = ("avx512f", "avx512bw", "avx512vnni")
 def vnni_available():
     """Whether :func:`gemm` may run here: the CPU Numba compiles for has AVX-512 VNNI.
 
-    That is the host's CPU unless ``NUMBA_CPU_NAME`` names another (a portable cache, e.g.
-    ``generic``), in which case only features ``NUMBA_CPU_FEATURES`` lists count.
+    By :func:`refquant.cpu.compiles_for`: the host's CPU unless ``NUMBA_CPU_NAME`` names another
+    (a portable cache, e.g. ``generic``), in which case only features ``NUMBA_CPU_FEATURES`` lists count.
     ``REFQUANT_VNNI=0`` in the environment turns this path off (the portable kernel runs instead).
     """
     if os.environ.get("REFQUANT_VNNI", "1") == "0":
         return False
-    if numba.config.CPU_NAME and numba.config.CPU_NAME != "host":
-        listed = set((numba.config.CPU_FEATURES or "").split(","))
-        return all(f"+{feature}" in listed for feature in _REQUIRED_FEATURES)
-    features = llvm_binding.get_host_cpu_features()
-    return all(features.get(feature, False) for feature in _REQUIRED_FEATURES)
+    return compiles_for(*_REQUIRED_FEATURES)
 
 
 class _Int32x16(types.Type):
@@ -84,7 +81,7 @@ class _Int32x16Model(models.PrimitiveModel):
         super().__init__(dmm, fe_type, _VECTOR)
 
 
-def _byte_pointer(context, builder, array_type, array, byte_offset):
+def byte_pointer(context, builder, array_type, array, byte_offset):
     """Pointer to byte ``byte_offset`` of a C-contiguous array's data (no bounds check: callers index
     inside arrays they sized)."""
     data = context.make_array(array_type)(context, builder, array).data
@@ -95,7 +92,7 @@ def _byte_pointer(context, builder, array_type, array, byte_offset):
 def _load(typingctx, array, byte_offset):
     """The 64 bytes of ``array`` from ``byte_offset`` as an int32x16 (unaligned load)."""
     def codegen(context, builder, signature, args):
-        pointer = _byte_pointer(context, builder, signature.args[0], *args)
+        pointer = byte_pointer(context, builder, signature.args[0], *args)
         return builder.load(builder.bitcast(pointer, _VECTOR.as_pointer()), align=1)
     return int32x16(array, byte_offset), codegen
 
@@ -104,7 +101,7 @@ def _load(typingctx, array, byte_offset):
 def _store(typingctx, array, byte_offset, vector):
     """Write an int32x16 to the 64 bytes of ``array`` from ``byte_offset``."""
     def codegen(context, builder, signature, args):
-        pointer = _byte_pointer(context, builder, signature.args[0], args[0], args[1])
+        pointer = byte_pointer(context, builder, signature.args[0], args[0], args[1])
         builder.store(args[2], builder.bitcast(pointer, _VECTOR.as_pointer()), align=1)
         return context.get_dummy_value()
     return types.void(array, byte_offset, vector), codegen
@@ -114,7 +111,7 @@ def _store(typingctx, array, byte_offset, vector):
 def _broadcast(typingctx, array, byte_offset):
     """The 4 bytes of ``array`` at ``byte_offset`` as one int32, copied to all 16 lanes."""
     def codegen(context, builder, signature, args):
-        pointer = _byte_pointer(context, builder, signature.args[0], *args)
+        pointer = byte_pointer(context, builder, signature.args[0], *args)
         word = builder.load(builder.bitcast(pointer, ir.IntType(32).as_pointer()), align=1)
         vector = builder.insert_element(ir.Constant(_VECTOR, None), word, ir.Constant(ir.IntType(32), 0))
         return builder.shuffle_vector(vector, vector, ir.Constant(_VECTOR, None))

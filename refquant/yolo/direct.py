@@ -37,11 +37,12 @@ import os
 
 import numba
 import numpy as np
-from llvmlite import binding as llvm_binding
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic, models, register_model
+
+from refquant.cpu import compiles_for
 
 TILE = 32
 """Grid positions per forward tile: two vectors of 16 float32 lanes."""
@@ -62,14 +63,12 @@ LANES = 16
 def available():
     """Whether the direct kernels may run here: the CPU Numba compiles for has AVX-512F.
 
-    The host's CPU unless ``NUMBA_CPU_NAME`` names another (then only ``NUMBA_CPU_FEATURES``
-    counts); ``REFQUANT_DIRECT=0`` in the environment turns the kernels off (im2col + GEMM runs).
+    By :func:`refquant.cpu.compiles_for` (the host's CPU unless ``NUMBA_CPU_NAME`` names another);
+    ``REFQUANT_DIRECT=0`` in the environment turns the kernels off (im2col + GEMM runs).
     """
     if os.environ.get("REFQUANT_DIRECT", "1") == "0":
         return False
-    if numba.config.CPU_NAME and numba.config.CPU_NAME != "host":
-        return "+avx512f" in set((numba.config.CPU_FEATURES or "").split(","))
-    return bool(llvm_binding.get_host_cpu_features().get("avx512f", False))
+    return compiles_for("avx512f")
 
 
 MIN_PIXELS = 32 * 32
