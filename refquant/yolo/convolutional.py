@@ -23,6 +23,7 @@ import numpy as np
 from refquant import threads
 from refquant.yolo import batchnorm, direct
 from refquant.yolo.activations import activation_code
+from refquant.yolo.workspace import reuse
 
 
 def convolution_padding(size, pad, padding):
@@ -120,7 +121,7 @@ def im2col(x, size, stride, padding, pad_value=0, out=None):
     if size == 1 and stride == 1 and padding == 0:
         return np.ascontiguousarray(x).reshape(n_batch, channels, height * width)
     shape = (n_batch, channels * size * size, out_h * out_w)
-    cols = out if out is not None and out.shape == shape and out.dtype == x.dtype else np.empty(shape, x.dtype)
+    cols = reuse(out, shape, x.dtype)
     _im2col(np.ascontiguousarray(x), size, stride, padding, out_h, out_w, x.dtype.type(pad_value), cols)
     return cols
 
@@ -219,9 +220,7 @@ class ConvolutionalLayer:
         self._workspace = {}  # im2col columns, xhat and dz, reused while the input shape is unchanged
 
     def _buffer(self, name, shape, dtype):
-        buffer = self._workspace.get(name)
-        if buffer is None or buffer.shape != shape or buffer.dtype != dtype:
-            buffer = self._workspace[name] = np.empty(shape, dtype)
+        buffer = self._workspace[name] = reuse(self._workspace.get(name), shape, dtype)
         return buffer
 
     def build(self, input_shape, dtype=np.float32, rng=None):
@@ -311,9 +310,7 @@ class ConvolutionalLayer:
             lower = None
         else:
             shape = (n_batch, x.shape[1] * self.size * self.size, out_h * out_w)
-            cols = self._workspace.get("cols")
-            if cols is None or cols.shape != shape or cols.dtype != x.dtype:
-                cols = np.empty(shape, x.dtype)
+            cols = self._buffer("cols", shape, x.dtype)
             pad_value = x.dtype.type(0)
 
             def lower(n):

@@ -9,6 +9,8 @@ quantizer).
 import numba
 import numpy as np
 
+from refquant.yolo.workspace import reuse
+
 
 def maxpool_padding(size, padding=None):
     """Total padding of a Darknet max pool: ``size - 1`` unless the cfg gives ``padding``.
@@ -113,8 +115,7 @@ def maxpool_forward(x, size, stride, padding, indexes_out=None):
     out_h = maxpool_output_size(height, size, stride, padding)
     out_w = maxpool_output_size(width, size, stride, padding)
     out = np.empty((n_batch, channels, out_h, out_w), dtype=x.dtype)
-    reuse = indexes_out is not None and indexes_out.shape == out.shape and indexes_out.dtype == np.int64
-    indexes = indexes_out if reuse else np.empty(out.shape, dtype=np.int64)
+    indexes = reuse(indexes_out, out.shape, np.int64)
     _maxpool(np.ascontiguousarray(x), size, stride, -(padding // 2), out, indexes)
     return out, indexes
 
@@ -134,12 +135,11 @@ def _maxpool_backward(dout, indexes, dx_planes):
 
 def maxpool_backward(dout, indexes, input_shape, out=None):
     """Route each output gradient to its maximum (``backward_maxpool_layer``); -> (N, C, H, W).
-    ``out``: an (N, C, H*W) array of dout's dtype to fill instead of a fresh one."""
+    ``out``: an array of that shape and dout's dtype to fill instead of a fresh one."""
     n_batch, channels, height, width = input_shape
-    shape = (n_batch, channels, height * width)
-    dx = out if out is not None and out.shape == shape and out.dtype == dout.dtype else np.empty(shape, dout.dtype)
-    _maxpool_backward(np.ascontiguousarray(dout), indexes, dx)
-    return dx.reshape(input_shape)
+    dx = reuse(out, input_shape, dout.dtype)
+    _maxpool_backward(np.ascontiguousarray(dout), indexes, dx.reshape(n_batch, channels, height * width))
+    return dx
 
 
 class MaxpoolLayer:
@@ -194,8 +194,5 @@ class MaxpoolLayer:
         dL/dx lives in the layer (the next backward overwrites it): a fresh array of a training
         batch's size costs more in page faults than the pass itself."""
         input_shape, indexes = self._cache
-        previous = self._gradient
-        if previous is not None and previous.shape == input_shape:
-            previous = previous.reshape(input_shape[0], input_shape[1], -1)
-        self._gradient = maxpool_backward(dout, indexes, input_shape, previous)
+        self._gradient = maxpool_backward(dout, indexes, input_shape, self._gradient)
         return self._gradient
