@@ -74,8 +74,9 @@ def available():
 MIN_PIXELS = 32 * 32
 """The least output map (pixels per image) convolved directly. On smaller maps the padding
 positions are a large share of the grid (36 % at 8 x 8) and the reductions long (K = C*k*k of
-hundreds to thousands): im2col + the BLAS is as fast or faster there (benchmarks/bench_qat.py's
-per-layer figures, measured on the shapes detector's layers)."""
+hundreds to thousands): im2col + the BLAS is as fast or faster there (each layer shape of the
+shapes detector timed both ways on random data, then the QAT step at 1024, 256 and 64:
+docs/benchmarks.md)."""
 
 
 def applies(size, stride, padding, dtype, height, width):
@@ -175,6 +176,7 @@ def _zero(typingctx):
 
 
 def _fresh(name, shape, dtype):
+    """The default ``buffer``: a new array every call (a layer passes its workspace's instead)."""
     return np.empty(shape, dtype)
 
 
@@ -216,10 +218,10 @@ def pack_weights(w_matrix):
     return np.ascontiguousarray(packed.reshape(blocks, BLOCK, k).transpose(0, 2, 1)).reshape(-1)
 
 
-def kernel_offsets(channels, size, plane_length, grid_w, base=0):
-    """Offsets (C*size*size,) int64 of step k = (c*size + i)*size + j: ``base + c*L + i*Wp + j``."""
+def kernel_offsets(channels, size, plane_length, grid_w):
+    """Offsets (C*size*size,) int64 of step k = (c*size + i)*size + j: ``c*L + i*Wp + j``."""
     c, i, j = np.meshgrid(np.arange(channels), np.arange(size), np.arange(size), indexing="ij")
-    return (base + c * plane_length + i * grid_w + j).reshape(-1).astype(np.int64)
+    return (c * plane_length + i * grid_w + j).reshape(-1).astype(np.int64)
 
 
 def correlate(packed, planes, offsets, n_outputs, n_images, grid_h, grid_w, out_h, out_w, out=None):
