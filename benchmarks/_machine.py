@@ -52,10 +52,6 @@ def machine_line():
     return f"machine: {date}; {model}; vector extensions: {vectors}; {usable_cores()} cores usable; {load}"
 
 
-if __name__ == "__main__":
-    print(machine_line())
-
-
 def subprocess_environment(**overrides):
     """``os.environ`` for a benchmark's subprocess, less what refquant's import put there itself
     (``refquant.ENVIRONMENT_SET``: its libgomp spin count, which a peer's own OpenMP would read too),
@@ -65,3 +61,7 @@ def subprocess_environment(**overrides):
     env = {name: value for name, value in os.environ.items() if name not in refquant.ENVIRONMENT_SET}
     env.update(overrides)
     return env
+
+
+if __name__ == "__main__":
+    print(machine_line())
